@@ -1,0 +1,132 @@
+"""One exception root for swarmgate; each class docstring is its default message.
+
+Two families are kept apart, as in the Nexus SDK:
+- ``HandlerError``: the *request* failed (bad input, auth, unavailable...). Mapped to an HTTP
+  status in exactly one place (``HandlerErrorType.status``).
+- ``OperationError``: the *operation* failed or was canceled (HTTP 424 with a Failure body).
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+
+class SwarmgateError(Exception):
+    """Something went wrong in swarmgate."""
+
+    def __init__(self, message: str | None = None) -> None:
+        self.message = message or (self.__doc__ or "").strip().splitlines()[0]
+        super().__init__(self.message)
+
+
+class HandlerErrorType(enum.Enum):
+    """Nexus handler error types, with HTTP status and default retryability."""
+
+    BAD_REQUEST = (400, False)
+    UNAUTHENTICATED = (401, False)
+    UNAUTHORIZED = (403, False)
+    NOT_FOUND = (404, False)
+    REQUEST_TIMEOUT = (408, True)
+    CONFLICT = (409, False)
+    UNPROCESSABLE = (422, False)
+    RESOURCE_EXHAUSTED = (429, True)
+    INTERNAL = (500, True)
+    NOT_IMPLEMENTED = (501, False)
+    UNAVAILABLE = (503, True)
+    UPSTREAM_TIMEOUT = (520, True)
+
+    @property
+    def status(self) -> int:
+        return self.value[0]
+
+    @property
+    def default_retryable(self) -> bool:
+        return self.value[1]
+
+    @classmethod
+    def from_status(cls, status: int) -> HandlerErrorType:
+        for t in cls:
+            if t.status == status:
+                return t
+        if 400 <= status < 500:
+            return cls.BAD_REQUEST
+        return cls.INTERNAL
+
+    @classmethod
+    def from_name(cls, name: str) -> HandlerErrorType | None:
+        return cls.__members__.get(name)
+
+
+class HandlerError(SwarmgateError):
+    """The request could not be handled."""
+
+    def __init__(
+        self,
+        type: HandlerErrorType,
+        message: str | None = None,
+        *,
+        retryable_override: bool | None = None,
+        details: Any = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message or type.name.replace("_", " ").lower())
+        self.type = type
+        self.retryable_override = retryable_override
+        self.details = details
+        self.headers = headers or {}
+
+    @property
+    def retryable(self) -> bool:
+        if self.retryable_override is not None:
+            return self.retryable_override
+        return self.type.default_retryable
+
+    @property
+    def status(self) -> int:
+        return self.type.status
+
+    def to_failure(self) -> dict[str, Any]:
+        details: dict[str, Any] = {"type": self.type.name}
+        if self.retryable_override is not None:
+            details["retryableOverride"] = self.retryable_override
+        body: dict[str, Any] = {
+            "message": self.message,
+            "metadata": {"type": "nexus.HandlerError"},
+            "details": details,
+        }
+        if self.details is not None:
+            body["details"]["errors"] = self.details
+        return body
+
+
+class OperationError(SwarmgateError):
+    """The operation failed."""
+
+    def __init__(self, state: str, failure: dict[str, Any]) -> None:
+        super().__init__(str(failure.get("message") or self.__doc__))
+        self.state = state
+        self.failure = failure
+
+
+# --- store boundary ------------------------------------------------------------------------------
+
+
+class StoreError(SwarmgateError):
+    """The store failed."""
+
+
+class StoreUnavailable(StoreError):
+    """The database is unreachable; try again later."""
+
+
+class UniqueViolation(StoreError):
+    """A row with this key already exists."""
+
+
+class NotFound(SwarmgateError):
+    """No such object."""
+
+
+class ConfigError(SwarmgateError):
+    """The configuration is invalid."""

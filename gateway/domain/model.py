@@ -1,0 +1,147 @@
+"""Operations, states, events and callback deliveries (pure data; no I/O)."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+class OperationState(enum.StrEnum):
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+    @property
+    def terminal(self) -> bool:
+        return self is not OperationState.RUNNING
+
+
+class Work(enum.StrEnum):
+    """What the gateway still owes a running operation (None: waiting for the agent)."""
+
+    DISPATCH = "dispatch"
+    CANCEL = "cancel"
+
+
+class DeliveryState(enum.StrEnum):
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    EXPIRED = "expired"
+    DISABLED = "disabled"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Operation:
+    id: str
+    service: str
+    operation: str
+    state: OperationState
+    caller: str
+    created_at: datetime
+    input: bytes = b""
+    input_content_type: str | None = None
+    request_id: str | None = None
+    callback_url: str | None = None
+    callback_headers: dict[str, str] = field(default_factory=dict)
+    links: list[str] = field(default_factory=list)
+    work: Work | None = Work.DISPATCH
+    attempts: int = 0
+    next_attempt_at: datetime | None = None
+    lease_owner: str | None = None
+    lease_until: datetime | None = None
+    deadline_at: datetime | None = None
+    cancel_requested_at: datetime | None = None
+    agent_token: str | None = None
+    result: bytes | None = None
+    result_content_type: str | None = None
+    failure: dict[str, Any] | None = None
+    closed_at: datetime | None = None
+    last_error: str | None = None
+    traceparent: str | None = None
+
+    @property
+    def token(self) -> str:
+        return self.id
+
+
+@dataclass(frozen=True, kw_only=True)
+class Event:
+    operation_id: str
+    kind: str
+    at: datetime
+    data: dict[str, Any] = field(default_factory=dict)
+    id: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class CallbackDelivery:
+    id: str  # the stable delivery id (webhook-id)
+    operation_id: str
+    url: str
+    headers: dict[str, str]
+    body: bytes
+    created_at: datetime
+    expires_at: datetime
+    next_attempt_at: datetime
+    state: DeliveryState = DeliveryState.PENDING
+    attempts: int = 0
+    last_error: str | None = None
+    delivered_at: datetime | None = None
+    caller: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class IdempotencyRecord:
+    scope: str  # the caller (JWT sub) the key belongs to
+    key: str  # "rid:<Nexus-Request-Id>" or "key:<Idempotency-Key>"
+    fingerprint: str
+    operation_id: str
+    created_at: datetime
+    expires_at: datetime
+    response_status: int | None = None
+    response_body: bytes | None = None
+    response_headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Completion:
+    """A terminal transition, applied in one transaction with its event and callback."""
+
+    operation_id: str
+    state: OperationState
+    at: datetime
+    result: bytes | None = None
+    result_content_type: str | None = None
+    failure: dict[str, Any] | None = None
+    event: Event
+    callback: CallbackDelivery | None = None
+    only_if_owner: str | None = None  # fence: apply only while this lease owner holds it
+
+
+def failure(
+    message: str,
+    *,
+    type: str | None = None,
+    details: Any = None,
+    cause: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Build a Nexus Failure JSON object."""
+    body: dict[str, Any] = {"message": message, "metadata": {}}
+    if type:
+        body["metadata"]["type"] = type
+    if details is not None:
+        body["details"] = details
+    if cause is not None:
+        body["cause"] = cause
+    return body
+
+
+def operation_error(state: OperationState, message: str, cause: dict[str, Any] | None = None) -> (
+    dict[str, Any]
+):
+    return failure(
+        message, type="nexus.OperationError", details={"state": state.value}, cause=cause
+    )

@@ -1,0 +1,119 @@
+"""The storage port: what the engine needs from a database, nothing more.
+
+Every method is one transaction. Implementations translate driver errors into
+``gateway.domain.errors.StoreError`` subclasses at this boundary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Protocol
+
+from gateway.domain.model import (
+    CallbackDelivery,
+    Completion,
+    DeliveryState,
+    Event,
+    IdempotencyRecord,
+    Operation,
+    OperationState,
+    Work,
+)
+from registry.model import AgentSpec
+
+class Store(Protocol):
+    # lifecycle ---------------------------------------------------------------------------------
+    async def migrate(self) -> None: ...
+    async def migrations_current(self) -> bool: ...
+    async def ping(self) -> None: ...
+    async def close(self) -> None: ...
+    async def get_or_create_setting(self, name: str, value: str) -> str: ...
+
+    # registry ----------------------------------------------------------------------------------
+    async def upsert_agent(self, agent: AgentSpec, at: datetime) -> int: ...
+    async def get_agent(self, name: str) -> tuple[AgentSpec, int] | None: ...
+    async def list_agents(self) -> list[tuple[AgentSpec, int]]: ...
+    async def delete_agent(self, name: str) -> bool: ...
+
+    # operations --------------------------------------------------------------------------------
+    async def create_operation(
+        self, op: Operation, event: Event, idempotency: Sequence[IdempotencyRecord]
+    ) -> tuple[Operation, IdempotencyRecord | None]:
+        """Insert op + event + idempotency records, or return the existing operation (and its
+        record) when one of the idempotency keys is already taken."""
+        ...
+
+    async def get_operation(self, op_id: str) -> Operation | None: ...
+    async def list_operations(
+        self,
+        *,
+        caller: str | None = None,
+        service: str | None = None,
+        state: OperationState | None = None,
+        limit: int = 100,
+    ) -> list[Operation]: ...
+    async def count_operations(self) -> dict[str, int]: ...
+
+    async def claim_work(
+        self, owner: str, now: datetime, lease_until: datetime, limit: int
+    ) -> list[Operation]:
+        """Lease due operations (work set, next_attempt_at <= now, lease free or expired).
+        Dispatch claims count an attempt and write an ``attempt.started`` event."""
+        ...
+
+    async def extend_leases(self, owner: str, ids: Sequence[str], until: datetime) -> None: ...
+
+    async def update_running(
+        self,
+        op_id: str,
+        owner: str | None,
+        *,
+        work: Work | None,
+        next_attempt_at: datetime | None,
+        event: Event,
+        agent_token: str | None = None,
+        last_error: str | None = None,
+    ) -> bool:
+        """Non-terminal change of a running operation, fenced by the lease owner (if given);
+        releases the lease."""
+        ...
+
+    async def request_cancel(self, op_id: str, now: datetime, event: Event) -> bool: ...
+
+    async def complete(self, completion: Completion) -> bool:
+        """Apply a terminal transition iff the operation is still running (compare-and-set)."""
+        ...
+
+    async def redrive(self, op_id: str, now: datetime, event: Event) -> bool: ...
+
+    async def due_timeouts(self, now: datetime, limit: int) -> list[Operation]: ...
+
+    # events ------------------------------------------------------------------------------------
+    async def list_events(self, op_id: str, after: int = 0, limit: int = 1000) -> list[Event]: ...
+    async def add_event(self, event: Event) -> None: ...
+
+    # callbacks ---------------------------------------------------------------------------------
+    async def claim_callbacks(
+        self, owner: str, now: datetime, lease_until: datetime, limit: int
+    ) -> list[CallbackDelivery]: ...
+    async def finish_callback(
+        self,
+        delivery_id: str,
+        owner: str,
+        *,
+        state: DeliveryState,
+        next_attempt_at: datetime,
+        last_error: str | None,
+        event: Event,
+    ) -> bool: ...
+    async def list_callbacks(self, op_id: str) -> list[CallbackDelivery]: ...
+    async def redrive_callback(
+        self, delivery_id: str, now: datetime, expires_at: datetime, event: Event
+    ) -> bool: ...
+
+    # idempotency -------------------------------------------------------------------------------
+    async def save_response(
+        self, scope: str, key: str, status: int, body: bytes, headers: dict[str, str]
+    ) -> None: ...
+    async def purge_idempotency(self, now: datetime) -> int: ...

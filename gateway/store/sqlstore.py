@@ -1,0 +1,777 @@
+"""SQLAlchemy-async implementation of the Store port: every SQL statement lives here.
+
+SQLite (aiosqlite, WAL, one connection, BEGIN IMMEDIATE) is the embedded default;
+PostgreSQL (asyncpg) claims work with ``FOR UPDATE SKIP LOCKED``.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import and_, case, delete, event, func, insert, or_, select, text, update
+from sqlalchemy.engine import Connection, Row
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import AsyncAdaptedQueuePool
+
+from gateway.domain.errors import StoreError, StoreUnavailable, UniqueViolation
+from gateway.domain.model import (
+    CallbackDelivery,
+    Completion,
+    DeliveryState,
+    Event,
+    IdempotencyRecord,
+    Operation,
+    OperationState,
+    Work,
+)
+from gateway.store import schema as t
+from registry.model import AgentSpec
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+_PG_MIGRATION_LOCK = 0x5357_4152  # arbitrary advisory lock key ("SWAR")
+
+
+def normalize_url(url: str) -> str:
+    """Accept plain ``postgresql://`` / ``sqlite:///`` URLs and pick the async drivers."""
+    if url.startswith(("postgres://", "postgresql://")):
+        return "postgresql+asyncpg://" + url.split("://", 1)[1]
+    if url.startswith("sqlite://") and "+aiosqlite" not in url:
+        return "sqlite+aiosqlite://" + url.split("://", 1)[1]
+    return url
+
+
+def _translate(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """Translate driver errors into our own exceptions at the store boundary."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await fn(*args, **kwargs)
+        except IntegrityError as exc:
+            raise UniqueViolation(str(exc.orig)) from exc
+        except DBAPIError as exc:
+            if exc.connection_invalidated or _is_connection_error(exc):
+                raise StoreUnavailable(type(exc.orig).__name__) from exc
+            raise StoreError(f"{type(exc.orig).__name__}: {exc.orig}") from exc
+        except (OSError, ConnectionError) as exc:
+            raise StoreUnavailable(str(exc)) from exc
+        except SQLAlchemyError as exc:
+            raise StoreError(str(exc)) from exc
+
+    return wrapper
+
+
+def _is_connection_error(exc: DBAPIError) -> bool:
+    name = type(exc.orig).__name__.lower()
+    text_ = str(exc.orig).lower()
+    return any(
+        s in name or s in text_
+        for s in (
+            "connection",
+            "cannotconnectnow",
+            "adminshutdown",
+            "interfaceerror",
+            "closed",
+            "database is locked",
+        )
+    )
+
+
+class SqlStore:
+    """The Store port on SQLAlchemy Core (async)."""
+
+    def __init__(self, url: str, *, pool_size: int = 10, sqlite_synchronous: str = "FULL") -> None:
+        self.url = normalize_url(url)
+        self.dialect = "sqlite" if self.url.startswith("sqlite") else "postgresql"
+        if self.dialect == "sqlite":
+            self._prepare_sqlite_path()
+            self.engine: AsyncEngine = create_async_engine(
+                self.url,
+                poolclass=AsyncAdaptedQueuePool,
+                pool_size=1,
+                max_overflow=0,
+                pool_timeout=60,
+                connect_args={"timeout": 30},
+            )
+            self._install_sqlite_hooks(sqlite_synchronous)
+        else:
+            self.engine = create_async_engine(
+                self.url,
+                pool_size=pool_size,
+                max_overflow=pool_size,
+                pool_pre_ping=True,
+                pool_recycle=600,
+            )
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def _prepare_sqlite_path(self) -> None:
+        path = self.url.split(":///", 1)[1] if ":///" in self.url else ""
+        if path and path != ":memory:":
+            Path(path).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
+
+    def _install_sqlite_hooks(self, synchronous: str) -> None:
+        @event.listens_for(self.engine.sync_engine, "connect")
+        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute(f"PRAGMA synchronous={synchronous}")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        @event.listens_for(self.engine.sync_engine, "begin")
+        def _on_begin(conn: Connection) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    @asynccontextmanager
+    async def _tx(self) -> AsyncIterator[AsyncConnection]:
+        async with self.engine.begin() as conn:
+            yield conn
+
+    def _alembic_config(self) -> Config:
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        return cfg
+
+    @_translate
+    async def migrate(self) -> None:
+        cfg = self._alembic_config()
+
+        def run(sync_conn: Connection) -> None:
+            cfg.attributes["connection"] = sync_conn
+            command.upgrade(cfg, "head")
+
+        async with self._tx() as conn:
+            if self.dialect == "postgresql":
+                await conn.execute(
+                    text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK}
+                )
+            await conn.run_sync(run)
+
+    @_translate
+    async def migrations_current(self) -> bool:
+        head = ScriptDirectory.from_config(self._alembic_config()).get_current_head()
+
+        def current(sync_conn: Connection) -> str | None:
+            return MigrationContext.configure(sync_conn).get_current_revision()
+
+        async with self.engine.connect() as conn:
+            rev = await conn.run_sync(current)
+        return rev == head
+
+    @_translate
+    async def ping(self) -> None:
+        async with self.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    @_translate
+    async def get_or_create_setting(self, name: str, value: str) -> str:
+        async with self._tx() as conn:
+            row = (
+                await conn.execute(select(t.settings.c.value).where(t.settings.c.name == name))
+            ).first()
+            if row is not None:
+                return str(row[0])
+            await conn.execute(insert(t.settings).values(name=name, value=value))
+            return value
+
+    # -- registry ----------------------------------------------------------------------------
+
+    @_translate
+    async def upsert_agent(self, agent: AgentSpec, at: datetime) -> int:
+        spec = agent.to_json()
+        async with self._tx() as conn:
+            row = (
+                await conn.execute(
+                    select(t.agents.c.version, t.agents.c.spec)
+                    .where(t.agents.c.name == agent.name)
+                    .with_for_update()
+                )
+            ).first()
+            if row is None:
+                await conn.execute(
+                    insert(t.agents).values(
+                        name=agent.name, version=1, spec=spec, created_at=at, updated_at=at
+                    )
+                )
+                return 1
+            if row.spec == spec:
+                return int(row.version)
+            version = int(row.version) + 1
+            await conn.execute(
+                update(t.agents)
+                .where(t.agents.c.name == agent.name)
+                .values(version=version, spec=spec, updated_at=at)
+            )
+            return version
+
+    @_translate
+    async def get_agent(self, name: str) -> tuple[AgentSpec, int] | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(t.agents).where(t.agents.c.name == name))).first()
+        return (AgentSpec.from_json(row.spec), int(row.version)) if row else None
+
+    @_translate
+    async def list_agents(self) -> list[tuple[AgentSpec, int]]:
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(select(t.agents).order_by(t.agents.c.name))).all()
+        return [(AgentSpec.from_json(r.spec), int(r.version)) for r in rows]
+
+    @_translate
+    async def delete_agent(self, name: str) -> bool:
+        async with self._tx() as conn:
+            res = await conn.execute(delete(t.agents).where(t.agents.c.name == name))
+        return bool(res.rowcount)
+
+    # -- operations --------------------------------------------------------------------------
+
+    @_translate
+    async def create_operation(
+        self, op: Operation, event_: Event, idempotency: Sequence[IdempotencyRecord]
+    ) -> tuple[Operation, IdempotencyRecord | None]:
+        async with self._tx() as conn:
+            for rec in idempotency:
+                existing = (
+                    await conn.execute(
+                        select(t.idempotency).where(
+                            t.idempotency.c.scope == rec.scope, t.idempotency.c.key == rec.key
+                        )
+                    )
+                ).first()
+                if existing is not None and existing.expires_at > rec.created_at:
+                    row = (
+                        await conn.execute(
+                            select(t.operations).where(t.operations.c.id == existing.operation_id)
+                        )
+                    ).first()
+                    if row is not None:
+                        return _op(row), _idem(existing)
+                if existing is not None:  # expired: the key may be reused
+                    await conn.execute(
+                        delete(t.idempotency).where(
+                            t.idempotency.c.scope == rec.scope, t.idempotency.c.key == rec.key
+                        )
+                    )
+            await conn.execute(insert(t.operations).values(**_op_values(op)))
+            await conn.execute(insert(t.events).values(**_event_values(event_)))
+            for rec in idempotency:
+                await conn.execute(insert(t.idempotency).values(**_idem_values(rec)))
+        return op, None
+
+    @_translate
+    async def get_operation(self, op_id: str) -> Operation | None:
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(select(t.operations).where(t.operations.c.id == op_id))
+            ).first()
+        return _op(row) if row else None
+
+    @_translate
+    async def list_operations(
+        self,
+        *,
+        caller: str | None = None,
+        service: str | None = None,
+        state: OperationState | None = None,
+        limit: int = 100,
+    ) -> list[Operation]:
+        q = select(t.operations)
+        if caller is not None:
+            q = q.where(t.operations.c.caller == caller)
+        if service is not None:
+            q = q.where(t.operations.c.service == service)
+        if state is not None:
+            q = q.where(t.operations.c.state == state.value)
+        q = q.order_by(t.operations.c.created_at.desc(), t.operations.c.id).limit(limit)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(q)).all()
+        return [_op(r) for r in rows]
+
+    @_translate
+    async def count_operations(self) -> dict[str, int]:
+        q = select(t.operations.c.state, func.count()).group_by(t.operations.c.state)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(q)).all()
+        return {str(r[0]): int(r[1]) for r in rows}
+
+    @_translate
+    async def claim_work(
+        self, owner: str, now: datetime, lease_until: datetime, limit: int
+    ) -> list[Operation]:
+        o = t.operations
+        due = (
+            select(o.c.id)
+            .where(
+                o.c.work.is_not(None),
+                o.c.next_attempt_at <= now,
+                or_(o.c.lease_until.is_(None), o.c.lease_until < now),
+            )
+            .order_by(o.c.next_attempt_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        stmt = (
+            update(o)
+            .where(o.c.id.in_(due.scalar_subquery()))
+            .values(
+                lease_owner=owner,
+                lease_until=lease_until,
+                attempts=o.c.attempts
+                + _case_int(and_(o.c.work == Work.DISPATCH.value, o.c.cancel_requested_at.is_(None))),
+            )
+            .returning(*o.c)
+        )
+        async with self._tx() as conn:
+            rows = (await conn.execute(stmt)).all()
+            ops = [_op(r) for r in rows]
+            evs = [
+                _event_values(
+                    Event(
+                        operation_id=op.id,
+                        kind="attempt.started",
+                        at=now,
+                        data={"attempt": op.attempts, "owner": owner},
+                    )
+                )
+                for op in ops
+                if op.work is Work.DISPATCH and op.cancel_requested_at is None
+            ]
+            if evs:
+                await conn.execute(insert(t.events), evs)
+        return ops
+
+    @_translate
+    async def extend_leases(self, owner: str, ids: Sequence[str], until: datetime) -> None:
+        if not ids:
+            return
+        o = t.operations
+        async with self._tx() as conn:
+            await conn.execute(
+                update(o)
+                .where(o.c.id.in_(list(ids)), o.c.lease_owner == owner)
+                .values(lease_until=until)
+            )
+
+    @_translate
+    async def update_running(
+        self,
+        op_id: str,
+        owner: str | None,
+        *,
+        work: Work | None,
+        next_attempt_at: datetime | None,
+        event: Event,
+        agent_token: str | None = None,
+        last_error: str | None = None,
+    ) -> bool:
+        o = t.operations
+        conds = [o.c.id == op_id, o.c.state == OperationState.RUNNING.value]
+        if owner is not None:
+            conds.append(o.c.lease_owner == owner)
+        values: dict[str, Any] = {
+            "work": work.value if work else None,
+            "next_attempt_at": next_attempt_at,
+            "lease_owner": None,
+            "lease_until": None,
+            "last_error": last_error,
+        }
+        if agent_token is not None:
+            values["agent_token"] = agent_token
+        async with self._tx() as conn:
+            res = await conn.execute(update(o).where(*conds).values(**values))
+            if not res.rowcount:
+                return False
+            await conn.execute(insert(t.events).values(**_event_values(event)))
+        return True
+
+    @_translate
+    async def request_cancel(self, op_id: str, now: datetime, event: Event) -> bool:
+        """Record a cancel request; the worker that next holds the lease acts on it:
+        undelivered dispatches become canceled, accepted ones get a cancel sent to the agent."""
+        o = t.operations
+        async with self._tx() as conn:
+            res = await conn.execute(
+                update(o)
+                .where(
+                    o.c.id == op_id,
+                    o.c.state == OperationState.RUNNING.value,
+                    o.c.cancel_requested_at.is_(None),
+                )
+                .values(
+                    cancel_requested_at=now,
+                    work=func.coalesce(o.c.work, Work.CANCEL.value),
+                    next_attempt_at=now,
+                )
+            )
+            if not res.rowcount:
+                return False
+            await conn.execute(insert(t.events).values(**_event_values(event)))
+        return True
+
+    @_translate
+    async def complete(self, c: Completion) -> bool:
+        o = t.operations
+        conds = [o.c.id == c.operation_id, o.c.state == OperationState.RUNNING.value]
+        if c.only_if_owner is not None:
+            conds.append(o.c.lease_owner == c.only_if_owner)
+        async with self._tx() as conn:
+            res = await conn.execute(
+                update(o)
+                .where(*conds)
+                .values(
+                    state=c.state.value,
+                    work=None,
+                    next_attempt_at=None,
+                    lease_owner=None,
+                    lease_until=None,
+                    result=c.result,
+                    result_content_type=c.result_content_type,
+                    failure=c.failure,
+                    closed_at=c.at,
+                )
+            )
+            if not res.rowcount:
+                return False
+            await conn.execute(insert(t.events).values(**_event_values(c.event)))
+            if c.callback is not None:
+                await conn.execute(insert(t.callbacks).values(**_cb_values(c.callback)))
+        return True
+
+    @_translate
+    async def redrive(self, op_id: str, now: datetime, event: Event) -> bool:
+        """Re-run a failed/canceled operation from scratch (same id: same idempotency key)."""
+        o = t.operations
+        async with self._tx() as conn:
+            res = await conn.execute(
+                update(o)
+                .where(
+                    o.c.id == op_id,
+                    o.c.state.in_([OperationState.FAILED.value, OperationState.CANCELED.value]),
+                )
+                .values(
+                    state=OperationState.RUNNING.value,
+                    work=Work.DISPATCH.value,
+                    next_attempt_at=now,
+                    failure=None,
+                    closed_at=None,
+                    cancel_requested_at=None,
+                    agent_token=None,
+                    lease_owner=None,
+                    lease_until=None,
+                )
+            )
+            if not res.rowcount:
+                return False
+            await conn.execute(insert(t.events).values(**_event_values(event)))
+        return True
+
+    @_translate
+    async def due_timeouts(self, now: datetime, limit: int) -> list[Operation]:
+        o = t.operations
+        q = (
+            select(o)
+            .where(o.c.state == OperationState.RUNNING.value, o.c.deadline_at <= now)
+            .order_by(o.c.deadline_at)
+            .limit(limit)
+        )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(q)).all()
+        return [_op(r) for r in rows]
+
+    # -- events ------------------------------------------------------------------------------
+
+    @_translate
+    async def list_events(self, op_id: str, after: int = 0, limit: int = 1000) -> list[Event]:
+        e = t.events
+        q = (
+            select(e)
+            .where(e.c.operation_id == op_id, e.c.id > after)
+            .order_by(e.c.id)
+            .limit(limit)
+        )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(q)).all()
+        return [
+            Event(id=int(r.id), operation_id=r.operation_id, kind=r.kind, at=r.at, data=r.data)
+            for r in rows
+        ]
+
+    @_translate
+    async def add_event(self, event_: Event) -> None:
+        async with self._tx() as conn:
+            await conn.execute(insert(t.events).values(**_event_values(event_)))
+
+    # -- callbacks ---------------------------------------------------------------------------
+
+    @_translate
+    async def claim_callbacks(
+        self, owner: str, now: datetime, lease_until: datetime, limit: int
+    ) -> list[CallbackDelivery]:
+        cb = t.callbacks
+        due = (
+            select(cb.c.id)
+            .where(
+                cb.c.state == DeliveryState.PENDING.value,
+                cb.c.next_attempt_at <= now,
+                or_(cb.c.lease_until.is_(None), cb.c.lease_until < now),
+            )
+            .order_by(cb.c.next_attempt_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        stmt = (
+            update(cb)
+            .where(cb.c.id.in_(due.scalar_subquery()))
+            .values(lease_owner=owner, lease_until=lease_until, attempts=cb.c.attempts + 1)
+            .returning(*cb.c)
+        )
+        async with self._tx() as conn:
+            rows = (await conn.execute(stmt)).all()
+        return [_cb(r) for r in rows]
+
+    @_translate
+    async def finish_callback(
+        self,
+        delivery_id: str,
+        owner: str,
+        *,
+        state: DeliveryState,
+        next_attempt_at: datetime,
+        last_error: str | None,
+        event: Event,
+    ) -> bool:
+        cb = t.callbacks
+        values: dict[str, Any] = {
+            "state": state.value,
+            "next_attempt_at": next_attempt_at,
+            "last_error": last_error,
+            "lease_owner": None,
+            "lease_until": None,
+        }
+        if state is DeliveryState.DELIVERED:
+            values["delivered_at"] = event.at
+        async with self._tx() as conn:
+            res = await conn.execute(
+                update(cb)
+                .where(
+                    cb.c.id == delivery_id,
+                    cb.c.lease_owner == owner,
+                    cb.c.state == DeliveryState.PENDING.value,
+                )
+                .values(**values)
+            )
+            if not res.rowcount:
+                return False
+            await conn.execute(insert(t.events).values(**_event_values(event)))
+        return True
+
+    @_translate
+    async def list_callbacks(self, op_id: str) -> list[CallbackDelivery]:
+        cb = t.callbacks
+        async with self.engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(cb).where(cb.c.operation_id == op_id).order_by(cb.c.created_at)
+                )
+            ).all()
+        return [_cb(r) for r in rows]
+
+    @_translate
+    async def redrive_callback(
+        self, delivery_id: str, now: datetime, expires_at: datetime, event: Event
+    ) -> bool:
+        cb = t.callbacks
+        async with self._tx() as conn:
+            res = await conn.execute(
+                update(cb)
+                .where(
+                    cb.c.id == delivery_id,
+                    cb.c.state.in_([DeliveryState.EXPIRED.value, DeliveryState.DISABLED.value]),
+                )
+                .values(
+                    state=DeliveryState.PENDING.value,
+                    next_attempt_at=now,
+                    expires_at=expires_at,
+                    lease_owner=None,
+                    lease_until=None,
+                )
+            )
+            if not res.rowcount:
+                return False
+            await conn.execute(insert(t.events).values(**_event_values(event)))
+        return True
+
+    # -- idempotency -------------------------------------------------------------------------
+
+    @_translate
+    async def save_response(
+        self, scope: str, key: str, status: int, body: bytes, headers: dict[str, str]
+    ) -> None:
+        i = t.idempotency
+        async with self._tx() as conn:
+            await conn.execute(
+                update(i)
+                .where(i.c.scope == scope, i.c.key == key)
+                .values(response_status=status, response_body=body, response_headers=headers)
+            )
+
+    @_translate
+    async def purge_idempotency(self, now: datetime) -> int:
+        i = t.idempotency
+        async with self._tx() as conn:
+            res = await conn.execute(delete(i).where(i.c.expires_at <= now))
+        return int(res.rowcount or 0)
+
+
+# -- row mapping ---------------------------------------------------------------------------------
+
+
+def _case_int(cond: Any) -> Any:
+    return case((cond, 1), else_=0)
+
+
+def _op_values(op: Operation) -> dict[str, Any]:
+    return {
+        "id": op.id,
+        "service": op.service,
+        "operation": op.operation,
+        "state": op.state.value,
+        "caller": op.caller,
+        "request_id": op.request_id,
+        "input": op.input,
+        "input_content_type": op.input_content_type,
+        "callback_url": op.callback_url,
+        "callback_headers": op.callback_headers,
+        "links": op.links,
+        "work": op.work.value if op.work else None,
+        "attempts": op.attempts,
+        "next_attempt_at": op.next_attempt_at,
+        "lease_owner": op.lease_owner,
+        "lease_until": op.lease_until,
+        "deadline_at": op.deadline_at,
+        "cancel_requested_at": op.cancel_requested_at,
+        "agent_token": op.agent_token,
+        "result": op.result,
+        "result_content_type": op.result_content_type,
+        "failure": op.failure,
+        "created_at": op.created_at,
+        "closed_at": op.closed_at,
+        "last_error": op.last_error,
+        "traceparent": op.traceparent,
+    }
+
+
+def _op(r: Row[Any]) -> Operation:
+    return Operation(
+        id=r.id,
+        service=r.service,
+        operation=r.operation,
+        state=OperationState(r.state),
+        caller=r.caller,
+        request_id=r.request_id,
+        input=bytes(r.input),
+        input_content_type=r.input_content_type,
+        callback_url=r.callback_url,
+        callback_headers=dict(r.callback_headers or {}),
+        links=list(r.links or []),
+        work=Work(r.work) if r.work else None,
+        attempts=int(r.attempts),
+        next_attempt_at=r.next_attempt_at,
+        lease_owner=r.lease_owner,
+        lease_until=r.lease_until,
+        deadline_at=r.deadline_at,
+        cancel_requested_at=r.cancel_requested_at,
+        agent_token=r.agent_token,
+        result=bytes(r.result) if r.result is not None else None,
+        result_content_type=r.result_content_type,
+        failure=r.failure,
+        created_at=r.created_at,
+        closed_at=r.closed_at,
+        last_error=r.last_error,
+        traceparent=r.traceparent,
+    )
+
+
+def _event_values(e: Event) -> dict[str, Any]:
+    return {"operation_id": e.operation_id, "at": e.at, "kind": e.kind, "data": e.data}
+
+
+def _idem_values(r: IdempotencyRecord) -> dict[str, Any]:
+    return {
+        "scope": r.scope,
+        "key": r.key,
+        "fingerprint": r.fingerprint,
+        "operation_id": r.operation_id,
+        "response_status": r.response_status,
+        "response_body": r.response_body,
+        "response_headers": r.response_headers,
+        "created_at": r.created_at,
+        "expires_at": r.expires_at,
+    }
+
+
+def _idem(r: Row[Any]) -> IdempotencyRecord:
+    return IdempotencyRecord(
+        scope=r.scope,
+        key=r.key,
+        fingerprint=r.fingerprint,
+        operation_id=r.operation_id,
+        created_at=r.created_at,
+        expires_at=r.expires_at,
+        response_status=r.response_status,
+        response_body=bytes(r.response_body) if r.response_body is not None else None,
+        response_headers=dict(r.response_headers or {}),
+    )
+
+
+def _cb_values(c: CallbackDelivery) -> dict[str, Any]:
+    return {
+        "id": c.id,
+        "operation_id": c.operation_id,
+        "caller": c.caller,
+        "url": c.url,
+        "headers": c.headers,
+        "body": c.body,
+        "state": c.state.value,
+        "attempts": c.attempts,
+        "next_attempt_at": c.next_attempt_at,
+        "expires_at": c.expires_at,
+        "created_at": c.created_at,
+        "delivered_at": c.delivered_at,
+        "last_error": c.last_error,
+    }
+
+
+def _cb(r: Row[Any]) -> CallbackDelivery:
+    return CallbackDelivery(
+        id=r.id,
+        operation_id=r.operation_id,
+        caller=r.caller,
+        url=r.url,
+        headers=dict(r.headers or {}),
+        body=bytes(r.body),
+        state=DeliveryState(r.state),
+        attempts=int(r.attempts),
+        next_attempt_at=r.next_attempt_at,
+        expires_at=r.expires_at,
+        created_at=r.created_at,
+        delivered_at=r.delivered_at,
+        last_error=r.last_error,
+    )
