@@ -139,9 +139,9 @@ def failure(
     return body
 
 
-def operation_error(state: OperationState, message: str, cause: dict[str, Any] | None = None) -> (
-    dict[str, Any]
-):
+def operation_error(
+    state: OperationState, message: str, cause: dict[str, Any] | None = None
+) -> dict[str, Any]:
     return failure(
         message, type="nexus.OperationError", details={"state": state.value}, cause=cause
     )

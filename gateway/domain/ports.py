@@ -22,6 +22,7 @@ from gateway.domain.model import (
 )
 from registry.model import AgentSpec
 
+
 class Store(Protocol):
     # lifecycle ---------------------------------------------------------------------------------
     async def migrate(self) -> None: ...
@@ -38,9 +39,9 @@ class Store(Protocol):
 
     # operations --------------------------------------------------------------------------------
     async def create_operation(
-        self, op: Operation, event: Event, idempotency: Sequence[IdempotencyRecord]
+        self, op: Operation, events: Sequence[Event], idempotency: Sequence[IdempotencyRecord]
     ) -> tuple[Operation, IdempotencyRecord | None]:
-        """Insert op + event + idempotency records, or return the existing operation (and its
+        """Insert op + events + idempotency records, or return the existing operation (and its
         record) when one of the idempotency keys is already taken."""
         ...
 

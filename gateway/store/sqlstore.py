@@ -7,7 +7,7 @@ PostgreSQL (asyncpg) claims work with ``FOR UPDATE SKIP LOCKED``.
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
@@ -17,7 +17,20 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import and_, case, delete, event, func, insert, or_, select, text, update
+from sqlalchemy import (
+    String,
+    and_,
+    case,
+    delete,
+    event,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -53,7 +66,7 @@ def normalize_url(url: str) -> str:
     return url
 
 
-def _translate(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+def _translate(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
     """Translate driver errors into our own exceptions at the store boundary."""
 
     @functools.wraps(fn)
@@ -244,7 +257,7 @@ class SqlStore:
 
     @_translate
     async def create_operation(
-        self, op: Operation, event_: Event, idempotency: Sequence[IdempotencyRecord]
+        self, op: Operation, events: Sequence[Event], idempotency: Sequence[IdempotencyRecord]
     ) -> tuple[Operation, IdempotencyRecord | None]:
         async with self._tx() as conn:
             for rec in idempotency:
@@ -270,7 +283,7 @@ class SqlStore:
                         )
                     )
             await conn.execute(insert(t.operations).values(**_op_values(op)))
-            await conn.execute(insert(t.events).values(**_event_values(event_)))
+            await conn.execute(insert(t.events), [_event_values(e) for e in events])
             for rec in idempotency:
                 await conn.execute(insert(t.idempotency).values(**_idem_values(rec)))
         return op, None
@@ -334,7 +347,9 @@ class SqlStore:
                 lease_owner=owner,
                 lease_until=lease_until,
                 attempts=o.c.attempts
-                + _case_int(and_(o.c.work == Work.DISPATCH.value, o.c.cancel_requested_at.is_(None))),
+                + _case_int(
+                    and_(o.c.work == Work.DISPATCH.value, o.c.cancel_requested_at.is_(None))
+                ),
             )
             .returning(*o.c)
         )
@@ -385,9 +400,18 @@ class SqlStore:
         conds = [o.c.id == op_id, o.c.state == OperationState.RUNNING.value]
         if owner is not None:
             conds.append(o.c.lease_owner == owner)
+        # A cancel requested while the lease was held must not be lost: an accepted operation
+        # gets cancel work, a retry becomes due at once (the next claim then cancels it).
+        cancel_pending = o.c.cancel_requested_at.is_not(None)
         values: dict[str, Any] = {
-            "work": work.value if work else None,
-            "next_attempt_at": next_attempt_at,
+            "work": case(
+                (and_(cancel_pending, literal(work is None)), Work.CANCEL.value),
+                else_=literal(work.value if work else None, String()),
+            ),
+            "next_attempt_at": case(
+                (cancel_pending, literal(event.at, t.UTCDateTime())),
+                else_=literal(next_attempt_at, t.UTCDateTime()),
+            ),
             "lease_owner": None,
             "lease_until": None,
             "last_error": last_error,
@@ -500,12 +524,7 @@ class SqlStore:
     @_translate
     async def list_events(self, op_id: str, after: int = 0, limit: int = 1000) -> list[Event]:
         e = t.events
-        q = (
-            select(e)
-            .where(e.c.operation_id == op_id, e.c.id > after)
-            .order_by(e.c.id)
-            .limit(limit)
-        )
+        q = select(e).where(e.c.operation_id == op_id, e.c.id > after).order_by(e.c.id).limit(limit)
         async with self.engine.connect() as conn:
             rows = (await conn.execute(q)).all()
         return [
@@ -514,9 +533,9 @@ class SqlStore:
         ]
 
     @_translate
-    async def add_event(self, event_: Event) -> None:
+    async def add_event(self, event: Event) -> None:
         async with self._tx() as conn:
-            await conn.execute(insert(t.events).values(**_event_values(event_)))
+            await conn.execute(insert(t.events).values(**_event_values(event)))
 
     # -- callbacks ---------------------------------------------------------------------------
 

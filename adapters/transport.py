@@ -1,0 +1,67 @@
+"""Outbound HTTP for adapters and callback delivery: pooled aiohttp session, screened
+destinations (SSRF rules), never follows redirects, bounded time per request."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+from gateway.security.netguard import BlockedDestination, OutboundPolicy, check_url, make_connector
+
+from adapters.base import HttpResponse, TransportError
+
+
+class AiohttpTransport:
+    def __init__(self, policy: OutboundPolicy, *, limit: int = 512) -> None:
+        self.policy = policy
+        self._limit = limit
+        self._session: aiohttp.ClientSession | None = None
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=make_connector(self.policy, limit=self._limit, limit_per_host=0),
+                auto_decompress=True,
+            )
+        return self._session
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: dict[str, str],
+        body: bytes | None,
+        timeout_s: float,
+    ) -> HttpResponse:
+        try:
+            check_url(url, self.policy)
+        except (BlockedDestination, ValueError) as exc:
+            raise TransportError(f"destination refused: {exc}", retryable=False) from exc
+        try:
+            async with self._get_session().request(
+                method,
+                url,
+                headers=headers,
+                data=body,
+                allow_redirects=False,
+                timeout=aiohttp.ClientTimeout(total=timeout_s),
+            ) as resp:
+                data = await resp.read()
+                return HttpResponse(status=resp.status, headers=dict(resp.headers), body=data)
+        except BlockedDestination as exc:
+            raise TransportError(f"destination refused: {exc}", retryable=False) from exc
+        except TimeoutError as exc:
+            raise TransportError(f"timed out after {timeout_s:g}s") from exc
+        except aiohttp.ClientConnectorError as exc:
+            if isinstance(exc.os_error, BlockedDestination):
+                raise TransportError(
+                    f"destination refused: {exc.os_error}", retryable=False
+                ) from exc
+            raise TransportError(f"connection failed: {exc.os_error}") from exc
+        except (aiohttp.ClientError, OSError, asyncio.IncompleteReadError) as exc:
+            raise TransportError(f"{type(exc).__name__}: {exc}") from exc
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()

@@ -1,0 +1,184 @@
+"""Run the demo swarm: a gateway (SQLite file), five agents, a crash in the middle.
+
+make demo            # or: python -m examples.swarm
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from examples.swarm.agents import (
+    flights_agent,
+    hotels_agent,
+    planner_agent,
+    research_agent,
+    summariser_agent,
+)
+from gateway.sdk.agent import AgentApp
+from gateway.sdk.client import Client
+from registry.auth import AuthConfig, mint_token
+
+ROOT = Path(__file__).resolve().parents[2]
+TRIPS = [("Lisbon", 3), ("Porto", 2), ("Kyoto", 5), ("Oslo", 2), ("Lima", 4), ("Cairo", 3)]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class GatewayProc:
+    def __init__(self, env: dict[str, str], port: int, log: Path) -> None:
+        self.env, self.port, self.log = env, port, log
+        self.url = f"http://127.0.0.1:{port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    async def start(self) -> None:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "gateway.cli", "serve"],
+                cwd=ROOT,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        async with aiohttp.ClientSession() as http:
+            for _ in range(400):
+                if self.proc.poll() is not None:
+                    raise SystemExit(f"gateway exited; see {self.log}")
+                try:
+                    async with http.get(self.url + "/readyz") as r:
+                        if r.status == 200:
+                            return
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.05)
+        raise SystemExit("gateway did not start")
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(20)
+
+
+async def serve(agent: AgentApp) -> tuple[web.AppRunner, str]:
+    runner = web.AppRunner(agent.app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner, f"http://127.0.0.1:{port}"
+
+
+async def run_demo(workdir: Path, *, kill_after_s: float = 1.0) -> dict[str, Any]:
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    port = free_port()
+    jwt_secret = secrets.token_urlsafe(32)
+    env = {
+        **os.environ,
+        "SWARMGATE_DATABASE_URL": f"sqlite:///{workdir / 'swarmgate.db'}",
+        "SWARMGATE_PORT": str(port),
+        "SWARMGATE_HOST": "127.0.0.1",
+        "SWARMGATE_JWT_SECRET": jwt_secret,
+        "SWARMGATE_ALLOW_CIDRS": "127.0.0.0/8,::1/128",  # the demo's agents live on loopback
+        "SWARMGATE_LEASE_S": "3",
+        "SWARMGATE_POLL_S": "0.1",
+        "SWARMGATE_CALLBACK_RETRY_INITIAL_S": "0.2",
+        "SWARMGATE_CALLBACK_RETRY_MAX_S": "1",
+    }
+    auth = AuthConfig(mode="hs256", secret=jwt_secret, issuer="swarmgate", audience="swarmgate")
+    admin = mint_token(auth, "demo-admin", ["admin"])
+    planner_token = mint_token(auth, "planner", ["ops:start:*", "ops:read"])
+    gw = GatewayProc(env, port, workdir / "gateway.log")
+    agents = [
+        research_agent(),
+        flights_agent(),
+        hotels_agent(),
+        summariser_agent(),
+        planner_agent(gw.url, planner_token),
+    ]
+    runners = []
+    await gw.start()
+    print(f"gateway up at {gw.url} (SQLite: {workdir / 'swarmgate.db'})")
+    try:
+        async with Client(gw.url, token=admin, retry_for_s=60) as client:
+            for agent in agents:
+                runner, url = await serve(agent)
+                runners.append(runner)
+                await client.register(agent.spec(url).to_json())
+                print(f"  registered agent {agent.name:<11} at {url}")
+            t0 = time.monotonic()
+            started = {}
+            for city, nights in TRIPS:
+                s = await client.start(
+                    "planner",
+                    "plan_trip",
+                    {"city": city, "nights": nights},
+                    request_id=f"trip-{city}",
+                )
+                started[city] = s.token
+            print(f"started {len(started)} trip plans; each fans out to 4 agents")
+            await asyncio.sleep(kill_after_s)
+            gw.kill()
+            print("*** gateway killed with SIGKILL mid-run ***")
+            await asyncio.sleep(0.5)
+            await gw.start()
+            print("gateway restarted; in-flight work resumes from the database")
+            results = {}
+            for city, token in started.items():
+                results[city] = await client.result("planner", "plan_trip", token, wait_s=20)
+            elapsed = time.monotonic() - t0
+            print(f"\nall {len(results)} trips completed in {elapsed:.1f} s:")
+            for city, res in results.items():
+                print(f"  {city:<7} {res['summary']}")
+            effects = {a.name: a.effects for a in agents}
+            twice = {n: {k: v for k, v in e.items() if v != 1} for n, e in effects.items()}
+            twice = {n: e for n, e in twice.items() if e}
+            print("\neffects per agent (each must be exactly once):")
+            for name, eff in effects.items():
+                print(
+                    f"  {name:<11} {len(eff)} operations, max runs per operation "
+                    f"{max(eff.values()) if eff else 0}"
+                )
+            print("nothing ran twice" if not twice else f"RAN TWICE: {twice}")
+            token = started["Lisbon"]
+            print(f"\nhistory of planner/plan_trip {token}:")
+            for ev in await client.history(token):
+                data = {k: v for k, v in ev["data"].items() if v not in (None, "")}
+                print(f"  #{ev['id']:<4} {ev['at'][11:23]}  {ev['kind']:<22} {json.dumps(data)}")
+            return {"results": results, "ran_twice": twice, "elapsed_s": elapsed}
+    finally:
+        gw.stop()
+        for runner in runners:
+            await runner.cleanup()
+
+
+def main() -> int:
+    outcome = asyncio.run(run_demo(ROOT / "var" / "demo"))
+    ok = len(outcome["results"]) == len(TRIPS) and not outcome["ran_twice"]
+    print("\ndemo OK" if ok else "\ndemo FAILED")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

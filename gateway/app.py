@@ -1,0 +1,159 @@
+"""The composition root: builds store, registry, adapters, engine and the web app."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from aiohttp import web
+
+from adapters.http import HttpAgentAdapter
+from adapters.transport import AiohttpTransport
+from gateway.config import Settings
+from gateway.domain.clock import Clock, SystemClock
+from gateway.engine.engine import Engine, EngineConfig
+from gateway.http import api, nexus
+from gateway.http.context import SERVICES, Services
+from gateway.http.errors import error_middleware
+from gateway.security import webhooks
+from gateway.security.netguard import OutboundPolicy
+from gateway.store.sqlstore import SqlStore
+from registry.auth import AuthConfig, Verifier
+from registry.model import AdapterKind, AgentSpec, RetryPolicy
+from registry.service import Registry
+
+log = logging.getLogger("swarmgate")
+
+
+def load_agents_file(path: str) -> list[AgentSpec]:
+    text = Path(path).read_text()
+    data: Any = yaml.safe_load(text) if path.endswith((".yaml", ".yml")) else json.loads(text)
+    items = data.get("agents", []) if isinstance(data, dict) else data
+    return [AgentSpec.from_json(item) for item in items]
+
+
+@dataclass
+class Gateway:
+    settings: Settings
+    store: SqlStore
+    registry: Registry
+    engine: Engine
+    transport: AiohttpTransport
+    app: web.Application
+    verifier: Verifier
+
+    async def close(self) -> None:
+        await self.engine.stop()
+        await self.transport.close()
+        await self.store.close()
+
+
+async def build(settings: Settings, *, clock: Clock | None = None) -> Gateway:
+    clock = clock or SystemClock()
+    store = SqlStore(settings.database_url, sqlite_synchronous=settings.sqlite_synchronous)
+    await store.migrate()
+    secret = settings.secret or await store.get_or_create_setting(
+        "completion_secret", secrets.token_urlsafe(32)
+    )
+    callback_secret = settings.callback_secret or await store.get_or_create_setting(
+        "callback_secret", webhooks.generate_secret()
+    )
+    outbound = OutboundPolicy.from_strings(list(settings.allow_cidrs))
+    transport = AiohttpTransport(outbound)
+    registry = Registry(store, clock)
+    if settings.agents_file:
+        for spec in load_agents_file(settings.agents_file):
+            await registry.register(spec)
+    config = EngineConfig(
+        owner=settings.replica_id,
+        public_url=settings.base_url,
+        lease_s=settings.lease_s,
+        poll_interval_s=settings.poll_interval_s,
+        sync_wait_s=settings.sync_wait_s,
+        callback_ttl_s=settings.callback_ttl_s,
+        callback_timeout_s=settings.callback_timeout_s,
+        callback_retry=RetryPolicy(
+            initial_s=settings.callback_retry_initial_s,
+            max_s=settings.callback_retry_max_s,
+            jitter_s=min(1.0, settings.callback_retry_initial_s),
+        ),
+        idempotency_ttl_s=settings.idempotency_ttl_s,
+        max_inflight=settings.max_inflight,
+    )
+
+    def sign(caller: str, msg_id: str, body: bytes, now: int) -> dict[str, str]:
+        return webhooks.signed_headers([callback_secret], msg_id, body, now)
+
+    engine = Engine(
+        store=store,
+        registry=registry,
+        adapters={AdapterKind.HTTP: HttpAgentAdapter(transport)},
+        transport=transport,
+        clock=clock,
+        config=config,
+        secret=secret.encode(),
+        callback_signer=sign,
+    )
+    verifier = Verifier(await auth_config(settings, store))
+    app = web.Application(middlewares=[error_middleware], client_max_size=settings.max_body_bytes)
+    app[SERVICES] = Services(engine=engine, registry=registry, verifier=verifier, outbound=outbound)
+    nexus.add_routes(app)
+    api.add_routes(app)
+    return Gateway(
+        settings=settings,
+        store=store,
+        registry=registry,
+        engine=engine,
+        transport=transport,
+        app=app,
+        verifier=verifier,
+    )
+
+
+async def auth_config(settings: Settings, store: SqlStore) -> AuthConfig:
+    if settings.auth_mode == "none":
+        return AuthConfig(mode="none", issuer=settings.jwt_issuer, audience=settings.jwt_audience)
+    if settings.auth_mode == "jwks":
+        return AuthConfig(
+            mode="jwks",
+            jwks_url=settings.jwks_url,
+            issuer=settings.jwt_issuer,
+            audience=settings.jwt_audience,
+        )
+    secret = settings.jwt_secret or await store.get_or_create_setting(
+        "jwt_secret", secrets.token_urlsafe(32)
+    )
+    return AuthConfig(
+        mode="hs256", secret=secret, issuer=settings.jwt_issuer, audience=settings.jwt_audience
+    )
+
+
+async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> None:
+    """Run a gateway until SIGTERM/SIGINT; then stop taking work and release it."""
+    gw = await build(settings)
+    runner = web.AppRunner(gw.app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
+    await site.start()
+    await gw.engine.run()
+    log.info("swarmgate %s listening on %s", settings.replica_id, settings.base_url)
+    print(f"swarmgate listening on {settings.base_url} (replica {settings.replica_id})", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if ready is not None:
+        ready.set()
+    try:
+        await stop.wait()
+    finally:
+        await site.stop()
+        await gw.close()
+        await runner.cleanup()

@@ -1,0 +1,92 @@
+"""Gateway settings from environment variables (``SWARMGATE_*``)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from gateway.domain.errors import ConfigError
+
+
+def _f(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from exc
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    database_url: str = "sqlite:///var/swarmgate.db"
+    host: str = "127.0.0.1"
+    port: int = 8080
+    public_url: str = ""
+    replica_id: str = field(default_factory=lambda: f"gw-{uuid.uuid4().hex[:12]}")
+    agents_file: str | None = None
+    allow_cidrs: tuple[str, ...] = ()
+    lease_s: float = 30.0
+    poll_interval_s: float = 0.5
+    sync_wait_s: float = 5.0
+    callback_ttl_s: float = 24 * 3600.0
+    callback_timeout_s: float = 15.0
+    callback_retry_initial_s: float = 1.0
+    callback_retry_max_s: float = 3600.0
+    idempotency_ttl_s: float = 24 * 3600.0
+    max_inflight: int = 256
+    auth_mode: str = "hs256"
+    jwt_secret: str | None = None
+    jwks_url: str | None = None
+    jwt_issuer: str = "swarmgate"
+    jwt_audience: str = "swarmgate"
+    secret: str | None = None
+    callback_secret: str | None = None
+    max_body_bytes: int = 2 * 1024 * 1024
+    sqlite_synchronous: str = "FULL"
+
+    @property
+    def base_url(self) -> str:
+        return self.public_url or f"http://{self.host}:{self.port}"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        e = dict(os.environ if env is None else env)
+        p = "SWARMGATE_"
+        cidrs = tuple(c.strip() for c in e.get(p + "ALLOW_CIDRS", "").split(",") if c.strip())
+        kw: dict[str, object] = {
+            "database_url": e.get(p + "DATABASE_URL") or cls.database_url,
+            "host": e.get(p + "HOST") or cls.host,
+            "port": int(_f(e, p + "PORT", cls.port)),
+            "public_url": e.get(p + "PUBLIC_URL", ""),
+            "agents_file": e.get(p + "AGENTS_FILE") or None,
+            "allow_cidrs": cidrs,
+            "lease_s": _f(e, p + "LEASE_S", cls.lease_s),
+            "poll_interval_s": _f(e, p + "POLL_S", cls.poll_interval_s),
+            "sync_wait_s": _f(e, p + "SYNC_WAIT_S", cls.sync_wait_s),
+            "callback_ttl_s": _f(e, p + "CALLBACK_TTL_S", cls.callback_ttl_s),
+            "callback_timeout_s": _f(e, p + "CALLBACK_TIMEOUT_S", cls.callback_timeout_s),
+            "callback_retry_initial_s": _f(
+                e, p + "CALLBACK_RETRY_INITIAL_S", cls.callback_retry_initial_s
+            ),
+            "callback_retry_max_s": _f(e, p + "CALLBACK_RETRY_MAX_S", cls.callback_retry_max_s),
+            "idempotency_ttl_s": _f(e, p + "IDEMPOTENCY_TTL_S", cls.idempotency_ttl_s),
+            "max_inflight": int(_f(e, p + "MAX_INFLIGHT", cls.max_inflight)),
+            "auth_mode": e.get(p + "AUTH_MODE") or cls.auth_mode,
+            "jwt_secret": e.get(p + "JWT_SECRET") or None,
+            "jwks_url": e.get(p + "JWKS_URL") or None,
+            "jwt_issuer": e.get(p + "JWT_ISSUER") or cls.jwt_issuer,
+            "jwt_audience": e.get(p + "JWT_AUDIENCE") or cls.jwt_audience,
+            "secret": e.get(p + "SECRET") or None,
+            "callback_secret": e.get(p + "CALLBACK_SECRET") or None,
+            "max_body_bytes": int(_f(e, p + "MAX_BODY_BYTES", cls.max_body_bytes)),
+            "sqlite_synchronous": e.get(p + "SQLITE_SYNCHRONOUS") or cls.sqlite_synchronous,
+        }
+        if e.get(p + "REPLICA_ID"):
+            kw["replica_id"] = e[p + "REPLICA_ID"]
+        if kw["auth_mode"] not in ("hs256", "jwks", "none"):
+            raise ConfigError("SWARMGATE_AUTH_MODE must be hs256, jwks or none")
+        return cls(**kw)  # type: ignore[arg-type]

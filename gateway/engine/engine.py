@@ -1,0 +1,913 @@
+"""The durable engine: start, dispatch with retries, cancel, timeouts, completions, callbacks.
+
+Every state change is one store transaction with its event (and its callback outbox row).
+Work is claimed with leases, so any replica may die at any instant and another one (or a
+restart) resumes the work once the lease has expired.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import functools
+import hashlib
+import hmac
+import json
+import logging
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from email.utils import format_datetime
+from typing import Any
+
+from adapters.base import (
+    AgentAdapter,
+    CancelRequest,
+    DispatchRequest,
+    Outcome,
+    OutcomeKind,
+    Transport,
+    TransportError,
+)
+from adapters.http import parse_retry_after
+from gateway.domain.clock import Clock
+from gateway.domain.errors import HandlerError, HandlerErrorType, StoreError
+from gateway.domain.model import (
+    CallbackDelivery,
+    Completion,
+    DeliveryState,
+    Event,
+    IdempotencyRecord,
+    Operation,
+    OperationState,
+    Work,
+    failure,
+    operation_error,
+)
+from gateway.domain.ports import Store
+from gateway.engine import backoff
+from registry.model import AdapterKind, AgentSpec, OperationSpec, RetryPolicy
+from registry.service import Registry, check_payload
+
+log = logging.getLogger("swarmgate.engine")
+
+
+@dataclass(frozen=True, kw_only=True)
+class EngineConfig:
+    owner: str = field(default_factory=lambda: f"gw-{uuid.uuid4().hex[:12]}")
+    public_url: str = "http://127.0.0.1:8080"
+    lease_s: float = 30.0
+    poll_interval_s: float = 0.5
+    claim_batch: int = 64
+    max_inflight: int = 256
+    sync_wait_s: float = 5.0  # how long start waits inline for the agent before answering 201
+    callback_ttl_s: float = 24 * 3600.0
+    callback_timeout_s: float = 15.0
+    callback_retry: RetryPolicy = field(
+        default_factory=lambda: RetryPolicy(initial_s=1.0, max_s=3600.0, jitter_s=1.0)
+    )
+    cancel_retry: RetryPolicy = field(
+        default_factory=lambda: RetryPolicy(initial_s=1.0, max_s=3600.0, jitter_s=1.0)
+    )
+    idempotency_ttl_s: float = 24 * 3600.0
+    max_timeout_s: float = 30 * 24 * 3600.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class StartRequest:
+    service: str
+    operation: str
+    caller: str
+    input: bytes
+    content_type: str | None
+    request_id: str | None = None
+    idempotency_key: str | None = None
+    callback_url: str | None = None
+    callback_headers: Mapping[str, str] = field(default_factory=dict)
+    links: tuple[str, ...] = ()
+    timeout_s: float | None = None
+    traceparent: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class StartResult:
+    operation: Operation
+    created: bool
+    replay: IdempotencyRecord | None = None
+    idempotency_keys: tuple[tuple[str, str], ...] = ()  # (scope, key) to store the response
+
+
+def fingerprint(req: StartRequest) -> str:
+    h = hashlib.sha256()
+    for part in (req.service, req.operation, req.content_type or "", req.callback_url or ""):
+        h.update(part.encode())
+        h.update(b"\0")
+    h.update(req.input)
+    return h.hexdigest()
+
+
+def _forget(tasks: dict[str, asyncio.Task[None]], key: str, _task: asyncio.Task[None]) -> None:
+    tasks.pop(key, None)
+
+
+def http_date(dt: datetime) -> str:
+    return format_datetime(dt, usegmt=True)
+
+
+def rfc3339_ms(dt: datetime) -> str:
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+
+class Engine:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        registry: Registry,
+        adapters: Mapping[AdapterKind, AgentAdapter],
+        transport: Transport,
+        clock: Clock,
+        config: EngineConfig,
+        secret: bytes,
+        callback_signer: Any = None,
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self.adapters = adapters
+        self.transport = transport
+        self.clock = clock
+        self.config = config
+        self._secret = secret
+        self.callback_signer = callback_signer  # (caller, msg_id, body, now) -> headers
+        self._wake_work = asyncio.Event()
+        self._wake_callbacks = asyncio.Event()
+        self._inflight: dict[str, asyncio.Task[None]] = {}
+        self._cb_inflight: dict[str, asyncio.Task[None]] = {}
+        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._loops: list[asyncio.Task[None]] = []
+        self._stopping = False
+        self.counters: dict[str, int] = {}
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _count(self, name: str, n: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + n
+
+    def now(self) -> datetime:
+        return self.clock.now()
+
+    def completion_token(self, op_id: str) -> str:
+        mac = hmac.new(self._secret, b"completion:" + op_id.encode(), hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
+
+    def check_completion_token(self, op_id: str, token: str) -> bool:
+        return hmac.compare_digest(self.completion_token(op_id), token)
+
+    def completion_url(self, op_id: str) -> str:
+        return f"{self.config.public_url.rstrip('/')}/api/completions/{op_id}"
+
+    def _event(self, op_id: str, kind: str, **data: Any) -> Event:
+        return Event(operation_id=op_id, kind=kind, at=self.now(), data=data)
+
+    # -- start ------------------------------------------------------------------------------
+
+    async def start(self, req: StartRequest) -> StartResult:
+        agent, spec = await self.registry.resolve(req.service, req.operation)
+        errors = check_payload(spec.input_schema, req.input, req.content_type, "input")
+        if errors:
+            raise HandlerError(
+                HandlerErrorType.BAD_REQUEST,
+                "input does not match the operation's schema",
+                details=errors,
+            )
+        now = self.now()
+        timeout = spec.timeout_s if req.timeout_s is None else min(req.timeout_s, spec.timeout_s)
+        timeout = min(timeout, self.config.max_timeout_s)
+        op_id = str(uuid.uuid4())
+        fp = fingerprint(req)
+        expires = now + timedelta(seconds=self.config.idempotency_ttl_s)
+        records = []
+        if req.request_id:
+            records.append("rid:" + req.request_id)
+        if req.idempotency_key:
+            records.append("key:" + req.idempotency_key)
+        idem = [
+            IdempotencyRecord(
+                scope=req.caller,
+                key=k,
+                fingerprint=fp,
+                operation_id=op_id,
+                created_at=now,
+                expires_at=expires,
+            )
+            for k in records
+        ]
+        op = Operation(
+            id=op_id,
+            service=req.service,
+            operation=req.operation,
+            state=OperationState.RUNNING,
+            caller=req.caller,
+            created_at=now,
+            input=req.input,
+            input_content_type=req.content_type,
+            request_id=req.request_id,
+            callback_url=req.callback_url,
+            callback_headers=dict(req.callback_headers),
+            links=list(req.links),
+            work=Work.DISPATCH,
+            attempts=1,
+            next_attempt_at=now,
+            lease_owner=self.config.owner,
+            lease_until=now + timedelta(seconds=self.config.lease_s),
+            deadline_at=now + timedelta(seconds=timeout),
+            traceparent=req.traceparent,
+        )
+        started = self._event(
+            op_id,
+            "operation.started",
+            service=req.service,
+            operation=req.operation,
+            caller=req.caller,
+            request_id=req.request_id,
+            timeout_s=timeout,
+            callback=bool(req.callback_url),
+        )
+        attempt = self._event(op_id, "attempt.started", attempt=1, owner=self.config.owner)
+        stored, existing = await self.store.create_operation(op, [started, attempt], idem)
+        if existing is not None:
+            self._count("start.deduplicated")
+            return StartResult(
+                operation=stored,
+                created=False,
+                replay=existing,
+                idempotency_keys=tuple((r.scope, r.key) for r in idem),
+            )
+        self._count("start.created")
+        self._spawn(stored, agent, spec)
+        return StartResult(
+            operation=stored, created=True, idempotency_keys=tuple((r.scope, r.key) for r in idem)
+        )
+
+    async def wait_inline(self, op_id: str, timeout_s: float | None = None) -> Operation | None:
+        """Wait (bounded) for the in-process first attempt; return the operation afterwards."""
+        task = self._inflight.get(op_id)
+        if task is not None:
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(
+                    asyncio.shield(task),
+                    timeout_s if timeout_s is not None else self.config.sync_wait_s,
+                )
+        return await self.store.get_operation(op_id)
+
+    # -- background loops -------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Start the background loops (returns at once)."""
+        self._stopping = False
+        self._loops = [
+            asyncio.create_task(self._work_loop(), name="sg-work"),
+            asyncio.create_task(self._callback_loop(), name="sg-callbacks"),
+            asyncio.create_task(self._timeout_loop(), name="sg-timeouts"),
+            asyncio.create_task(self._lease_loop(), name="sg-leases"),
+            asyncio.create_task(self._housekeeping_loop(), name="sg-housekeeping"),
+        ]
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        self._stopping = True
+        for t in self._loops:
+            t.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        pending = list(self._inflight.values()) + list(self._cb_inflight.values())
+        if pending:
+            _done, not_done = await asyncio.wait(pending, timeout=grace_s)
+            for t in not_done:
+                t.cancel()
+            await asyncio.gather(*not_done, return_exceptions=True)
+
+    def wake(self) -> None:
+        self._wake_work.set()
+        self._wake_callbacks.set()
+
+    async def _sleep_or_wake(self, ev: asyncio.Event, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(ev.wait(), seconds)
+        ev.clear()
+
+    async def _guarded(self, name: str, coro: Any) -> None:
+        try:
+            await coro
+        except asyncio.CancelledError:
+            raise
+        except StoreError as exc:
+            self._count(f"{name}.store_errors")
+            log.warning("%s: store error: %s", name, exc)
+            await asyncio.sleep(self.config.poll_interval_s)
+        except Exception:
+            self._count(f"{name}.errors")
+            log.exception("%s failed", name)
+            await asyncio.sleep(self.config.poll_interval_s)
+
+    async def _work_loop(self) -> None:
+        while not self._stopping:
+            await self._guarded("work", self.claim_and_run_work())
+            await self._sleep_or_wake(self._wake_work, self.config.poll_interval_s)
+
+    async def claim_and_run_work(self) -> int:
+        room = self.config.max_inflight - len(self._inflight)
+        if room <= 0:
+            return 0
+        now = self.now()
+        ops = await self.store.claim_work(
+            self.config.owner,
+            now,
+            now + timedelta(seconds=self.config.lease_s),
+            min(room, self.config.claim_batch),
+        )
+        for op in ops:
+            self._spawn(op, None, None)
+        if len(ops) == min(room, self.config.claim_batch):
+            self._wake_work.set()  # more may be due
+        return len(ops)
+
+    def _spawn(self, op: Operation, agent: AgentSpec | None, spec: OperationSpec | None) -> None:
+        task = asyncio.create_task(self._handle_claimed(op, agent, spec), name=f"op-{op.id}")
+        self._inflight[op.id] = task
+        task.add_done_callback(functools.partial(_forget, self._inflight, op.id))
+
+    async def _lease_loop(self) -> None:
+        while not self._stopping:
+            await asyncio.sleep(max(0.2, self.config.lease_s / 3))
+            await self._guarded("leases", self._extend_leases())
+
+    async def _extend_leases(self) -> None:
+        until = self.now() + timedelta(seconds=self.config.lease_s)
+        await self.store.extend_leases(self.config.owner, list(self._inflight), until)
+
+    async def _timeout_loop(self) -> None:
+        while not self._stopping:
+            await self._guarded("timeouts", self.expire_timeouts())
+            await asyncio.sleep(self.config.poll_interval_s)
+
+    async def _housekeeping_loop(self) -> None:
+        while not self._stopping:
+            await self._guarded("idempotency", self.store.purge_idempotency(self.now()))
+            await asyncio.sleep(60.0)
+
+    # -- one claimed unit of work -----------------------------------------------------------
+
+    async def _handle_claimed(
+        self, op: Operation, agent: AgentSpec | None, spec: OperationSpec | None
+    ) -> None:
+        try:
+            if agent is None or spec is None:
+                found = await self.registry.get(op.service)
+                agent = found
+                spec = found.operations.get(op.operation) if found else None
+            if agent is None or spec is None:
+                await self._finish(
+                    op,
+                    OperationState.FAILED,
+                    failure=operation_error(
+                        OperationState.FAILED,
+                        f"agent {op.service}/{op.operation} is no longer registered",
+                    ),
+                    kind="operation.failed",
+                    owner=self.config.owner,
+                )
+                return
+            if op.cancel_requested_at is not None and op.work is Work.DISPATCH:
+                await self._finish(
+                    op,
+                    OperationState.CANCELED,
+                    failure=operation_error(OperationState.CANCELED, "operation canceled"),
+                    kind="operation.canceled",
+                    owner=self.config.owner,
+                    before_dispatch=True,
+                )
+                return
+            if op.work is Work.CANCEL:
+                await self._propagate_cancel(op, agent)
+                return
+            await self._dispatch(op, agent, spec)
+        except asyncio.CancelledError:
+            raise
+        except StoreError as exc:
+            # The lease runs out and another attempt happens later; nothing is lost.
+            log.warning("operation %s: store error, lease left to expire: %s", op.id, exc)
+        except Exception:
+            log.exception("operation %s: unexpected error; lease left to expire", op.id)
+
+    async def _dispatch(self, op: Operation, agent: AgentSpec, spec: OperationSpec) -> None:
+        adapter = self.adapters.get(agent.adapter)
+        if adapter is None:
+            await self._finish(
+                op,
+                OperationState.FAILED,
+                failure=operation_error(OperationState.FAILED, f"no adapter for {agent.adapter}"),
+                kind="operation.failed",
+                owner=self.config.owner,
+            )
+            return
+        self._count("dispatch.attempts")
+        started = self.now()
+        req = DispatchRequest(
+            operation=op,
+            agent=agent,
+            spec=spec,
+            attempt=op.attempts,
+            completion_url=self.completion_url(op.id),
+            completion_token=self.completion_token(op.id),
+            timeout_s=spec.attempt_timeout_s,
+            deadline=op.deadline_at,
+        )
+        try:
+            outcome = await asyncio.wait_for(adapter.start(req), spec.attempt_timeout_s + 1.0)
+        except TimeoutError:
+            outcome = Outcome(kind=OutcomeKind.RETRYABLE, error="attempt timed out")
+        elapsed_ms = round((self.now() - started).total_seconds() * 1000, 1)
+        await self.apply_outcome(op, spec, outcome, elapsed_ms)
+
+    async def apply_outcome(
+        self, op: Operation, spec: OperationSpec, outcome: Outcome, elapsed_ms: float = 0.0
+    ) -> None:
+        owner = self.config.owner
+        if outcome.kind is OutcomeKind.SUCCEEDED:
+            errors = check_payload(
+                spec.output_schema, outcome.result or b"", outcome.content_type, "result"
+            )
+            if errors:
+                await self._finish(
+                    op,
+                    OperationState.FAILED,
+                    failure=operation_error(
+                        OperationState.FAILED,
+                        "agent result does not match the output schema",
+                        cause=failure("output schema violation", details={"errors": errors}),
+                    ),
+                    kind="operation.failed",
+                    owner=owner,
+                    attempt=op.attempts,
+                    elapsed_ms=elapsed_ms,
+                )
+                return
+            await self._finish(
+                op,
+                OperationState.SUCCEEDED,
+                result=outcome.result or b"",
+                content_type=outcome.content_type,
+                kind="operation.succeeded",
+                owner=owner,
+                attempt=op.attempts,
+                elapsed_ms=elapsed_ms,
+            )
+        elif outcome.kind is OutcomeKind.ACCEPTED:
+            self._count("dispatch.accepted")
+            await self.store.update_running(
+                op.id,
+                owner,
+                work=None,
+                next_attempt_at=None,
+                agent_token=outcome.agent_token,
+                event=self._event(
+                    op.id,
+                    "attempt.accepted",
+                    attempt=op.attempts,
+                    agent_token=bool(outcome.agent_token),
+                    elapsed_ms=elapsed_ms,
+                ),
+            )
+            self._wake_work.set()  # a cancel may have arrived meanwhile
+        elif outcome.kind is OutcomeKind.OPERATION_FAILED:
+            state = (
+                OperationState.CANCELED if outcome.state == "canceled" else OperationState.FAILED
+            )
+            fail = outcome.failure or {"message": "operation failed"}
+            if (fail.get("metadata") or {}).get("type") != "nexus.OperationError":
+                fail = operation_error(
+                    state, str(fail.get("message") or "operation failed"), cause=fail
+                )
+            await self._finish(
+                op,
+                state,
+                failure=fail,
+                kind=f"operation.{state.value}",
+                owner=owner,
+                attempt=op.attempts,
+                elapsed_ms=elapsed_ms,
+            )
+        elif outcome.kind is OutcomeKind.RETRYABLE:
+            self._count("dispatch.retryable_failures")
+            exhausted = (
+                spec.retry.max_attempts is not None and op.attempts >= spec.retry.max_attempts
+            )
+            if exhausted:
+                await self._finish(
+                    op,
+                    OperationState.FAILED,
+                    failure=operation_error(
+                        OperationState.FAILED,
+                        f"gave up after {op.attempts} attempts: {outcome.error}",
+                        cause=outcome.failure,
+                    ),
+                    kind="operation.failed",
+                    owner=owner,
+                    attempt=op.attempts,
+                    elapsed_ms=elapsed_ms,
+                )
+                return
+            nxt = backoff.next_attempt_at(
+                spec.retry, op.attempts, self.now(), outcome.retry_after_s
+            )
+            if op.deadline_at is not None and nxt > op.deadline_at:
+                nxt = op.deadline_at
+            await self.store.update_running(
+                op.id,
+                owner,
+                work=Work.DISPATCH,
+                next_attempt_at=nxt,
+                last_error=outcome.error,
+                event=self._event(
+                    op.id,
+                    "attempt.failed",
+                    attempt=op.attempts,
+                    retryable=True,
+                    error=outcome.error,
+                    status=outcome.status,
+                    next_attempt_at=nxt.isoformat(),
+                    elapsed_ms=elapsed_ms,
+                ),
+            )
+        else:
+            self._count("dispatch.permanent_failures")
+            await self._finish(
+                op,
+                OperationState.FAILED,
+                failure=operation_error(
+                    OperationState.FAILED,
+                    f"agent request failed: {outcome.error}",
+                    cause=outcome.failure,
+                ),
+                kind="operation.failed",
+                owner=owner,
+                attempt=op.attempts,
+                elapsed_ms=elapsed_ms,
+                status=outcome.status,
+            )
+
+    async def _propagate_cancel(self, op: Operation, agent: AgentSpec) -> None:
+        adapter = self.adapters.get(agent.adapter)
+        attempt_no = int(op.attempts)
+        outcome = (
+            await adapter.cancel(CancelRequest(operation=op, agent=agent, timeout_s=10.0))
+            if adapter is not None
+            else Outcome(kind=OutcomeKind.PERMANENT, error="no adapter")
+        )
+        if outcome.kind is OutcomeKind.RETRYABLE:
+            nxt = backoff.next_attempt_at(
+                self.config.cancel_retry, attempt_no, self.now(), outcome.retry_after_s
+            )
+            await self.store.update_running(
+                op.id,
+                self.config.owner,
+                work=Work.CANCEL,
+                next_attempt_at=nxt,
+                last_error=outcome.error,
+                event=self._event(
+                    op.id, "cancel.failed", error=outcome.error, next_attempt_at=nxt.isoformat()
+                ),
+            )
+            return
+        await self._finish(
+            op,
+            OperationState.CANCELED,
+            failure=operation_error(OperationState.CANCELED, "operation canceled"),
+            kind="operation.canceled",
+            owner=self.config.owner,
+            agent_acknowledged=outcome.kind is OutcomeKind.SUCCEEDED,
+            agent_error=outcome.error,
+        )
+
+    # -- terminal transitions ---------------------------------------------------------------
+
+    async def _finish(
+        self,
+        op: Operation,
+        state: OperationState,
+        *,
+        kind: str,
+        result: bytes | None = None,
+        content_type: str | None = None,
+        failure: dict[str, Any] | None = None,
+        owner: str | None = None,
+        **data: Any,
+    ) -> bool:
+        now = self.now()
+        callback = self._callback_for(op, state, now, result, content_type, failure)
+        data = {k: v for k, v in data.items() if v is not None}
+        if failure is not None:
+            data.setdefault("message", failure.get("message"))
+        completion = Completion(
+            operation_id=op.id,
+            state=state,
+            at=now,
+            result=result,
+            result_content_type=content_type,
+            failure=failure,
+            event=Event(operation_id=op.id, kind=kind, at=now, data=data),
+            callback=callback,
+            only_if_owner=owner,
+        )
+        applied = await self.store.complete(completion)
+        if applied:
+            self._count(f"operations.{state.value}")
+            self._notify(op.id)
+            if callback is not None:
+                self._wake_callbacks.set()
+        return applied
+
+    def _callback_for(
+        self,
+        op: Operation,
+        state: OperationState,
+        now: datetime,
+        result: bytes | None,
+        content_type: str | None,
+        fail: dict[str, Any] | None,
+    ) -> CallbackDelivery | None:
+        if not op.callback_url:
+            return None
+        headers = dict(op.callback_headers)
+        headers.update(
+            {
+                "Nexus-Operation-Token": op.id,
+                "Nexus-Operation-Id": op.id,
+                "Nexus-Operation-State": state.value,
+                "Nexus-Operation-Start-Time": http_date(op.created_at),
+                "Nexus-Operation-Close-Time": rfc3339_ms(now),
+            }
+        )
+        if op.links:
+            headers["Nexus-Link"] = ", ".join(op.links)
+        if state is OperationState.SUCCEEDED:
+            body = result or b""
+            headers["Content-Type"] = content_type or "application/json"
+        else:
+            body = json.dumps(fail or {}).encode()
+            headers["Content-Type"] = "application/json"
+        return CallbackDelivery(
+            id=f"msg_{uuid.uuid4().hex}",
+            operation_id=op.id,
+            caller=op.caller,
+            url=op.callback_url,
+            headers=headers,
+            body=body,
+            created_at=now,
+            expires_at=now + timedelta(seconds=self.config.callback_ttl_s),
+            next_attempt_at=now,
+        )
+
+    def _notify(self, op_id: str) -> None:
+        for fut in self._waiters.pop(op_id, []):
+            if not fut.done():
+                fut.set_result(None)
+
+    async def wait_terminal(self, op_id: str, wait_s: float) -> Operation | None:
+        """Long-poll: the operation once terminal, or as it stands when ``wait_s`` runs out."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(0.0, wait_s)
+        while True:
+            op = await self.store.get_operation(op_id)
+            remaining = deadline - loop.time()
+            if op is None or op.state.terminal or remaining <= 0:
+                return op
+            fut: asyncio.Future[None] = loop.create_future()
+            self._waiters.setdefault(op_id, []).append(fut)
+            try:
+                # Completions made by other replicas are seen by re-reading now and then.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        fut, min(remaining, max(0.05, self.config.poll_interval_s))
+                    )
+            finally:
+                waiters = self._waiters.get(op_id)
+                if waiters and fut in waiters:
+                    waiters.remove(fut)
+                    if not waiters:
+                        self._waiters.pop(op_id, None)
+
+    async def expire_timeouts(self) -> int:
+        ops = await self.store.due_timeouts(self.now(), 200)
+        n = 0
+        for op in ops:
+            applied = await self._finish(
+                op,
+                OperationState.FAILED,
+                failure=operation_error(
+                    OperationState.FAILED,
+                    "operation timed out (schedule-to-close)",
+                    cause=failure(
+                        "operation timed out",
+                        type="TimeoutError",
+                        details={"timeoutType": "SCHEDULE_TO_CLOSE"},
+                    ),
+                ),
+                kind="operation.timed_out",
+            )
+            n += int(applied)
+        return n
+
+    # -- caller-facing actions ----------------------------------------------------------------
+
+    async def cancel(self, op_id: str, by: str) -> Operation:
+        op = await self.store.get_operation(op_id)
+        if op is None:
+            raise HandlerError(HandlerErrorType.NOT_FOUND, "no such operation")
+        if op.state is OperationState.RUNNING and op.cancel_requested_at is None:
+            applied = await self.store.request_cancel(
+                op_id, self.now(), self._event(op_id, "cancel.requested", by=by)
+            )
+            if applied:
+                self._count("cancel.requested")
+                self._wake_work.set()
+        return op
+
+    async def complete_from_agent(
+        self,
+        op_id: str,
+        state: OperationState,
+        *,
+        result: bytes | None = None,
+        content_type: str | None = None,
+        fail: dict[str, Any] | None = None,
+    ) -> tuple[Operation, bool]:
+        op = await self.store.get_operation(op_id)
+        if op is None:
+            raise HandlerError(HandlerErrorType.NOT_FOUND, "no such operation")
+        if op.state.terminal:
+            return op, False
+        if state is OperationState.SUCCEEDED:
+            found = await self.registry.get(op.service)
+            spec = found.operations.get(op.operation) if found else None
+            errors = check_payload(
+                spec.output_schema if spec else None, result or b"", content_type, "result"
+            )
+            if errors:
+                applied = await self._finish(
+                    op,
+                    OperationState.FAILED,
+                    failure=operation_error(
+                        OperationState.FAILED,
+                        "agent result does not match the output schema",
+                        cause=failure("output schema violation", details={"errors": errors}),
+                    ),
+                    kind="operation.failed",
+                    via="completion",
+                )
+                return op, applied
+            applied = await self._finish(
+                op,
+                state,
+                result=result or b"",
+                content_type=content_type,
+                kind="operation.succeeded",
+                via="completion",
+            )
+        else:
+            body = fail or {"message": f"operation {state.value}"}
+            if (body.get("metadata") or {}).get("type") != "nexus.OperationError":
+                body = operation_error(state, str(body.get("message") or state.value), cause=body)
+            applied = await self._finish(
+                op, state, failure=body, kind=f"operation.{state.value}", via="completion"
+            )
+        return op, applied
+
+    async def redrive(self, op_id: str, by: str) -> bool:
+        ok = await self.store.redrive(
+            op_id, self.now(), self._event(op_id, "operation.redriven", by=by)
+        )
+        if ok:
+            self._wake_work.set()
+        return ok
+
+    async def redrive_callback(self, delivery_id: str, op_id: str, by: str) -> bool:
+        now = self.now()
+        ok = await self.store.redrive_callback(
+            delivery_id,
+            now,
+            now + timedelta(seconds=self.config.callback_ttl_s),
+            self._event(op_id, "callback.redriven", delivery_id=delivery_id, by=by),
+        )
+        if ok:
+            self._wake_callbacks.set()
+        return ok
+
+    # -- callback delivery ------------------------------------------------------------------
+
+    async def _callback_loop(self) -> None:
+        while not self._stopping:
+            await self._guarded("callbacks", self.claim_and_deliver_callbacks())
+            await self._sleep_or_wake(self._wake_callbacks, self.config.poll_interval_s)
+
+    async def claim_and_deliver_callbacks(self) -> int:
+        room = self.config.max_inflight - len(self._cb_inflight)
+        if room <= 0:
+            return 0
+        now = self.now()
+        lease = self.config.callback_timeout_s + self.config.lease_s
+        deliveries = await self.store.claim_callbacks(
+            self.config.owner,
+            now,
+            now + timedelta(seconds=lease),
+            min(room, self.config.claim_batch),
+        )
+        for d in deliveries:
+            task = asyncio.create_task(self._deliver(d), name=f"cb-{d.id}")
+            self._cb_inflight[d.id] = task
+            task.add_done_callback(functools.partial(_forget, self._cb_inflight, d.id))
+        if len(deliveries) == min(room, self.config.claim_batch):
+            self._wake_callbacks.set()
+        return len(deliveries)
+
+    async def _deliver(self, d: CallbackDelivery) -> None:
+        try:
+            await self._deliver_once(d)
+        except asyncio.CancelledError:
+            raise
+        except StoreError as exc:
+            log.warning("callback %s: store error, lease left to expire: %s", d.id, exc)
+        except Exception:
+            log.exception("callback %s: unexpected error", d.id)
+
+    async def _deliver_once(self, d: CallbackDelivery) -> None:
+        now = self.now()
+        headers = dict(d.headers)
+        if self.callback_signer is not None:
+            headers.update(self.callback_signer(d.caller, d.id, d.body, int(now.timestamp())))
+        else:
+            headers["webhook-id"] = d.id
+            headers["webhook-timestamp"] = str(int(now.timestamp()))
+        status: int | None = None
+        retry_after: float | None = None
+        try:
+            resp = await self.transport.request(
+                "POST",
+                d.url,
+                headers=headers,
+                body=d.body,
+                timeout_s=self.config.callback_timeout_s,
+            )
+            status = resp.status
+            error = None if 200 <= status < 300 else f"receiver answered HTTP {status}"
+            if status in (429, 502, 503, 504):
+                retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+            permanent = False
+        except TransportError as exc:
+            error = str(exc)
+            permanent = not exc.retryable
+        now = self.now()
+        if error is None:
+            self._count("callbacks.delivered")
+            await self.store.finish_callback(
+                d.id,
+                self.config.owner,
+                state=DeliveryState.DELIVERED,
+                next_attempt_at=now,
+                last_error=None,
+                event=Event(
+                    operation_id=d.operation_id,
+                    kind="callback.delivered",
+                    at=now,
+                    data={"delivery_id": d.id, "attempt": d.attempts, "status": status},
+                ),
+            )
+            return
+        self._count("callbacks.failed_attempts")
+        nxt = backoff.next_attempt_at(self.config.callback_retry, d.attempts, now, retry_after)
+        if status == 410 or permanent:
+            state, kind = DeliveryState.DISABLED, "callback.disabled"
+        elif nxt >= d.expires_at:
+            state, kind = DeliveryState.EXPIRED, "callback.expired"
+        else:
+            state, kind = DeliveryState.PENDING, "callback.failed"
+        await self.store.finish_callback(
+            d.id,
+            self.config.owner,
+            state=state,
+            next_attempt_at=nxt,
+            last_error=error,
+            event=Event(
+                operation_id=d.operation_id,
+                kind=kind,
+                at=now,
+                data={
+                    "delivery_id": d.id,
+                    "attempt": d.attempts,
+                    "status": status,
+                    "error": error,
+                    "next_attempt_at": nxt.isoformat() if state is DeliveryState.PENDING else None,
+                },
+            ),
+        )

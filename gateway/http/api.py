@@ -1,0 +1,271 @@
+"""Gateway API outside the Nexus surface: completions, registry, operations, health."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from aiohttp import web
+
+from gateway.domain.errors import HandlerError, HandlerErrorType
+from gateway.domain.model import CallbackDelivery, Event, Operation, OperationState
+from gateway.http.context import check_outbound_url, principal, services
+from registry.model import AgentSpec
+
+
+def _iso(dt: datetime | None) -> str | None:
+    return dt.isoformat().replace("+00:00", "Z") if dt else None
+
+
+def operation_json(op: Operation) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "id": op.id,
+        "token": op.id,
+        "state": op.state.value,
+        "service": op.service,
+        "operation": op.operation,
+        "caller": op.caller,
+        "requestId": op.request_id,
+        "attempts": op.attempts,
+        "work": op.work.value if op.work else None,
+        "nextAttemptAt": _iso(op.next_attempt_at),
+        "leaseOwner": op.lease_owner,
+        "deadlineAt": _iso(op.deadline_at),
+        "cancelRequestedAt": _iso(op.cancel_requested_at),
+        "createdAt": _iso(op.created_at),
+        "closedAt": _iso(op.closed_at),
+        "lastError": op.last_error,
+        "callbackUrl": op.callback_url,
+        "failure": op.failure,
+    }
+    if op.state is OperationState.SUCCEEDED and op.result is not None:
+        ct = op.result_content_type or ""
+        if "json" in ct:
+            try:
+                body["result"] = json.loads(op.result)
+            except ValueError:
+                body["result"] = op.result.decode(errors="replace")
+        else:
+            body["result"] = op.result.decode(errors="replace")
+    return body
+
+
+def event_json(e: Event) -> dict[str, Any]:
+    return {"id": e.id, "at": _iso(e.at), "kind": e.kind, "data": e.data}
+
+
+def delivery_json(d: CallbackDelivery) -> dict[str, Any]:
+    return {
+        "id": d.id,
+        "url": d.url,
+        "state": d.state.value,
+        "attempts": d.attempts,
+        "nextAttemptAt": _iso(d.next_attempt_at),
+        "expiresAt": _iso(d.expires_at),
+        "deliveredAt": _iso(d.delivered_at),
+        "lastError": d.last_error,
+    }
+
+
+async def _json_body(request: web.Request) -> Any:
+    try:
+        return json.loads(await request.read())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise HandlerError(HandlerErrorType.BAD_REQUEST, f"body is not valid JSON: {exc}") from exc
+
+
+# -- completions (agents finishing async operations) ------------------------------------------
+
+
+async def complete(request: web.Request) -> web.Response:
+    svc = services(request)
+    op_id = request.match_info["op_id"]
+    auth = request.headers.get("Authorization", "")
+    token = auth[7:].strip() if auth[:7].lower() == "bearer " else request.headers.get("Token", "")
+    if not token or not svc.engine.check_completion_token(op_id, token):
+        raise HandlerError(HandlerErrorType.UNAUTHENTICATED, "invalid completion token")
+    state_name = request.headers.get("Nexus-Operation-State", "")
+    try:
+        state = OperationState(state_name)
+    except ValueError as exc:
+        raise HandlerError(
+            HandlerErrorType.BAD_REQUEST,
+            "Nexus-Operation-State must be succeeded, failed or canceled",
+        ) from exc
+    if not state.terminal:
+        raise HandlerError(HandlerErrorType.BAD_REQUEST, "a completion needs a terminal state")
+    body = await request.read()
+    if state is OperationState.SUCCEEDED:
+        await svc.engine.complete_from_agent(
+            op_id, state, result=body, content_type=request.headers.get("Content-Type")
+        )
+    else:
+        try:
+            fail = json.loads(body) if body else {}
+        except ValueError:
+            fail = {"message": body.decode(errors="replace")}
+        if not isinstance(fail, dict):
+            fail = {"message": str(fail)}
+        await svc.engine.complete_from_agent(op_id, state, fail=fail)
+    return web.Response(status=200)
+
+
+# -- registry ---------------------------------------------------------------------------------
+
+
+async def register_agent(request: web.Request) -> web.Response:
+    p = await principal(request)
+    p.require("agents:register")
+    data = await _json_body(request)
+    if not isinstance(data, dict):
+        raise HandlerError(HandlerErrorType.BAD_REQUEST, "registration must be a JSON object")
+    try:
+        spec = AgentSpec.from_json(data)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise HandlerError(HandlerErrorType.BAD_REQUEST, f"invalid registration: {exc!r}") from exc
+    await check_outbound_url(request, spec.endpoint, "agent endpoint")
+    svc = services(request)
+    before = await svc.registry.get_versioned(spec.name)
+    version = await svc.registry.register(spec)
+    status = 201 if before is None else 200
+    return web.json_response({**spec.to_json(), "registryVersion": version}, status=status)
+
+
+async def list_agents(request: web.Request) -> web.Response:
+    await principal(request)
+    agents = await services(request).registry.list()
+    return web.json_response({"agents": [{**a.to_json(), "registryVersion": v} for a, v in agents]})
+
+
+async def show_agent(request: web.Request) -> web.Response:
+    await principal(request)
+    found = await services(request).registry.get_versioned(request.match_info["name"])
+    if found is None:
+        raise HandlerError(HandlerErrorType.NOT_FOUND, "no such agent")
+    return web.json_response({**found[0].to_json(), "registryVersion": found[1]})
+
+
+async def delete_agent(request: web.Request) -> web.Response:
+    p = await principal(request)
+    p.require("admin")
+    if not await services(request).registry.deregister(request.match_info["name"]):
+        raise HandlerError(HandlerErrorType.NOT_FOUND, "no such agent")
+    return web.Response(status=204)
+
+
+# -- operations -------------------------------------------------------------------------------
+
+
+async def _load(request: web.Request) -> Operation:
+    p = await principal(request)
+    p.require("ops:read")
+    op = await services(request).engine.store.get_operation(request.match_info["op_id"])
+    if op is None or not (p.is_admin or op.caller == p.sub):
+        raise HandlerError(HandlerErrorType.NOT_FOUND, "no such operation")
+    return op
+
+
+async def list_operations(request: web.Request) -> web.Response:
+    p = await principal(request)
+    p.require("ops:read")
+    state = request.query.get("state")
+    try:
+        st = OperationState(state) if state else None
+        limit = min(1000, max(1, int(request.query.get("limit", "100"))))
+    except ValueError as exc:
+        raise HandlerError(HandlerErrorType.BAD_REQUEST, f"bad query: {exc}") from exc
+    ops = await services(request).engine.store.list_operations(
+        caller=None if p.is_admin else p.sub,
+        service=request.query.get("service"),
+        state=st,
+        limit=limit,
+    )
+    return web.json_response({"operations": [operation_json(o) for o in ops]})
+
+
+async def show_operation(request: web.Request) -> web.Response:
+    return web.json_response(operation_json(await _load(request)))
+
+
+async def operation_events(request: web.Request) -> web.Response:
+    op = await _load(request)
+    try:
+        after = int(request.query.get("after", "0"))
+    except ValueError as exc:
+        raise HandlerError(HandlerErrorType.BAD_REQUEST, "after must be an integer") from exc
+    events = await services(request).engine.store.list_events(op.id, after=after)
+    return web.json_response({"operationId": op.id, "events": [event_json(e) for e in events]})
+
+
+async def operation_callbacks(request: web.Request) -> web.Response:
+    op = await _load(request)
+    deliveries = await services(request).engine.store.list_callbacks(op.id)
+    return web.json_response({"callbacks": [delivery_json(d) for d in deliveries]})
+
+
+async def cancel_operation(request: web.Request) -> web.Response:
+    op = await _load(request)
+    p = await principal(request)
+    await services(request).engine.cancel(op.id, by=p.sub)
+    return web.Response(status=202)
+
+
+async def redrive_operation(request: web.Request) -> web.Response:
+    p = await principal(request)
+    p.require("admin")
+    op = await _load(request)
+    if not await services(request).engine.redrive(op.id, by=p.sub):
+        raise HandlerError(
+            HandlerErrorType.CONFLICT, "only a failed or canceled operation can be redriven"
+        )
+    return web.Response(status=202)
+
+
+async def redrive_callback(request: web.Request) -> web.Response:
+    p = await principal(request)
+    p.require("admin")
+    op = await _load(request)
+    cid = request.match_info["delivery_id"]
+    if not await services(request).engine.redrive_callback(cid, op.id, by=p.sub):
+        raise HandlerError(
+            HandlerErrorType.CONFLICT, "only an expired or disabled callback can be redriven"
+        )
+    return web.Response(status=202)
+
+
+# -- health -----------------------------------------------------------------------------------
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    store = services(request).engine.store
+    try:
+        await store.ping()
+        current = await store.migrations_current()
+    except Exception as exc:
+        return web.json_response({"status": "unavailable", "error": type(exc).__name__}, status=503)
+    if not current:
+        return web.json_response({"status": "migrations pending"}, status=503)
+    return web.json_response({"status": "ready"})
+
+
+def add_routes(app: web.Application) -> None:
+    r = app.router
+    r.add_post("/api/completions/{op_id}", complete)
+    r.add_post("/api/agents", register_agent)
+    r.add_get("/api/agents", list_agents)
+    r.add_get("/api/agents/{name}", show_agent)
+    r.add_delete("/api/agents/{name}", delete_agent)
+    r.add_get("/api/operations", list_operations)
+    r.add_get("/api/operations/{op_id}", show_operation)
+    r.add_get("/api/operations/{op_id}/events", operation_events)
+    r.add_get("/api/operations/{op_id}/callbacks", operation_callbacks)
+    r.add_post("/api/operations/{op_id}/cancel", cancel_operation)
+    r.add_post("/api/operations/{op_id}/redrive", redrive_operation)
+    r.add_post("/api/operations/{op_id}/callbacks/{delivery_id}/redrive", redrive_callback)
+    r.add_get("/healthz", healthz)
+    r.add_get("/readyz", readyz)

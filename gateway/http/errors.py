@@ -1,0 +1,118 @@
+"""The one error middleware: Nexus Failure bodies on the Nexus surface, RFC 9457 elsewhere."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from gateway.domain.errors import HandlerError, HandlerErrorType, StoreUnavailable
+
+log = logging.getLogger("swarmgate.http")
+
+PROBLEM_BASE = "https://swarmgate.dev/problems/"
+NEXUS_PREFIX = "/nexus/"
+
+# HTTP status -> (problem type slug, title). Stable: documented in spec/openapi.yaml.
+PROBLEM_TYPES: dict[int, tuple[str, str]] = {
+    400: ("bad-request", "Bad request"),
+    401: ("unauthenticated", "Authentication required"),
+    403: ("forbidden", "Not allowed"),
+    404: ("not-found", "Not found"),
+    405: ("method-not-allowed", "Method not allowed"),
+    408: ("request-timeout", "Request timeout"),
+    409: ("conflict", "Conflict"),
+    413: ("payload-too-large", "Payload too large"),
+    415: ("unsupported-media-type", "Unsupported media type"),
+    422: ("unprocessable", "Unprocessable request"),
+    429: ("rate-limited", "Too many requests"),
+    500: ("internal", "Internal error"),
+    501: ("not-implemented", "Not implemented"),
+    503: ("unavailable", "Service unavailable"),
+    520: ("upstream-timeout", "Upstream timeout"),
+}
+
+
+def problem(
+    status: int,
+    detail: str,
+    *,
+    instance: str | None = None,
+    errors: Any = None,
+    headers: dict[str, str] | None = None,
+) -> web.Response:
+    slug, title = PROBLEM_TYPES.get(status, ("error", "Error"))
+    body: dict[str, Any] = {
+        "type": PROBLEM_BASE + slug,
+        "title": title,
+        "status": status,
+        "detail": detail,
+    }
+    if instance:
+        body["instance"] = instance
+    if errors is not None:
+        body["errors"] = errors
+    return web.Response(
+        status=status,
+        body=json.dumps(body).encode(),
+        content_type="application/problem+json",
+        headers=headers,
+    )
+
+
+def nexus_failure(err: HandlerError) -> web.Response:
+    return web.Response(
+        status=err.status,
+        body=json.dumps(err.to_failure()).encode(),
+        content_type="application/json",
+        headers=err.headers or None,
+    )
+
+
+def error_response(request: web.Request, err: HandlerError) -> web.Response:
+    if request.path.startswith(NEXUS_PREFIX):
+        return nexus_failure(err)
+    return problem(
+        err.status,
+        err.message,
+        instance=request.path,
+        errors=err.details,
+        headers=err.headers or None,
+    )
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except HandlerError as err:
+        return error_response(request, err)
+    except StoreUnavailable as exc:
+        log.warning("store unavailable on %s %s: %s", request.method, request.path, exc)
+        return error_response(
+            request,
+            HandlerError(
+                HandlerErrorType.UNAVAILABLE,
+                "the database is unavailable; retry later",
+                headers={"Retry-After": "1"},
+            ),
+        )
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        etype = HandlerErrorType.from_status(exc.status)
+        mapped = HandlerError(etype, exc.reason or exc.text or "error")
+        if request.path.startswith(NEXUS_PREFIX):
+            resp = nexus_failure(mapped)
+            resp.set_status(exc.status)
+            return resp
+        return problem(exc.status, exc.reason, instance=request.path)
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error_response(request, HandlerError(HandlerErrorType.INTERNAL, "internal error"))

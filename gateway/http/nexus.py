@@ -1,0 +1,191 @@
+"""The Nexus-style operation surface: start, info, result (long-poll), cancel."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from aiohttp import web
+from multidict import CIMultiDictProxy
+
+from gateway.domain.errors import HandlerError, HandlerErrorType
+from gateway.domain.model import Operation, OperationState
+from gateway.engine.engine import StartRequest, fingerprint
+from gateway.http.context import check_outbound_url, principal, services
+from registry.auth import Principal
+
+PREFIX = "/nexus"
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m)\s*$")
+MAX_WAIT_S = 60.0
+
+
+def parse_duration(value: str | None, what: str) -> float | None:
+    """Nexus durations: a number followed by ms, s or m."""
+    if value is None or value == "":
+        return None
+    m = _DURATION.match(value)
+    if not m:
+        raise HandlerError(
+            HandlerErrorType.BAD_REQUEST, f"{what} must be a number followed by ms, s or m"
+        )
+    n = float(m.group(1))
+    return n / 1000 if m.group(2) == "ms" else n * 60 if m.group(2) == "m" else n
+
+
+def callback_headers(headers: CIMultiDictProxy[str]) -> dict[str, str]:
+    prefix = "nexus-callback-"
+    return {k[len(prefix) :]: v for k, v in headers.items() if k.lower().startswith(prefix)}
+
+
+def operation_info(op: Operation) -> dict[str, Any]:
+    return {"id": op.id, "token": op.id, "state": op.state.value}
+
+
+def operation_response(op: Operation) -> web.Response:
+    """200 with the result, 424 with the Failure, or 201 with the token."""
+    state_header = {"Nexus-Operation-State": op.state.value, "Nexus-Operation-Token": op.id}
+    if op.state is OperationState.SUCCEEDED:
+        return web.Response(
+            status=200,
+            body=op.result or b"",
+            headers={**state_header, "Content-Type": op.result_content_type or "application/json"},
+        )
+    if op.state.terminal:
+        return web.Response(
+            status=424,
+            body=json.dumps(op.failure or {"message": op.state.value}).encode(),
+            headers={**state_header, "Content-Type": "application/json"},
+        )
+    return web.json_response(
+        {"token": op.id, "id": op.id, "state": "running"}, status=201, headers=state_header
+    )
+
+
+def _owned(p: Principal, op: Operation) -> bool:
+    return p.is_admin or op.caller == p.sub
+
+
+async def load_for_caller(request: web.Request, token: str | None) -> Operation:
+    if not token:
+        raise HandlerError(HandlerErrorType.BAD_REQUEST, "operation token is required")
+    p = await principal(request)
+    p.require("ops:read")
+    op = await services(request).engine.store.get_operation(token)
+    svc, name = request.match_info["service"], request.match_info["operation"]
+    if op is None or op.service != svc or op.operation != name or not _owned(p, op):
+        raise HandlerError(HandlerErrorType.NOT_FOUND, "no such operation")
+    return op
+
+
+async def start(request: web.Request) -> web.Response:
+    svc = services(request)
+    service, operation = request.match_info["service"], request.match_info["operation"]
+    p = await principal(request)
+    p.require(f"ops:start:{service}/{operation}")
+    callback = request.query.get("callback") or None
+    if callback:
+        await check_outbound_url(request, callback, "callback URL")
+    op_timeout = parse_duration(request.headers.get("Operation-Timeout"), "Operation-Timeout")
+    req_timeout = parse_duration(request.headers.get("Request-Timeout"), "Request-Timeout")
+    body = await request.read()
+    content_type = request.headers.get("Content-Type")
+    req = StartRequest(
+        service=service,
+        operation=operation,
+        caller=p.sub,
+        input=body,
+        content_type=content_type,
+        request_id=request.headers.get("Nexus-Request-Id") or None,
+        idempotency_key=_idempotency_key(request.headers.get("Idempotency-Key")),
+        callback_url=callback,
+        callback_headers=callback_headers(request.headers),
+        links=tuple(request.headers.getall("Nexus-Link", [])),
+        timeout_s=op_timeout,
+        traceparent=request.headers.get("traceparent"),
+    )
+    result = await svc.engine.start(req)
+    if result.replay is not None:
+        rec = result.replay
+        if rec.fingerprint != fingerprint(req):
+            raise HandlerError(
+                HandlerErrorType.UNPROCESSABLE,
+                "this idempotency key / request id was used with a different request",
+            )
+        if rec.response_status is not None:
+            headers = dict(rec.response_headers)
+            headers["Idempotent-Replayed"] = "true"
+            return web.Response(
+                status=rec.response_status, body=rec.response_body or b"", headers=headers
+            )
+        if rec.key.startswith("key:"):
+            raise HandlerError(
+                HandlerErrorType.CONFLICT,
+                "the original request with this Idempotency-Key is still in progress",
+            )
+        return operation_response(result.operation)
+    wait = svc.engine.config.sync_wait_s
+    if req_timeout is not None:
+        wait = min(wait, max(0.0, req_timeout - 0.1))
+    op = await svc.engine.wait_inline(result.operation.id, wait) or result.operation
+    resp = operation_response(op)
+    for scope, key in result.idempotency_keys:
+        await svc.engine.store.save_response(
+            scope,
+            key,
+            resp.status,
+            resp.body if isinstance(resp.body, bytes) else b"",
+            {k: v for k, v in resp.headers.items() if k.lower() != "content-length"},
+        )
+    return resp
+
+
+def _idempotency_key(value: str | None) -> str | None:
+    if value is None:
+        return None
+    key = value.strip()
+    if len(key) >= 2 and key[0] == key[-1] == '"':
+        key = key[1:-1]
+    if not key or len(key) > 255:
+        raise HandlerError(HandlerErrorType.BAD_REQUEST, "Idempotency-Key must be 1-255 characters")
+    return key
+
+
+async def info(request: web.Request) -> web.Response:
+    op = await load_for_caller(request, request.query.get("token"))
+    return web.json_response(operation_info(op))
+
+
+async def result(request: web.Request) -> web.Response:
+    token = request.query.get("token")
+    op = await load_for_caller(request, token)
+    wait = parse_duration(request.query.get("wait"), "wait")
+    if wait and not op.state.terminal:
+        op = await services(request).engine.wait_terminal(op.id, min(wait, MAX_WAIT_S)) or op
+    if op.state.terminal:
+        return operation_response(op)
+    body = {"message": "operation is still running", **operation_info(op)}
+    return web.json_response(
+        body, status=408 if wait else 412, headers={"Nexus-Operation-State": "running"}
+    )
+
+
+async def cancel(request: web.Request) -> web.Response:
+    token = (
+        request.match_info.get("token")
+        or request.headers.get("Nexus-Operation-Token")
+        or request.query.get("token")
+    )
+    op = await load_for_caller(request, token)
+    p = await principal(request)
+    await services(request).engine.cancel(op.id, by=p.sub)
+    return web.Response(status=202)
+
+
+def add_routes(app: web.Application) -> None:
+    base = PREFIX + "/{service}/{operation}"
+    app.router.add_post(base, start)
+    app.router.add_get(base, info)
+    app.router.add_get(base + "/result", result)
+    app.router.add_post(base + "/cancel", cancel)
+    app.router.add_post(base + "/{token}/cancel", cancel)

@@ -1,0 +1,441 @@
+"""Outbound URL screening against SSRF (the smokescreen rules).
+
+Every request swarmgate makes to a URL someone else chose (agent endpoints, callback URLs) must
+land on a public address unless an operator allow-listed the range:
+
+- A destination address is allowed iff it is in ``OutboundPolicy.allow_cidrs`` or it is global
+  (``ip.is_global``) after unwrapping IPv4 embedded in IPv6 (IPv4-mapped ``::ffff:a.b.c.d``,
+  NAT64 ``64:ff9b::/96``, 6to4 ``2002::/16``, Teredo). So loopback, RFC 1918, link-local (cloud
+  metadata at 169.254.169.254), CGNAT 100.64.0.0/10, ULA fc00::/7, ``0.0.0.0`` and multicast
+  are refused by default. Tests and the demo allow loopback explicitly
+  (:meth:`OutboundPolicy.loopback_allowed`).
+- Names are resolved once, by :class:`ScreeningResolver`, inside aiohttp's connector. If any
+  resolved address is refused the whole name is refused (fail closed), and a DNS failure is an
+  error too. aiohttp connects to exactly the addresses the resolver returned, so the address
+  that was checked is the address that is connected to (no DNS-rebinding window).
+- aiohttp does not call the resolver for IP-literal hosts; :func:`check_url` screens those
+  (and refuses non-http(s) URLs and legacy numeric IPv4 spellings such as ``2130706433``).
+- Redirects are never followed: a redirect would be a new request to a URL nobody screened.
+
+Putting it together, outbound HTTP goes through one of:
+
+- :class:`GuardedSession` (recommended): owns a session with the screening connector, runs
+  :func:`check_url` on every request and forces ``allow_redirects=False``; passing
+  ``allow_redirects=True`` or a ``proxy`` is a ``ValueError``.
+- :func:`guarded_request` on a session from :func:`make_session` / a connector from
+  :func:`make_connector`: the same checks for code that manages its own session.
+- Raw use of :func:`make_connector` (as ``adapters.transport`` does): the caller must itself
+  call :func:`check_url` before each request and pass ``allow_redirects=False``.
+
+:func:`screen_url` does the literal check plus a resolution for names; use it to reject a bad
+URL early (at registration, or when an operation is started with a callback URL). It does not
+replace the connector-time check, which is the one that binds the address.
+
+Errors name the host and the address, never the rest of the URL (no credentials, paths or
+query strings in messages or logs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self
+
+import aiohttp
+import yarl
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import ThreadedResolver
+
+if TYPE_CHECKING:
+    from aiohttp.client import _RequestContextManager
+
+__all__ = [
+    "BlockedDestination",
+    "GuardedSession",
+    "OutboundPolicy",
+    "ScreeningResolver",
+    "UnresolvableDestination",
+    "check_url",
+    "guarded_request",
+    "is_address_allowed",
+    "make_connector",
+    "make_session",
+    "screen_url",
+]
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+_ALLOWED_SCHEMES = frozenset({"http", "https"})
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")  # deprecated ::a.b.c.d form
+
+
+@dataclass(frozen=True)
+class OutboundPolicy:
+    """Which non-global address ranges outbound requests may reach anyway."""
+
+    allow_cidrs: tuple[IPNetwork, ...] = ()
+
+    @classmethod
+    def from_strings(cls, cidrs: Iterable[str]) -> OutboundPolicy:
+        """Build from CIDR strings (``"127.0.0.0/8"``, ``"::1/128"``, a bare address = /32, /128).
+
+        Raises ValueError naming the first entry that is not a network.
+        """
+        nets: list[IPNetwork] = []
+        for raw in cidrs:
+            text = raw.strip()
+            if not text:
+                continue
+            try:
+                nets.append(ipaddress.ip_network(text, strict=False))
+            except ValueError:
+                raise ValueError(f"not a CIDR network: {text!r}") from None
+        return cls(allow_cidrs=tuple(nets))
+
+    @classmethod
+    def loopback_allowed(cls) -> OutboundPolicy:
+        """Public addresses plus loopback (127.0.0.0/8 and ::1/128): for tests and the demo."""
+        return cls.from_strings(["127.0.0.0/8", "::1/128"])
+
+    def allows(self, ip: str | IPAddress) -> bool:
+        return is_address_allowed(ip, self)
+
+
+class BlockedDestination(OSError):
+    """An outbound request was refused: its destination is not an allowed address."""
+
+    def __init__(self, host: str, address: str | None = None, reason: str | None = None) -> None:
+        self.host = host
+        self.address = address
+        self.reason = reason or "not an allowed destination"
+        where = host if address is None or address == host else f"{host} ({address})"
+        super().__init__(f"{where}: {self.reason}")
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.host, self.address, self.reason))
+
+
+class UnresolvableDestination(OSError):
+    """An outbound request was refused because its host name did not resolve (fail closed).
+
+    Deliberately not a BlockedDestination: a DNS failure may be transient, so callers can retry.
+    """
+
+    def __init__(self, host: str, reason: str | None = None) -> None:
+        self.host = host
+        self.reason = reason or "name did not resolve"
+        super().__init__(f"{host}: {self.reason}")
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.host, self.reason))
+
+
+def _parse_ip(ip: str | IPAddress) -> IPAddress | None:
+    if isinstance(ip, ipaddress.IPv4Address | ipaddress.IPv6Address):
+        addr: IPAddress = ip
+    else:
+        try:
+            addr = ipaddress.ip_address(ip.strip().strip("[]"))
+        except ValueError:
+            return None
+    if isinstance(addr, ipaddress.IPv6Address) and addr.scope_id is not None:
+        addr = ipaddress.IPv6Address(str(addr).split("%", 1)[0])
+    return addr
+
+
+def _embedded_ipv4(addr: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """IPv4 addresses a packet to ``addr`` may really be aimed at."""
+    out: list[ipaddress.IPv4Address] = []
+    if addr.ipv4_mapped is not None:
+        out.append(addr.ipv4_mapped)
+    if addr.sixtofour is not None:
+        out.append(addr.sixtofour)
+    if addr.teredo is not None:
+        out.extend(addr.teredo)
+    if addr in _NAT64 or addr in _IPV4_COMPATIBLE:
+        out.append(ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF))
+    return out
+
+
+def _in(addr: IPAddress, nets: Sequence[IPNetwork]) -> bool:
+    return any(addr.version == net.version and addr in net for net in nets)
+
+
+def _single_allowed(addr: IPAddress, policy: OutboundPolicy) -> bool:
+    if _in(addr, policy.allow_cidrs):
+        return True
+    return addr.is_global and not addr.is_multicast
+
+
+def is_address_allowed(ip: str | IPAddress, policy: OutboundPolicy) -> bool:
+    """True iff ``ip`` may be connected to under ``policy``.
+
+    Allowed iff the address is in ``policy.allow_cidrs`` or is global. IPv4 carried inside IPv6
+    (mapped, NAT64, 6to4, Teredo, IPv4-compatible) must pass too. Anything that does not parse
+    as an address is refused.
+    """
+    addr = _parse_ip(ip)
+    if addr is None:
+        return False
+    if isinstance(addr, ipaddress.IPv6Address):
+        inner = _embedded_ipv4(addr)
+        if addr.ipv4_mapped is not None:
+            # ::ffff:a.b.c.d *is* a.b.c.d on a dual-stack socket
+            return _single_allowed(addr.ipv4_mapped, policy) or _in(addr, policy.allow_cidrs)
+        if inner:
+            if _in(addr, policy.allow_cidrs):
+                return True
+            return _single_allowed(addr, policy) and all(
+                _single_allowed(v4, policy) for v4 in inner
+            )
+    return _single_allowed(addr, policy)
+
+
+def _legacy_ipv4(host: str) -> bool:
+    """True for numeric IPv4 spellings that are not dotted quads (``127.1``, ``0x7f000001``)."""
+    try:
+        socket.inet_aton(host)
+    except OSError:
+        return False
+    return True
+
+
+def _split_url(url: str) -> tuple[str, int]:
+    """(host, port) of an http(s) URL; ValueError otherwise. Messages never quote the URL."""
+    try:
+        u = yarl.URL(url)
+    except (ValueError, TypeError):
+        raise ValueError("malformed URL") from None
+    scheme = (u.scheme or "").lower()
+    if scheme not in _ALLOWED_SCHEMES:
+        raise ValueError(f"URL scheme must be http or https, not {scheme or 'empty'!r}")
+    host = u.host
+    if not host:
+        raise ValueError("URL has no host")
+    try:
+        port = u.port
+    except ValueError:
+        raise ValueError("URL has an invalid port") from None
+    if port is None:
+        port = 443 if scheme == "https" else 80
+    return host, port
+
+
+def check_url(url: str, policy: OutboundPolicy) -> None:
+    """Screen what can be screened without DNS.
+
+    Raises ValueError for a URL that is not http(s) or has no host, and BlockedDestination for
+    an IP-literal host that ``policy`` refuses (or a legacy numeric IPv4 spelling). Host names
+    pass here; the :class:`ScreeningResolver` in the connector screens them when connecting.
+    """
+    host, _port = _split_url(url)
+    addr = _parse_ip(host)
+    if addr is not None:
+        if not is_address_allowed(addr, policy):
+            raise BlockedDestination(host, str(addr))
+        return
+    if _legacy_ipv4(host):
+        raise BlockedDestination(host, None, "numeric IPv4 host must be a dotted quad")
+
+
+def _screen_results(host: str, results: Sequence[ResolveResult], policy: OutboundPolicy) -> None:
+    if not results:
+        raise UnresolvableDestination(host, "name resolved to no addresses")
+    for res in results:
+        if not is_address_allowed(res["host"], policy):
+            raise BlockedDestination(host, res["host"])
+
+
+async def _resolve(
+    resolver: AbstractResolver, host: str, port: int, family: socket.AddressFamily
+) -> list[ResolveResult]:
+    try:
+        return await resolver.resolve(host, port, family=family)
+    except (BlockedDestination, UnresolvableDestination):
+        raise
+    except (OSError, UnicodeError) as exc:
+        reason = getattr(exc, "strerror", None) or type(exc).__name__
+        raise UnresolvableDestination(host, f"name did not resolve ({reason})") from None
+
+
+class ScreeningResolver(AbstractResolver):
+    """An aiohttp resolver that only returns allowed addresses.
+
+    Resolves once with ``inner`` (aiohttp's ThreadedResolver by default, i.e. getaddrinfo) and
+    raises BlockedDestination if any address is refused, UnresolvableDestination (an OSError) if
+    resolution fails or returns nothing. aiohttp wraps both in ``ClientConnectorDNSError`` whose
+    ``os_error`` is the original exception.
+    """
+
+    def __init__(self, policy: OutboundPolicy, inner: AbstractResolver | None = None) -> None:
+        self.policy = policy
+        self._inner = inner
+
+    def _get_inner(self) -> AbstractResolver:
+        if self._inner is None:
+            self._inner = ThreadedResolver(asyncio.get_running_loop())
+        return self._inner
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        addr = _parse_ip(host)
+        if addr is not None:  # aiohttp never does this; be correct anyway
+            if not is_address_allowed(addr, self.policy):
+                raise BlockedDestination(host, str(addr))
+            fam = socket.AF_INET if addr.version == 4 else socket.AF_INET6
+            return [
+                ResolveResult(
+                    hostname=host,
+                    host=str(addr),
+                    port=port,
+                    family=fam,
+                    proto=0,
+                    flags=socket.AI_NUMERICHOST | socket.AI_NUMERICSERV,
+                )
+            ]
+        if _legacy_ipv4(host):
+            raise BlockedDestination(host, None, "numeric IPv4 host must be a dotted quad")
+        results = await _resolve(self._get_inner(), host, port, family)
+        _screen_results(host, results, self.policy)
+        return results
+
+    async def close(self) -> None:
+        if self._inner is not None:
+            await self._inner.close()
+
+
+async def screen_url(
+    url: str, policy: OutboundPolicy, resolver: AbstractResolver | None = None
+) -> None:
+    """Reject a URL early: :func:`check_url`, then resolve a host name and screen every address.
+
+    ``resolver`` is the underlying resolver to use (default: getaddrinfo in a thread); its
+    results are screened here. Raises ValueError, BlockedDestination or UnresolvableDestination.
+    """
+    host, port = _split_url(url)
+    check_url(url, policy)
+    if _parse_ip(host) is not None:
+        return
+    screening = ScreeningResolver(policy, resolver)
+    try:
+        await screening.resolve(host, port, family=socket.AF_UNSPEC)
+    finally:
+        if resolver is None:
+            await screening.close()
+
+
+def make_connector(policy: OutboundPolicy, **kwargs: Any) -> aiohttp.TCPConnector:
+    """A TCPConnector whose name resolution goes through a :class:`ScreeningResolver`.
+
+    This screens host names only: IP-literal URLs never reach a resolver, so callers must also
+    run :func:`check_url` on every URL and pass ``allow_redirects=False`` (or use
+    :class:`GuardedSession` / :func:`guarded_request`, which do both).
+    """
+    if "resolver" in kwargs:
+        raise ValueError("make_connector sets its own resolver")
+    return aiohttp.TCPConnector(resolver=ScreeningResolver(policy), **kwargs)
+
+
+def make_session(policy: OutboundPolicy, **kwargs: Any) -> aiohttp.ClientSession:
+    """A ClientSession on :func:`make_connector`, with ``trust_env=False``.
+
+    Environment proxies are ignored because a proxy would make the resolver screen the proxy's
+    address instead of the destination's. Send requests with :func:`guarded_request` (or
+    otherwise call :func:`check_url` and pass ``allow_redirects=False`` yourself).
+    ``connector_kwargs`` (a dict) is passed to the connector; other kwargs go to the session.
+    """
+    if "connector" in kwargs:
+        raise ValueError("make_session builds its own connector")
+    if kwargs.pop("trust_env", False):
+        raise ValueError("trust_env=True would route requests through unscreened proxies")
+    connector_kwargs: dict[str, Any] = kwargs.pop("connector_kwargs", None) or {}
+    return aiohttp.ClientSession(
+        connector=make_connector(policy, **connector_kwargs), trust_env=False, **kwargs
+    )
+
+
+def _guard_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    if kwargs.pop("allow_redirects", False):
+        raise ValueError("redirects are never followed for screened requests")
+    if kwargs.get("proxy") is not None:
+        raise ValueError("screened requests cannot go through a proxy")
+    kwargs["allow_redirects"] = False
+    return kwargs
+
+
+async def guarded_request(
+    session: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    policy: OutboundPolicy,
+    **kwargs: Any,
+) -> aiohttp.ClientResponse:
+    """Send one screened request: :func:`check_url`, then ``allow_redirects=False``.
+
+    ``session`` must use a connector from :func:`make_connector` with the same policy (host
+    names are screened there). A 3xx answer is returned as is. The caller releases the
+    response (``async with await guarded_request(...) as resp:``).
+    """
+    check_url(url, policy)
+    return await session.request(method, url, **_guard_kwargs(kwargs))
+
+
+class GuardedSession:
+    """A ClientSession that only talks to screened destinations and never follows redirects.
+
+    ::
+
+        async with GuardedSession(policy, timeout=aiohttp.ClientTimeout(total=10)) as http:
+            async with http.request("POST", url, data=body) as resp:
+                ...
+
+    ``request``/``get``/``post`` raise BlockedDestination / ValueError before sending for a
+    refused IP-literal URL; for a host name aiohttp raises ``ClientConnectorDNSError`` whose
+    ``os_error`` is the BlockedDestination or UnresolvableDestination.
+    """
+
+    def __init__(self, policy: OutboundPolicy, **session_kwargs: Any) -> None:
+        self.policy = policy
+        self._session = make_session(policy, **session_kwargs)
+
+    @property
+    def closed(self) -> bool:
+        return self._session.closed
+
+    def request(self, method: str, url: str, **kwargs: Any) -> _RequestContextManager:
+        """Like ``ClientSession.request`` (usable with ``async with`` or ``await``)."""
+        check_url(url, self.policy)
+        return self._session.request(method, url, **_guard_kwargs(kwargs))
+
+    def get(self, url: str, **kwargs: Any) -> _RequestContextManager:
+        return self.request("GET", url, **kwargs)
+
+    def post(self, url: str, **kwargs: Any) -> _RequestContextManager:
+        return self.request("POST", url, **kwargs)
+
+    async def close(self) -> None:
+        await self._session.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()

@@ -1,0 +1,126 @@
+"""The agent registry: validated registration, cached lookups, schema checks on payloads."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
+
+from gateway.domain.clock import Clock
+from gateway.domain.errors import HandlerError, HandlerErrorType
+from gateway.domain.ports import Store
+from registry.model import AgentSpec, OperationSpec
+
+NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+
+
+def check_name(kind: str, name: str) -> None:
+    if not name or len(name) > 200 or not set(name) <= NAME_CHARS:
+        raise HandlerError(
+            HandlerErrorType.BAD_REQUEST,
+            f"{kind} name {name!r} must be 1-200 characters of letters, digits, '-', '_' or '.'",
+        )
+
+
+def schema_errors(schema: dict[str, Any], instance: Any) -> list[dict[str, str]]:
+    validator = Draft202012Validator(schema)
+    return [
+        {"path": "/" + "/".join(str(p) for p in err.absolute_path), "message": err.message}
+        for err in sorted(validator.iter_errors(instance), key=lambda e: list(e.absolute_path))
+    ][:50]
+
+
+def validate_spec(spec: AgentSpec) -> None:
+    """Reject malformed registrations before anything is stored."""
+    check_name("agent", spec.name)
+    if not spec.endpoint.startswith(("http://", "https://")):
+        raise HandlerError(HandlerErrorType.BAD_REQUEST, "endpoint must be an http(s) URL")
+    if not spec.operations:
+        raise HandlerError(HandlerErrorType.BAD_REQUEST, "an agent needs at least one operation")
+    for op in spec.operations.values():
+        check_name("operation", op.name)
+        for which, schema in (
+            ("input_schema", op.input_schema),
+            ("output_schema", op.output_schema),
+        ):
+            if schema is None:
+                continue
+            try:
+                Draft202012Validator.check_schema(schema)
+            except SchemaError as exc:
+                raise HandlerError(
+                    HandlerErrorType.BAD_REQUEST,
+                    f"operation {op.name!r}: {which} is not a valid JSON Schema: {exc.message}",
+                ) from exc
+        if op.timeout_s <= 0 or op.attempt_timeout_s <= 0:
+            raise HandlerError(HandlerErrorType.BAD_REQUEST, "timeouts must be positive")
+        if op.concurrency is not None and op.concurrency < 1:
+            raise HandlerError(HandlerErrorType.BAD_REQUEST, "concurrency must be >= 1")
+
+
+class Registry:
+    """Registered agents, cached per process for ``ttl_s`` (other replicas see changes then)."""
+
+    def __init__(self, store: Store, clock: Clock, *, ttl_s: float = 2.0) -> None:
+        self.store = store
+        self.clock = clock
+        self.ttl_s = ttl_s
+        self._cache: dict[str, tuple[float, AgentSpec | None, int]] = {}
+
+    async def register(self, spec: AgentSpec) -> int:
+        validate_spec(spec)
+        version = await self.store.upsert_agent(spec, self.clock.now())
+        self._cache[spec.name] = (time.monotonic(), spec, version)
+        return version
+
+    async def deregister(self, name: str) -> bool:
+        self._cache.pop(name, None)
+        return await self.store.delete_agent(name)
+
+    async def get(self, name: str) -> AgentSpec | None:
+        found = await self.get_versioned(name)
+        return found[0] if found else None
+
+    async def get_versioned(self, name: str) -> tuple[AgentSpec, int] | None:
+        hit = self._cache.get(name)
+        if hit is not None and time.monotonic() - hit[0] < self.ttl_s:
+            return (hit[1], hit[2]) if hit[1] is not None else None
+        found = await self.store.get_agent(name)
+        self._cache[name] = (
+            time.monotonic(),
+            found[0] if found else None,
+            found[1] if found else 0,
+        )
+        return found
+
+    async def list(self) -> list[tuple[AgentSpec, int]]:
+        return await self.store.list_agents()
+
+    async def resolve(self, service: str, operation: str) -> tuple[AgentSpec, OperationSpec]:
+        agent = await self.get(service)
+        if agent is None:
+            raise HandlerError(HandlerErrorType.NOT_FOUND, f"no agent named {service!r}")
+        spec = agent.operations.get(operation)
+        if spec is None:
+            raise HandlerError(
+                HandlerErrorType.NOT_FOUND, f"agent {service!r} has no operation {operation!r}"
+            )
+        return agent, spec
+
+
+def check_payload(
+    schema: dict[str, Any] | None, body: bytes, content_type: str | None, what: str
+) -> list[dict[str, str]]:
+    """Schema errors of a JSON payload (empty list: valid). Non-JSON bodies fail a schema."""
+    if schema is None:
+        return []
+    if content_type and "json" not in content_type.lower():
+        return [{"path": "/", "message": f"{what} must be application/json, got {content_type}"}]
+    try:
+        instance = json.loads(body) if body else None
+    except (ValueError, UnicodeDecodeError) as exc:
+        return [{"path": "/", "message": f"{what} is not valid JSON: {exc}"}]
+    return schema_errors(schema, instance)

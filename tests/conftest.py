@@ -1,0 +1,172 @@
+"""Shared fixtures: throw-away databases (SQLite file or PostgreSQL cloned from a migrated
+template), a real gateway on loopback, real agents on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import threading
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+from aiohttp import web
+
+from gateway.app import Gateway, build
+from gateway.config import Settings
+from gateway.sdk.agent import AgentApp
+from gateway.store.sqlstore import SqlStore
+
+PG_ADMIN = os.environ.get("SWARMGATE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+IN_CI = os.environ.get("CI", "").lower() == "true"
+LOOPBACK = ("127.0.0.0/8", "::1/128")
+
+
+def _run(coro: Any) -> Any:
+    """Run a coroutine on a private loop in a thread (usable from sync fixtures)."""
+    out: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            out["v"] = asyncio.run(coro)
+        except BaseException as exc:
+            out["e"] = exc
+
+    th = threading.Thread(target=target)
+    th.start()
+    th.join()
+    if "e" in out:
+        raise out["e"]
+    return out.get("v")
+
+
+async def _pg_exec(*sql: str) -> None:
+    conn = await asyncpg.connect(PG_ADMIN, timeout=5)
+    try:
+        for stmt in sql:
+            await conn.execute(stmt)
+    finally:
+        await conn.close()
+
+
+def pg_url(name: str) -> str:
+    return PG_ADMIN.rsplit("/", 1)[0] + "/" + name
+
+
+def pg_admin(*sql: str) -> None:
+    _run(_pg_exec(*sql))
+
+
+@pytest.fixture(scope="session")
+def pg_template() -> Iterator[str]:
+    """A migrated template database; each test clones it (fast, isolated)."""
+    try:
+        _run(_pg_exec("SELECT 1"))
+    except Exception as exc:
+        if IN_CI:
+            pytest.fail(f"PostgreSQL is required under CI=true but unreachable: {exc}")
+        pytest.skip(f"PostgreSQL unreachable: {exc}")
+    name = f"sg_tpl_{uuid.uuid4().hex[:10]}"
+    pg_admin(f'CREATE DATABASE "{name}"')
+
+    async def migrate() -> None:
+        store = SqlStore(pg_url(name))
+        await store.migrate()
+        await store.close()
+
+    _run(migrate())
+    yield name
+    pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def pg_db(pg_template: str) -> Iterator[str]:
+    name = f"sg_t_{uuid.uuid4().hex[:12]}"
+    pg_admin(f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"')
+    yield pg_url(name)
+    pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/swarmgate.db"
+    return str(request.getfixturevalue("pg_db"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def make_settings(db_url: str, **overrides: Any) -> Settings:
+    port = free_port()
+    base = Settings(
+        database_url=db_url,
+        host="127.0.0.1",
+        port=port,
+        auth_mode="none",
+        allow_cidrs=LOOPBACK,
+        poll_interval_s=0.05,
+        lease_s=3.0,
+        sync_wait_s=1.0,
+        callback_retry_initial_s=0.05,
+        callback_retry_max_s=0.2,
+        sqlite_synchronous="NORMAL",
+    )
+    return replace(base, **overrides)
+
+
+@dataclass
+class Running:
+    gw: Gateway
+    url: str
+    http: aiohttp.ClientSession
+
+    def nexus(self, service: str, operation: str) -> str:
+        return f"{self.url}/nexus/{service}/{operation}"
+
+
+@asynccontextmanager
+async def running_gateway(settings: Settings) -> AsyncIterator[Running]:
+    gw = await build(settings)
+    runner = web.AppRunner(gw.app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port)
+    await site.start()
+    await gw.engine.run()
+    async with aiohttp.ClientSession() as http:
+        try:
+            yield Running(gw=gw, url=settings.base_url, http=http)
+        finally:
+            await gw.engine.stop(grace_s=1.0)
+            await runner.cleanup()
+            await gw.transport.close()
+            await gw.store.close()
+
+
+@asynccontextmanager
+async def serving(app: web.Application) -> AsyncIterator[str]:
+    """Serve an aiohttp app on a loopback port; yields its base URL."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    site = web.TCPSite(runner, "127.0.0.1", port)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+@asynccontextmanager
+async def serving_agent(agent: AgentApp) -> AsyncIterator[str]:
+    async with serving(agent.app) as url:
+        yield url

@@ -1,0 +1,451 @@
+"""JWT bearer auth (RFC 8725 rules) and scope checks; JWKS against a real loopback server."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import secrets
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import jwt
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import BaseTestServer, TestServer
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+
+from gateway.domain.errors import HandlerError, HandlerErrorType
+from registry.auth import AuthConfig, Principal, Verifier, mint_token
+
+ISSUER = "https://issuer.test"
+AUDIENCE = "swarmgate"
+SECRET = secrets.token_urlsafe(32)
+HS = AuthConfig(mode="hs256", secret=SECRET, issuer=ISSUER, audience=AUDIENCE)
+
+RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+EC_KEY = ec.generate_private_key(ec.SECP256R1())
+RSA_PUBLIC_PEM = RSA_KEY.public_key().public_bytes(
+    serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+)
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def claims(**overrides: Any) -> dict[str, Any]:
+    now = int(time.time())
+    base: dict[str, Any] = {
+        "iss": ISSUER,
+        "aud": AUDIENCE,
+        "sub": "alice",
+        "iat": now,
+        "exp": now + 600,
+        "scope": "ops:read",
+    }
+    base.update(overrides)
+    return {k: v for k, v in base.items() if v is not None}
+
+
+def hs_token(key: str | bytes = SECRET, **overrides: Any) -> str:
+    return jwt.encode(claims(**overrides), key, algorithm="HS256")
+
+
+def hand_made_token(header: dict[str, Any], payload: dict[str, Any], key: bytes | None) -> str:
+    """A token built without PyJWT, so it can be one PyJWT would refuse to make."""
+    signing_input = b64url(json.dumps(header).encode()) + "." + b64url(json.dumps(payload).encode())
+    signature = (
+        b"" if key is None else hmac.new(key, signing_input.encode(), hashlib.sha256).digest()
+    )
+    return signing_input + "." + b64url(signature)
+
+
+async def rejected(verifier: Verifier, header: str | None) -> HandlerError:
+    with pytest.raises(HandlerError) as info:
+        await verifier.verify(header)
+    assert info.value.type is HandlerErrorType.UNAUTHENTICATED
+    return info.value
+
+
+# -- HS256 ------------------------------------------------------------------------------------
+
+
+async def test_a_valid_hs256_token_is_accepted_with_its_scopes() -> None:
+    token = mint_token(HS, "alice", ["ops:read", "agents:register"])
+    principal = await Verifier(HS).verify(f"Bearer {token}")
+    assert principal == Principal(sub="alice", scopes=frozenset({"ops:read", "agents:register"}))
+    assert not principal.is_admin
+
+
+async def test_scopes_are_read_from_a_scope_string_and_an_scp_list() -> None:
+    token = hs_token(scope="ops:read  ops:cancel", scp=["agents:register"])
+    principal = await Verifier(HS).verify(f"bearer {token}")
+    assert principal.scopes == {"ops:read", "ops:cancel", "agents:register"}
+    e = await rejected(Verifier(HS), f"Bearer {hs_token(scp=[1, 2])}")
+    assert "scp" in e.message
+
+
+@pytest.mark.parametrize("alg", ["none", "None", "NONE"])
+async def test_a_token_signed_with_alg_none_is_rejected(alg: str) -> None:
+    token = hand_made_token({"alg": alg, "typ": "JWT"}, claims(scope="admin"), key=None)
+    e = await rejected(Verifier(HS), f"Bearer {token}")
+    assert "algorithm" in e.message
+
+
+async def test_an_hs256_verifier_rejects_an_rs256_token() -> None:
+    token = jwt.encode(claims(), RSA_KEY, algorithm="RS256")
+    e = await rejected(Verifier(HS), f"Bearer {token}")
+    assert "algorithm" in e.message
+
+
+async def test_a_token_signed_with_another_secret_is_rejected() -> None:
+    e = await rejected(Verifier(HS), f"Bearer {hs_token(key=secrets.token_urlsafe(32))}")
+    assert e.message == "bad token signature"
+
+
+async def test_a_token_for_another_audience_is_rejected() -> None:
+    e = await rejected(Verifier(HS), f"Bearer {hs_token(aud='someone-else')}")
+    assert "audience" in e.message
+
+
+async def test_a_token_from_another_issuer_is_rejected() -> None:
+    e = await rejected(Verifier(HS), f"Bearer {hs_token(iss='https://evil.test')}")
+    assert "issuer" in e.message
+
+
+async def test_a_token_expired_beyond_the_leeway_is_rejected_and_within_it_accepted() -> None:
+    now = int(time.time())
+    e = await rejected(Verifier(HS), f"Bearer {hs_token(iat=now - 700, exp=now - 31 - 5)}")
+    assert e.message == "token expired"
+    principal = await Verifier(HS).verify(f"Bearer {hs_token(iat=now - 700, exp=now - 10)}")
+    assert principal.sub == "alice"
+
+
+async def test_a_token_issued_in_the_future_beyond_the_leeway_is_rejected() -> None:
+    now = int(time.time())
+    e = await rejected(Verifier(HS), f"Bearer {hs_token(iat=now + 120, exp=now + 600)}")
+    assert "not yet valid" in e.message
+
+
+@pytest.mark.parametrize("claim", ["exp", "iat", "sub", "iss", "aud"])
+async def test_a_token_missing_a_required_claim_is_rejected(claim: str) -> None:
+    token = jwt.encode(claims(**{claim: None}), SECRET, algorithm="HS256")
+    e = await rejected(Verifier(HS), f"Bearer {token}")
+    assert claim in e.message
+
+
+async def test_a_token_with_an_empty_or_non_string_subject_is_rejected() -> None:
+    await rejected(Verifier(HS), f"Bearer {hs_token(sub='')}")
+    await rejected(Verifier(HS), f"Bearer {hs_token(sub=42)}")
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        None,
+        "",
+        "Bearer",
+        "Bearer ",
+        "Basic YWxpY2U6cHc=",
+        "Token abc",
+        "Bearer not.a.jwt!",
+        "Bearer x",
+    ],
+)
+async def test_a_missing_or_malformed_authorization_header_is_unauthenticated(
+    header: str | None,
+) -> None:
+    e = await rejected(Verifier(HS), header)
+    assert e.status == 401
+    assert e.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+async def test_failure_messages_never_include_the_token() -> None:
+    for token in (
+        hs_token(aud="x"),
+        hs_token(key=secrets.token_urlsafe(32)),
+        hs_token()[:-4],
+        hs_token() + "x" * 20_000,
+    ):
+        e = await rejected(Verifier(HS), f"Bearer {token}")
+        assert token not in str(e) and token[:20] not in str(e)
+        assert len(str(e)) < 80
+
+
+async def test_auth_mode_none_makes_every_caller_the_anonymous_admin() -> None:
+    verifier = Verifier(AuthConfig(mode="none", issuer=ISSUER, audience=AUDIENCE))
+    for header in (None, "Bearer whatever"):
+        principal = await verifier.verify(header)
+        assert principal.sub == "anonymous" and principal.is_admin
+
+
+def test_mint_token_only_works_in_hs256_mode() -> None:
+    jwks = AuthConfig(mode="jwks", jwks_url="http://127.0.0.1:9/jwks", issuer=ISSUER, audience="a")
+    with pytest.raises(ValueError):
+        mint_token(jwks, "alice", ["ops:read"])
+
+
+# -- scopes -----------------------------------------------------------------------------------
+
+
+def test_a_missing_scope_makes_require_raise_unauthorized() -> None:
+    principal = Principal(sub="alice", scopes=frozenset({"ops:read"}))
+    principal.require("ops:read")
+    with pytest.raises(HandlerError) as info:
+        principal.require("agents:register")
+    assert info.value.type is HandlerErrorType.UNAUTHORIZED
+    assert info.value.status == 403
+
+
+def test_the_admin_scope_grants_everything() -> None:
+    admin = Principal(sub="root", scopes=frozenset({"admin"}))
+    assert admin.is_admin and admin.has("ops:start:any/thing") and admin.has("admin")
+
+
+def test_wildcard_grants_cover_every_scope_under_their_prefix() -> None:
+    agent_wide = Principal(sub="a", scopes=frozenset({"ops:start:agent/*"}))
+    assert agent_wide.has("ops:start:agent/op")
+    assert agent_wide.has("ops:start:agent/other-op")
+    assert not agent_wide.has("ops:start:agent2/op")
+    assert not agent_wide.has("ops:start:agent/")
+    assert not agent_wide.has("ops:read")
+
+    start_all = Principal(sub="b", scopes=frozenset({"ops:start:*"}))
+    assert start_all.has("ops:start:agent/op")
+    assert start_all.has("ops:start:other/op")
+    assert not start_all.has("ops:read")
+    assert not start_all.has("ops:start")
+
+
+def test_a_star_that_is_not_a_trailing_segment_is_not_a_wildcard() -> None:
+    principal = Principal(sub="c", scopes=frozenset({"*", "ops:st*", "ops:*:agent/op"}))
+    assert not principal.has("ops:start:agent/op")
+    assert not principal.has("admin")
+    assert principal.has("ops:st*")  # still granted literally
+
+
+# -- configuration ----------------------------------------------------------------------------
+
+
+def test_algorithms_default_per_mode() -> None:
+    assert HS.algorithms == ("HS256",)
+    jwks = AuthConfig(mode="jwks", jwks_url="https://idp.test/jwks", issuer=ISSUER, audience="a")
+    assert jwks.algorithms == ("RS256", "ES256")
+    assert jwks.leeway_s == 30 and jwks.jwks_min_refetch_s == 60
+
+
+@pytest.mark.parametrize(
+    ("mode", "algorithms"),
+    [
+        ("hs256", ("HS256", "RS256")),
+        ("jwks", ("RS256", "HS256")),
+        ("jwks", ("ES256", "HS512")),
+        ("hs256", ("HS256", "none")),
+        ("jwks", ("none",)),
+        ("hs256", ("RS256",)),
+        ("jwks", ("HS256",)),
+        ("hs256", ("XS256",)),
+    ],
+)
+def test_mixed_unsafe_or_mismatched_algorithm_lists_are_rejected(
+    mode: str, algorithms: tuple[str, ...]
+) -> None:
+    with pytest.raises(ValueError):
+        AuthConfig(
+            mode=mode,  # type: ignore[arg-type]
+            secret=SECRET,
+            jwks_url="https://idp.test/jwks",
+            algorithms=algorithms,
+            issuer=ISSUER,
+            audience=AUDIENCE,
+        )
+
+
+def test_constructing_a_config_with_hs256_and_rs256_raises_value_error() -> None:
+    with pytest.raises(ValueError, match="mix"):
+        AuthConfig(
+            mode="hs256",
+            secret=SECRET,
+            algorithms=("HS256", "RS256"),
+            issuer=ISSUER,
+            audience=AUDIENCE,
+        )
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"leeway_s": 61},
+        {"leeway_s": -1},
+        {"secret": None},
+        {"secret": "too-short"},
+        {"issuer": ""},
+        {"mode": "jwks", "secret": None, "jwks_url": None},
+        {"mode": "jwks", "secret": None, "jwks_url": "file:///etc/jwks.json"},
+        {"mode": "basic"},
+    ],
+)
+def test_unsafe_or_incomplete_configs_are_rejected(overrides: dict[str, Any]) -> None:
+    kwargs: dict[str, Any] = {
+        "mode": "hs256",
+        "secret": SECRET,
+        "issuer": ISSUER,
+        "audience": AUDIENCE,
+        **overrides,
+    }
+    with pytest.raises(ValueError):
+        AuthConfig(**kwargs)
+
+
+# -- JWKS -------------------------------------------------------------------------------------
+
+
+def public_jwk(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey, kid: str) -> dict[str, Any]:
+    if isinstance(key, rsa.RSAPrivateKey):
+        jwk = RSAAlgorithm.to_jwk(key.public_key(), as_dict=True)
+        alg = "RS256"
+    else:
+        jwk = ECAlgorithm.to_jwk(key.public_key(), as_dict=True)
+        alg = "ES256"
+    assert isinstance(jwk, dict)
+    return {**jwk, "kid": kid, "use": "sig", "alg": alg}
+
+
+@dataclass
+class Idp:
+    """A loopback identity provider serving a JWKS and counting fetches."""
+
+    server: BaseTestServer
+    keys: list[dict[str, Any]]
+    fetches: int = 0
+    failing: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def jwks_url(self) -> str:
+        return str(self.server.make_url("/.well-known/jwks.json"))
+
+    def config(self, **overrides: Any) -> AuthConfig:
+        kwargs: dict[str, Any] = {
+            "mode": "jwks",
+            "jwks_url": self.jwks_url,
+            "issuer": ISSUER,
+            "audience": AUDIENCE,
+            **overrides,
+        }
+        return AuthConfig(**kwargs)
+
+
+@pytest.fixture
+async def idp() -> AsyncIterator[Idp]:
+    state: list[Idp] = []
+
+    async def jwks(request: web.Request) -> web.Response:
+        me = state[0]
+        me.fetches += 1
+        if me.failing:
+            return web.Response(status=503)
+        return web.json_response({"keys": me.keys})
+
+    app = web.Application()
+    app.router.add_get("/.well-known/jwks.json", jwks)
+    async with TestServer(app, host="127.0.0.1") as server:
+        state.append(
+            Idp(server=server, keys=[public_jwk(RSA_KEY, "rsa-1"), public_jwk(EC_KEY, "ec-1")])
+        )
+        yield state[0]
+
+
+def signed(key: Any, alg: str, kid: str | None, **overrides: Any) -> str:
+    headers = {"kid": kid} if kid is not None else {}
+    return jwt.encode(claims(**overrides), key, algorithm=alg, headers=headers)
+
+
+async def test_jwks_tokens_signed_with_the_rsa_key_and_the_ec_key_are_both_accepted(
+    idp: Idp,
+) -> None:
+    verifier = Verifier(idp.config())
+    rsa_principal = await verifier.verify(f"Bearer {signed(RSA_KEY, 'RS256', 'rsa-1', sub='r')}")
+    ec_principal = await verifier.verify(f"Bearer {signed(EC_KEY, 'ES256', 'ec-1', sub='e')}")
+    assert (rsa_principal.sub, ec_principal.sub) == ("r", "e")
+    assert rsa_principal.scopes == {"ops:read"}
+    assert idp.fetches == 1  # one fetch served both
+
+
+async def test_an_rs256_verifier_rejects_an_hs256_token_signed_with_its_public_key_pem(
+    idp: Idp,
+) -> None:
+    verifier = Verifier(idp.config(algorithms=("RS256",)))
+    forged = hand_made_token(
+        {"alg": "HS256", "typ": "JWT", "kid": "rsa-1"}, claims(scope="admin"), key=RSA_PUBLIC_PEM
+    )
+    e = await rejected(verifier, f"Bearer {forged}")
+    assert "algorithm" in e.message
+
+
+async def test_a_token_whose_alg_does_not_match_its_keys_type_is_rejected(idp: Idp) -> None:
+    verifier = Verifier(idp.config())
+    token = signed(EC_KEY, "ES256", "rsa-1")  # claims the RSA key's kid
+    e = await rejected(verifier, f"Bearer {token}")
+    assert "algorithm" in e.message
+
+
+async def test_jwks_tokens_need_a_kid_and_a_valid_signature(idp: Idp) -> None:
+    verifier = Verifier(idp.config())
+    await rejected(verifier, f"Bearer {signed(RSA_KEY, 'RS256', None)}")
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    e = await rejected(verifier, f"Bearer {signed(other, 'RS256', 'rsa-1')}")
+    assert e.message == "bad token signature"
+
+
+async def test_unknown_kid_spam_does_not_refetch_within_the_rate_limit(idp: Idp) -> None:
+    verifier = Verifier(idp.config(jwks_min_refetch_s=60))
+    await verifier.verify(f"Bearer {signed(RSA_KEY, 'RS256', 'rsa-1')}")
+    assert idp.fetches == 1
+    spam = [signed(RSA_KEY, "RS256", uuid.uuid4().hex) for _ in range(50)]
+    for token in spam[:25]:
+        e = await rejected(verifier, f"Bearer {token}")
+        assert e.message == "unknown signing key"
+    await asyncio.gather(*(rejected(verifier, f"Bearer {t}") for t in spam[25:]))
+    assert idp.fetches == 1
+    assert verifier.jwks_fetches == 1
+
+
+async def test_a_rotated_in_key_is_picked_up_once_the_rate_limit_allows(idp: Idp) -> None:
+    verifier = Verifier(idp.config(jwks_min_refetch_s=0.3))
+    await verifier.verify(f"Bearer {signed(EC_KEY, 'ES256', 'ec-1')}")
+    new_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    idp.keys.append(public_jwk(new_key, "rsa-2"))
+    fresh = f"Bearer {signed(new_key, 'RS256', 'rsa-2')}"
+    for _ in range(10):  # too soon: no refetch, the new kid is unknown
+        await rejected(verifier, fresh)
+    assert idp.fetches == 1
+    await asyncio.sleep(0.35)
+    results = await asyncio.gather(*(verifier.verify(fresh) for _ in range(10)))
+    assert {p.sub for p in results} == {"alice"}
+    assert idp.fetches == 2  # the concurrent misses shared one fetch
+
+
+async def test_concurrent_first_requests_share_one_jwks_fetch(idp: Idp) -> None:
+    verifier = Verifier(idp.config())
+    token = f"Bearer {signed(RSA_KEY, 'RS256', 'rsa-1')}"
+    await asyncio.gather(*(verifier.verify(token) for _ in range(20)))
+    assert idp.fetches == 1
+
+
+async def test_an_unreachable_jwks_fails_closed_and_is_not_hammered(idp: Idp) -> None:
+    idp.failing = True
+    verifier = Verifier(idp.config())
+    token = f"Bearer {signed(RSA_KEY, 'RS256', 'rsa-1')}"
+    for _ in range(10):
+        e = await rejected(verifier, token)
+        assert e.message == "signing keys unavailable"
+    assert idp.fetches == 1

@@ -1,0 +1,327 @@
+"""Outbound URL screening (SSRF). Traffic only ever goes to servers on 127.0.0.1; every other
+address below is only checked, never contacted."""
+
+from __future__ import annotations
+
+import pickle
+import re
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.test_utils import BaseTestServer, TestServer
+
+from gateway.security.netguard import (
+    BlockedDestination,
+    GuardedSession,
+    OutboundPolicy,
+    ScreeningResolver,
+    UnresolvableDestination,
+    check_url,
+    guarded_request,
+    is_address_allowed,
+    make_connector,
+    make_session,
+    screen_url,
+)
+
+DEFAULT = OutboundPolicy()
+LOOPBACK = OutboundPolicy.loopback_allowed()
+UNRESOLVABLE = "swarmgate-test.invalid"  # RFC 2606: never resolves
+
+REFUSED = [
+    "127.0.0.1",
+    "127.8.9.10",
+    "0.0.0.0",
+    "10.0.0.1",
+    "172.16.0.1",
+    "192.168.1.1",
+    "169.254.169.254",  # cloud metadata
+    "100.64.1.1",  # CGNAT: neither private nor global
+    "224.0.0.1",  # multicast
+    "255.255.255.255",
+    "::1",
+    "::",
+    "fc00::1",
+    "fd12:3456::1",
+    "fe80::1",
+    "::ffff:127.0.0.1",  # IPv4-mapped loopback
+    "::ffff:169.254.169.254",
+    "::ffff:10.0.0.1",
+    "::7f00:1",  # IPv4-compatible loopback
+    "64:ff9b::a9fe:a9fe",  # NAT64 of 169.254.169.254
+    "2002:7f00:1::",  # 6to4 of 127.0.0.1
+    "2001:0:4136:e378:8000:63bf:3fff:fdd2",  # Teredo
+]
+PUBLIC = ["8.8.8.8", "1.1.1.1", "2001:4860:4860::8888", "::ffff:8.8.8.8"]
+
+
+def literal_url(ip: str, rest: str = "/") -> str:
+    return f"http://[{ip}]{rest}" if ":" in ip else f"http://{ip}{rest}"
+
+
+@dataclass
+class Upstream:
+    """A loopback server that counts what reaches it."""
+
+    server: BaseTestServer
+    hits: list[str] = field(default_factory=list)
+
+    @property
+    def port(self) -> int:
+        assert self.server.port is not None
+        return self.server.port
+
+    def url(self, path: str = "/", host: str = "127.0.0.1") -> str:
+        return f"http://{host}:{self.port}{path}"
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[Upstream]:
+    hits: list[str] = []
+
+    async def ok(request: web.Request) -> web.Response:
+        hits.append(request.path)
+        return web.Response(text="ok")
+
+    async def to_metadata(request: web.Request) -> web.Response:
+        hits.append(request.path)
+        raise web.HTTPFound("http://169.254.169.254/latest/meta-data/")
+
+    async def to_self(request: web.Request) -> web.Response:
+        hits.append(request.path)
+        raise web.HTTPFound("/ok")
+
+    app = web.Application()
+    app.router.add_get("/ok", ok)
+    app.router.add_get("/redirect-to-metadata", to_metadata)
+    app.router.add_get("/redirect-to-self", to_self)
+    async with TestServer(app, host="127.0.0.1") as server:
+        yield Upstream(server=server, hits=hits)
+
+
+class StaticResolver(AbstractResolver):
+    """Answers every name with fixed addresses (stands in for a DNS zone we control)."""
+
+    def __init__(self, *addresses: str) -> None:
+        self.addresses = addresses
+        self.calls = 0
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        self.calls += 1
+        return [
+            ResolveResult(
+                hostname=host,
+                host=a,
+                port=port,
+                family=socket.AF_INET6 if ":" in a else socket.AF_INET,
+                proto=0,
+                flags=socket.AI_NUMERICHOST,
+            )
+            for a in self.addresses
+        ]
+
+    async def close(self) -> None:
+        pass
+
+
+# -- address rules ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ip", REFUSED)
+def test_non_global_addresses_are_refused_by_default(ip: str) -> None:
+    assert not is_address_allowed(ip, DEFAULT)
+    with pytest.raises(BlockedDestination):
+        check_url(literal_url(ip), DEFAULT)
+
+
+@pytest.mark.parametrize("ip", PUBLIC)
+def test_public_addresses_are_allowed(ip: str) -> None:
+    assert is_address_allowed(ip, DEFAULT)
+    check_url(literal_url(ip), DEFAULT)
+
+
+def test_loopback_is_allowed_only_when_allow_listed_including_its_ipv4_mapped_form() -> None:
+    for ip in ("127.0.0.1", "::1", "::ffff:127.0.0.1"):
+        assert not is_address_allowed(ip, DEFAULT)
+        assert is_address_allowed(ip, LOOPBACK)
+    assert not is_address_allowed("169.254.169.254", LOOPBACK)
+    assert not is_address_allowed("10.0.0.1", LOOPBACK)
+
+
+def test_an_allow_listed_private_range_is_reachable_and_its_neighbours_are_not() -> None:
+    policy = OutboundPolicy.from_strings(["10.1.0.0/16", " ", "fd00::/8"])
+    assert len(policy.allow_cidrs) == 2
+    assert is_address_allowed("10.1.2.3", policy)
+    assert is_address_allowed("fd00::5", policy)
+    assert not is_address_allowed("10.2.0.1", policy)
+    with pytest.raises(ValueError, match="not-a-cidr"):
+        OutboundPolicy.from_strings(["not-a-cidr"])
+
+
+def test_anything_that_is_not_an_address_is_refused() -> None:
+    assert not is_address_allowed("example.com", LOOPBACK)
+    assert not is_address_allowed("", LOOPBACK)
+
+
+@pytest.mark.parametrize(
+    "url", ["http://2130706433/", "http://127.1/", "http://0x7f000001/", "http://0177.0.0.1/"]
+)
+def test_legacy_numeric_ipv4_spellings_are_refused_even_when_loopback_is_allowed(url: str) -> None:
+    with pytest.raises(BlockedDestination, match="dotted quad"):
+        check_url(url, LOOPBACK)
+
+
+@pytest.mark.parametrize(
+    "url", ["ftp://8.8.8.8/", "file:///etc/passwd", "gopher://8.8.8.8/", "http:///path", "/rel"]
+)
+def test_urls_that_are_not_http_with_a_host_are_a_value_error(url: str) -> None:
+    with pytest.raises(ValueError):
+        check_url(url, LOOPBACK)
+
+
+def test_a_refusal_names_host_and_address_but_never_credentials_or_query() -> None:
+    url = "http://admin:hunter2@169.254.169.254:80/latest/meta-data?token=s3cr3t"
+    with pytest.raises(BlockedDestination) as info:
+        check_url(url, DEFAULT)
+    message = str(info.value)
+    assert "169.254.169.254" in message
+    for leaked in ("hunter2", "admin", "s3cr3t", "token", "meta-data"):
+        assert leaked not in message
+    assert isinstance(info.value, OSError)
+    assert str(pickle.loads(pickle.dumps(info.value))) == message
+
+
+# -- real requests on loopback ----------------------------------------------------------------
+
+
+async def test_a_request_to_127_0_0_1_is_refused_by_default(upstream: Upstream) -> None:
+    async with GuardedSession(DEFAULT) as http:
+        with pytest.raises(BlockedDestination):
+            async with http.get(upstream.url("/ok")):
+                pass
+    assert upstream.hits == []
+
+
+async def test_a_request_to_127_0_0_1_goes_through_when_loopback_is_allowed(
+    upstream: Upstream,
+) -> None:
+    async with GuardedSession(LOOPBACK) as http, http.get(upstream.url("/ok")) as resp:
+        assert resp.status == 200
+        assert await resp.text() == "ok"
+    assert upstream.hits == ["/ok"]
+
+
+async def test_localhost_is_refused_by_the_resolver_by_default(upstream: Upstream) -> None:
+    async with GuardedSession(DEFAULT) as http:
+        with pytest.raises(aiohttp.ClientConnectorError) as info:
+            async with http.get(upstream.url("/ok", host="localhost")):
+                pass
+    assert isinstance(info.value.os_error, BlockedDestination)
+    assert "localhost" in str(info.value.os_error)
+    assert upstream.hits == []
+
+
+async def test_localhost_is_reachable_through_the_resolver_when_loopback_is_allowed(
+    upstream: Upstream,
+) -> None:
+    async with make_session(LOOPBACK) as http:
+        resp = await guarded_request(http, "GET", upstream.url("/ok", host="localhost"), LOOPBACK)
+        async with resp:
+            assert resp.status == 200
+    assert upstream.hits == ["/ok"]
+
+
+async def test_a_bare_screening_connector_refuses_names_that_resolve_to_loopback(
+    upstream: Upstream,
+) -> None:
+    async with aiohttp.ClientSession(connector=make_connector(DEFAULT)) as http:
+        with pytest.raises(aiohttp.ClientConnectorError) as info:
+            async with http.get(upstream.url("/ok", host="localhost"), allow_redirects=False):
+                pass
+    assert isinstance(info.value.os_error, BlockedDestination)
+    assert upstream.hits == []
+
+
+async def test_a_redirect_to_the_metadata_address_is_not_followed(upstream: Upstream) -> None:
+    async with (
+        GuardedSession(LOOPBACK) as http,
+        http.get(upstream.url("/redirect-to-metadata")) as resp,
+    ):
+        assert resp.status == 302
+        assert resp.headers["Location"] == "http://169.254.169.254/latest/meta-data/"
+    assert upstream.hits == ["/redirect-to-metadata"]
+
+
+async def test_no_redirect_is_followed_even_to_an_allowed_address(upstream: Upstream) -> None:
+    async with make_session(LOOPBACK) as http:
+        resp = await guarded_request(http, "GET", upstream.url("/redirect-to-self"), LOOPBACK)
+        async with resp:
+            assert resp.status == 302
+    assert upstream.hits == ["/redirect-to-self"]
+
+
+async def test_asking_to_follow_redirects_or_use_a_proxy_is_refused(upstream: Upstream) -> None:
+    async with GuardedSession(LOOPBACK) as http:
+        with pytest.raises(ValueError, match="redirect"):
+            http.get(upstream.url("/ok"), allow_redirects=True)
+        with pytest.raises(ValueError, match="proxy"):
+            http.get(upstream.url("/ok"), proxy=upstream.url("/"))
+    with pytest.raises(ValueError, match="trust_env"):
+        make_session(LOOPBACK, trust_env=True)
+    assert upstream.hits == []
+
+
+async def test_a_dns_failure_fails_closed_at_connect_time() -> None:
+    async with GuardedSession(LOOPBACK) as http:
+        with pytest.raises(aiohttp.ClientConnectorError) as info:
+            async with http.get(f"http://{UNRESOLVABLE}/"):
+                pass
+    assert isinstance(info.value.os_error, UnresolvableDestination)
+    assert isinstance(info.value.os_error, OSError)
+
+
+# -- early screening --------------------------------------------------------------------------
+
+
+async def test_screen_url_refuses_a_name_that_resolves_to_loopback_unless_allowed() -> None:
+    with pytest.raises(BlockedDestination, match=re.escape("127.0.0.1")):
+        await screen_url("http://localhost:8080/hook", DEFAULT)
+    await screen_url("http://localhost:8080/hook", LOOPBACK)
+
+
+async def test_screen_url_fails_closed_when_the_name_does_not_resolve() -> None:
+    with pytest.raises(UnresolvableDestination, match=UNRESOLVABLE):
+        await screen_url(f"https://{UNRESOLVABLE}/hook", LOOPBACK)
+
+
+async def test_screen_url_checks_literals_without_resolving() -> None:
+    resolver = StaticResolver("127.0.0.1")
+    await screen_url("https://8.8.8.8/hook", DEFAULT, resolver)
+    with pytest.raises(BlockedDestination):
+        await screen_url("http://[::ffff:127.0.0.1]/", DEFAULT, resolver)
+    with pytest.raises(ValueError):
+        await screen_url("ftp://example.com/", DEFAULT, resolver)
+    assert resolver.calls == 0
+
+
+async def test_a_name_is_refused_when_any_of_its_addresses_is_not_allowed() -> None:
+    mixed = StaticResolver("8.8.8.8", "10.0.0.7")
+    with pytest.raises(BlockedDestination, match=re.escape("10.0.0.7")):
+        await screen_url("https://rebind.example/", DEFAULT, mixed)
+    screening = ScreeningResolver(DEFAULT, StaticResolver("8.8.8.8", "2001:4860:4860::8888"))
+    results = await screening.resolve("dns.example", 443)
+    assert [r["host"] for r in results] == ["8.8.8.8", "2001:4860:4860::8888"]
+    with pytest.raises(UnresolvableDestination):
+        await ScreeningResolver(DEFAULT, StaticResolver()).resolve("empty.example", 443)
+
+
+def test_make_connector_keeps_its_own_resolver() -> None:
+    with pytest.raises(ValueError, match="resolver"):
+        make_connector(DEFAULT, resolver=StaticResolver("8.8.8.8"))

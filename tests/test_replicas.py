@@ -1,0 +1,92 @@
+"""Two gateway processes on one PostgreSQL: leases keep attempts apart; a dead replica's
+work is taken over after its lease expires."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from gateway.sdk.agent import AgentApp, OpContext
+from tests.conftest import free_port, serving_agent
+from tests.helpers import FAST_RETRY
+from tests.procs import GatewayProcess, get_json
+
+
+def counting_agent() -> tuple[AgentApp, dict[str, Any]]:
+    agent = AgentApp("counter")
+    seen: dict[str, Any] = {"inflight": set(), "overlaps": 0, "by_replica": {}}
+
+    @agent.operation("slow", retry=FAST_RETRY, attempt_timeout_s=10)
+    async def slow(ctx: OpContext, payload: Any) -> Any:
+        if ctx.key in seen["inflight"]:
+            seen["overlaps"] += 1
+        seen["inflight"].add(ctx.key)
+        try:
+            await asyncio.sleep(float(payload["sleep"]))
+        finally:
+            seen["inflight"].discard(ctx.key)
+        return {"n": payload["n"]}
+
+    return agent, seen
+
+
+async def test_two_replicas_never_run_one_attempt_twice_and_take_over_a_dead_ones_work(
+    pg_db: str, tmp_path: Path
+) -> None:
+    agent, seen = counting_agent()
+    async with serving_agent(agent) as agent_url, aiohttp.ClientSession() as http:
+        a = GatewayProcess(pg_db, free_port(), log=tmp_path / "a.log", SWARMGATE_REPLICA_ID="a")
+        b = GatewayProcess(pg_db, free_port(), log=tmp_path / "b.log", SWARMGATE_REPLICA_ID="b")
+        await a.start()
+        await b.start()
+        try:
+            async with http.post(f"{a.url}/api/agents", json=agent.spec(agent_url).to_json()) as r:
+                assert r.status == 201
+            # Both replicas take starts; B's dispatch loop also competes for A's due work.
+            tokens: list[str] = []
+            for i in range(30):
+                base = a.url if i % 2 == 0 else b.url
+                async with http.post(
+                    f"{base}/nexus/counter/slow", json={"n": i, "sleep": 0.05}
+                ) as r:
+                    assert r.status in (200, 201)
+                    tokens.append(r.headers["Nexus-Operation-Token"])
+            # Now long ones on A only, and kill A while they are in flight.
+            long_tokens = []
+            for i in range(30, 40):
+                async with http.post(
+                    f"{a.url}/nexus/counter/slow", json={"n": i, "sleep": 1.0}
+                ) as r:
+                    long_tokens.append(r.headers["Nexus-Operation-Token"])
+            await asyncio.sleep(0.3)
+            a.kill()
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 30
+            while loop.time() < deadline:
+                running = await get_json(
+                    http, f"{b.url}/api/operations", params={"state": "running"}
+                )
+                if not running["operations"]:
+                    break
+                await asyncio.sleep(0.1)
+            ops = (await get_json(http, f"{b.url}/api/operations", params={"limit": 100}))[
+                "operations"
+            ]
+            assert len(ops) == 40
+            assert {o["state"] for o in ops} == {"succeeded"}
+            # no attempt ran on two replicas at once (the agent saw no overlapping dispatch)
+            assert seen["overlaps"] == 0 and agent.overlapping_calls == 0
+            assert all(agent.effects[t] == 1 for t in tokens + long_tokens)
+            taken_over = 0
+            for t in long_tokens:
+                events = (await get_json(http, f"{b.url}/api/operations/{t}/events"))["events"]
+                owners = [e["data"].get("owner") for e in events if e["kind"] == "attempt.started"]
+                if owners[-1] == "b":
+                    taken_over += 1
+            assert taken_over == len(long_tokens)  # B finished every attempt A died in
+        finally:
+            a.kill()
+            b.kill()
