@@ -19,10 +19,10 @@ from adapters.transport import AiohttpTransport
 from gateway.config import Settings
 from gateway.domain.clock import Clock, SystemClock
 from gateway.engine.engine import Engine, EngineConfig
+from gateway.engine.signing import CallbackSigner
 from gateway.http import api, nexus
 from gateway.http.context import SERVICES, Services
 from gateway.http.errors import error_middleware
-from gateway.security import webhooks
 from gateway.security.netguard import OutboundPolicy
 from gateway.store.sqlstore import SqlStore
 from registry.auth import AuthConfig, Verifier
@@ -62,9 +62,6 @@ async def build(settings: Settings, *, clock: Clock | None = None) -> Gateway:
     secret = settings.secret or await store.get_or_create_setting(
         "completion_secret", secrets.token_urlsafe(32)
     )
-    callback_secret = settings.callback_secret or await store.get_or_create_setting(
-        "callback_secret", webhooks.generate_secret()
-    )
     outbound = OutboundPolicy.from_strings(list(settings.allow_cidrs))
     transport = AiohttpTransport(outbound)
     registry = Registry(store, clock)
@@ -88,9 +85,6 @@ async def build(settings: Settings, *, clock: Clock | None = None) -> Gateway:
         max_inflight=settings.max_inflight,
     )
 
-    def sign(caller: str, msg_id: str, body: bytes, now: int) -> dict[str, str]:
-        return webhooks.signed_headers([callback_secret], msg_id, body, now)
-
     engine = Engine(
         store=store,
         registry=registry,
@@ -99,7 +93,7 @@ async def build(settings: Settings, *, clock: Clock | None = None) -> Gateway:
         clock=clock,
         config=config,
         secret=secret.encode(),
-        callback_signer=sign,
+        signer=CallbackSigner(store, clock),
     )
     verifier = Verifier(await auth_config(settings, store))
     app = web.Application(middlewares=[error_middleware], client_max_size=settings.max_body_bytes)

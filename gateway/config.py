@@ -44,7 +44,6 @@ class Settings:
     jwt_issuer: str = "swarmgate"
     jwt_audience: str = "swarmgate"
     secret: str | None = None
-    callback_secret: str | None = None
     max_body_bytes: int = 2 * 1024 * 1024
     sqlite_synchronous: str = "FULL"
 
@@ -81,7 +80,6 @@ class Settings:
             "jwt_issuer": e.get(p + "JWT_ISSUER") or cls.jwt_issuer,
             "jwt_audience": e.get(p + "JWT_AUDIENCE") or cls.jwt_audience,
             "secret": e.get(p + "SECRET") or None,
-            "callback_secret": e.get(p + "CALLBACK_SECRET") or None,
             "max_body_bytes": int(_f(e, p + "MAX_BODY_BYTES", cls.max_body_bytes)),
             "sqlite_synchronous": e.get(p + "SQLITE_SYNCHRONOUS") or cls.sqlite_synchronous,
         }

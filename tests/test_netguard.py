@@ -104,6 +104,18 @@ async def upstream() -> AsyncIterator[Upstream]:
         yield Upstream(server=server, hits=hits)
 
 
+class FailingResolver(AbstractResolver):
+    """A DNS that knows no names (so no query ever leaves the machine)."""
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        raise OSError(socket.EAI_NONAME, f"{host}: name or service not known")
+
+    async def close(self) -> None:
+        pass
+
+
 class StaticResolver(AbstractResolver):
     """Answers every name with fixed addresses (stands in for a DNS zone we control)."""
 
@@ -279,9 +291,12 @@ async def test_asking_to_follow_redirects_or_use_a_proxy_is_refused(upstream: Up
 
 
 async def test_a_dns_failure_fails_closed_at_connect_time() -> None:
-    async with GuardedSession(LOOPBACK) as http:
+    connector = aiohttp.TCPConnector(
+        resolver=ScreeningResolver(LOOPBACK, inner=FailingResolver())
+    )
+    async with aiohttp.ClientSession(connector=connector) as http:
         with pytest.raises(aiohttp.ClientConnectorError) as info:
-            async with http.get(f"http://{UNRESOLVABLE}/"):
+            async with http.get(f"http://{UNRESOLVABLE}/", allow_redirects=False):
                 pass
     assert isinstance(info.value.os_error, UnresolvableDestination)
     assert isinstance(info.value.os_error, OSError)
@@ -298,7 +313,7 @@ async def test_screen_url_refuses_a_name_that_resolves_to_loopback_unless_allowe
 
 async def test_screen_url_fails_closed_when_the_name_does_not_resolve() -> None:
     with pytest.raises(UnresolvableDestination, match=UNRESOLVABLE):
-        await screen_url(f"https://{UNRESOLVABLE}/hook", LOOPBACK)
+        await screen_url(f"https://{UNRESOLVABLE}/hook", LOOPBACK, FailingResolver())
 
 
 async def test_screen_url_checks_literals_without_resolving() -> None:

@@ -200,8 +200,36 @@ async def test_the_callback_gets_the_nexus_completion_signed_with_stripped_heade
         assert h["Nexus-Operation-Start-Time"].endswith("GMT")
         assert h["Nexus-Operation-Close-Time"].endswith("Z")
         assert json.loads(req["body"]) == {"done": {"sleep": 0.05}}
-        secret = await gw.gw.store.get_or_create_setting("callback_secret", "unused")
+        async with gw.http.get(f"{gw.url}/api/callback-secret") as r:
+            secret = (await r.json())["secret"]
+        assert secret.startswith("whsec_")
         assert verify([secret], h, req["body"]) == h["webhook-id"]
+
+
+async def test_during_a_secret_rotation_callbacks_carry_both_signatures(db_url: str) -> None:
+    receiver = Receiver()
+    async with swarm(db_url) as (gw, _agent), serving(receiver.app()) as cb_url:
+        async with gw.http.get(f"{gw.url}/api/callback-secret") as r:
+            old = (await r.json())["secret"]
+        async with gw.http.post(
+            f"{gw.url}/api/callback-secret/rotate", json={"graceSeconds": 3600}
+        ) as r:
+            assert r.status == 200
+            rotated = await r.json()
+        new = rotated["secret"]
+        assert new != old and rotated["previousSecretValidUntil"]
+        async with gw.http.post(gw.nexus("worker", "echo"), json={}, params={"callback": cb_url}):
+            pass
+        await receiver.wait()
+        req = receiver.requests[0]
+        assert len(req["headers"]["webhook-signature"].split(" ")) == 2
+        assert verify([old], req["headers"], req["body"])
+        assert verify([new], req["headers"], req["body"])
+        async with gw.http.post(
+            f"{gw.url}/api/callback-secret/rotate", json={"graceSeconds": -1}
+        ) as r:
+            assert r.status == 400
+            assert r.headers["Content-Type"].startswith("application/problem+json")
 
 
 async def test_a_refused_callback_is_retried_with_the_same_delivery_id(db_url: str) -> None:

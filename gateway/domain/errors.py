@@ -87,7 +87,9 @@ class HandlerError(SwarmgateError):
         return self.type.status
 
     def to_failure(self) -> dict[str, Any]:
-        details: dict[str, Any] = {"type": self.type.name}
+        # 422 is not a Nexus handler error type: its body says BAD_REQUEST (body wins).
+        name = "BAD_REQUEST" if self.type is HandlerErrorType.UNPROCESSABLE else self.type.name
+        details: dict[str, Any] = {"type": name}
         if self.retryable_override is not None:
             details["retryableOverride"] = self.retryable_override
         body: dict[str, Any] = {

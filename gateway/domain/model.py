@@ -107,6 +107,24 @@ class IdempotencyRecord:
 
 
 @dataclass(frozen=True, kw_only=True)
+class CallerSecrets:
+    """A caller's callback signing secrets; the previous one stays valid during rotation."""
+
+    caller: str
+    secret: str
+    created_at: datetime
+    previous_secret: str | None = None
+    previous_until: datetime | None = None
+    rotated_at: datetime | None = None
+
+    def active(self, now: datetime) -> list[str]:
+        keys = [self.secret]
+        if self.previous_secret and self.previous_until and self.previous_until > now:
+            keys.append(self.previous_secret)
+        return keys
+
+
+@dataclass(frozen=True, kw_only=True)
 class Completion:
     """A terminal transition, applied in one transaction with its event and callback."""
 

@@ -12,6 +12,7 @@ from typing import Protocol
 
 from gateway.domain.model import (
     CallbackDelivery,
+    CallerSecrets,
     Completion,
     DeliveryState,
     Event,
@@ -112,6 +113,15 @@ class Store(Protocol):
     async def redrive_callback(
         self, delivery_id: str, now: datetime, expires_at: datetime, event: Event
     ) -> bool: ...
+
+    # caller secrets ----------------------------------------------------------------------------
+    async def caller_secrets(self, caller: str, now: datetime, new_secret: str) -> CallerSecrets:
+        """The caller's secrets, created with ``new_secret`` if the caller has none yet."""
+        ...
+
+    async def rotate_caller_secret(
+        self, caller: str, new_secret: str, now: datetime, previous_until: datetime
+    ) -> CallerSecrets: ...
 
     # idempotency -------------------------------------------------------------------------------
     async def save_response(

@@ -48,6 +48,7 @@ from gateway.domain.model import (
 )
 from gateway.domain.ports import Store
 from gateway.engine import backoff
+from gateway.engine.signing import CallbackSigner
 from registry.model import AdapterKind, AgentSpec, OperationSpec, RetryPolicy
 from registry.service import Registry, check_payload
 
@@ -131,7 +132,7 @@ class Engine:
         clock: Clock,
         config: EngineConfig,
         secret: bytes,
-        callback_signer: Any = None,
+        signer: CallbackSigner | None = None,
     ) -> None:
         self.store = store
         self.registry = registry
@@ -140,7 +141,7 @@ class Engine:
         self.clock = clock
         self.config = config
         self._secret = secret
-        self.callback_signer = callback_signer  # (caller, msg_id, body, now) -> headers
+        self.signer = signer
         self._wake_work = asyncio.Event()
         self._wake_callbacks = asyncio.Event()
         self._inflight: dict[str, asyncio.Task[None]] = {}
@@ -844,8 +845,8 @@ class Engine:
     async def _deliver_once(self, d: CallbackDelivery) -> None:
         now = self.now()
         headers = dict(d.headers)
-        if self.callback_signer is not None:
-            headers.update(self.callback_signer(d.caller, d.id, d.body, int(now.timestamp())))
+        if self.signer is not None:
+            headers.update(await self.signer.headers(d.caller, d.id, d.body, int(now.timestamp())))
         else:
             headers["webhook-id"] = d.id
             headers["webhook-timestamp"] = str(int(now.timestamp()))

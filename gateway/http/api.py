@@ -9,7 +9,14 @@ from typing import Any
 from aiohttp import web
 
 from gateway.domain.errors import HandlerError, HandlerErrorType
-from gateway.domain.model import CallbackDelivery, Event, Operation, OperationState
+from gateway.domain.model import (
+    CallbackDelivery,
+    CallerSecrets,
+    Event,
+    Operation,
+    OperationState,
+)
+from gateway.engine.signing import CallbackSigner
 from gateway.http.context import check_outbound_url, principal, services
 from registry.model import AgentSpec
 
@@ -234,6 +241,45 @@ async def redrive_callback(request: web.Request) -> web.Response:
     return web.Response(status=202)
 
 
+# -- callback signing secrets ---------------------------------------------------------------
+
+
+def _secrets_json(cs: CallerSecrets) -> dict[str, Any]:
+    return {
+        "caller": cs.caller,
+        "secret": cs.secret,
+        "previousSecretValidUntil": _iso(cs.previous_until),
+        "rotatedAt": _iso(cs.rotated_at),
+    }
+
+
+def _signer(request: web.Request) -> CallbackSigner:
+    signer = services(request).engine.signer
+    if signer is None:
+        raise HandlerError(HandlerErrorType.NOT_IMPLEMENTED, "callback signing is disabled")
+    return signer
+
+
+async def get_callback_secret(request: web.Request) -> web.Response:
+    """The caller's callback signing secret (``whsec_...``), created on first use."""
+    p = await principal(request)
+    return web.json_response(_secrets_json(await _signer(request).secrets(p.sub)))
+
+
+async def rotate_callback_secret(request: web.Request) -> web.Response:
+    """A new secret; the old one keeps signing (second signature) for ``graceSeconds``."""
+    p = await principal(request)
+    raw = await request.read()
+    data = await _json_body(request) if raw else {}
+    grace = data.get("graceSeconds", 86400) if isinstance(data, dict) else None
+    if not isinstance(grace, int | float) or isinstance(grace, bool) or not 0 <= grace <= 7 * 86400:
+        raise HandlerError(
+            HandlerErrorType.BAD_REQUEST, "graceSeconds must be a number from 0 to 604800"
+        )
+    rotated = await _signer(request).rotate(p.sub, float(grace))
+    return web.json_response(_secrets_json(rotated))
+
+
 # -- health -----------------------------------------------------------------------------------
 
 
@@ -267,5 +313,7 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/api/operations/{op_id}/cancel", cancel_operation)
     r.add_post("/api/operations/{op_id}/redrive", redrive_operation)
     r.add_post("/api/operations/{op_id}/callbacks/{delivery_id}/redrive", redrive_callback)
+    r.add_get("/api/callback-secret", get_callback_secret)
+    r.add_post("/api/callback-secret/rotate", rotate_callback_secret)
     r.add_get("/healthz", healthz)
     r.add_get("/readyz", readyz)

@@ -10,8 +10,10 @@ again and gets the same operation back, never a second one.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -216,6 +218,165 @@ class Client:
         if status not in (200, 201):
             raise GatewayError(status, _decode(body))
         return dict(_decode(body))
+
+    # -- gateway API (used by the ``swarmgate`` CLI) --------------------------------------------
+
+    async def _api(
+        self,
+        method: str,
+        path: str,
+        *,
+        ok: tuple[int, ...] = (200,),
+        params: dict[str, str] | None = None,
+    ) -> Any:
+        """One ``/api`` request; a status outside ``ok`` raises GatewayError (problem+json)."""
+        status, _h, body = await self._send(
+            method, f"{self.base_url}{path}", params=params, headers=self._headers()
+        )
+        if status not in ok:
+            raise GatewayError(status, _decode(body))
+        return _decode(body)
+
+    async def agents(self) -> list[dict[str, Any]]:
+        """Every registered agent (``GET /api/agents``)."""
+        return list((await self._api("GET", "/api/agents"))["agents"])
+
+    async def agent(self, name: str) -> dict[str, Any]:
+        """One registered agent (``GET /api/agents/{name}``)."""
+        return dict(await self._api("GET", f"/api/agents/{quote(name, safe='')}"))
+
+    async def operations(
+        self,
+        *,
+        state: str | None = None,
+        service: str | None = None,
+        limit: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Operations visible to the caller, newest first (``GET /api/operations``)."""
+        params: dict[str, str] = {}
+        if state:
+            params["state"] = state
+        if service:
+            params["service"] = service
+        if limit is not None:
+            params["limit"] = str(limit)
+        body = await self._api("GET", "/api/operations", params=params)
+        return list(body["operations"])
+
+    async def events(self, token: str, *, after: int = 0) -> list[dict[str, Any]]:
+        """History events with an id above ``after`` (``GET /api/operations/{id}/events``)."""
+        body = await self._api(
+            "GET", f"/api/operations/{quote(token, safe='')}/events", params={"after": str(after)}
+        )
+        return list(body["events"])
+
+    async def callbacks(self, token: str) -> list[dict[str, Any]]:
+        """Callback deliveries of an operation (``GET /api/operations/{id}/callbacks``)."""
+        body = await self._api("GET", f"/api/operations/{quote(token, safe='')}/callbacks")
+        return list(body["callbacks"])
+
+    async def cancel_operation(self, token: str) -> None:
+        """Request cancellation by operation id (``POST /api/operations/{id}/cancel``)."""
+        await self._api("POST", f"/api/operations/{quote(token, safe='')}/cancel", ok=(202,))
+
+    async def redrive(self, token: str) -> None:
+        """Re-run a failed or canceled operation (admin; recorded as ``operation.redriven``)."""
+        await self._api("POST", f"/api/operations/{quote(token, safe='')}/redrive", ok=(202,))
+
+    async def redrive_callback(self, token: str, delivery_id: str) -> None:
+        """Re-send an expired or disabled callback (admin; recorded as ``callback.redriven``)."""
+        path = (
+            f"/api/operations/{quote(token, safe='')}"
+            f"/callbacks/{quote(delivery_id, safe='')}/redrive"
+        )
+        await self._api("POST", path, ok=(202,))
+
+    async def follow(
+        self, token: str, *, after: int = 0, poll_s: float = 0.5
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Yield history events as they happen until the operation is terminal.
+
+        Uses the Server-Sent Events stream ``GET /api/operations/{id}/stream`` when the gateway
+        has it, and otherwise polls ``/events?after=N``. Events already seen (id <= ``after``)
+        are skipped either way.
+        """
+        op = await self.operation(token)  # raises GatewayError(404) for an unknown operation
+        last = after
+        async for event in self._stream(token, last):
+            if int(event.get("id", 0)) <= last:
+                continue
+            last = int(event["id"])
+            yield event
+            if str(event.get("kind", "")) in _TERMINAL_KINDS:
+                op = await self.operation(token)
+                if op["state"] in _TERMINAL_STATES:
+                    return
+        while True:
+            for event in await self.events(token, after=last):
+                last = max(last, int(event["id"]))
+                yield event
+            if op["state"] in _TERMINAL_STATES:
+                for event in await self.events(token, after=last):  # events written meanwhile
+                    last = max(last, int(event["id"]))
+                    yield event
+                return
+            await asyncio.sleep(poll_s)
+            op = await self.operation(token)
+
+    async def _stream(self, token: str, after: int) -> AsyncIterator[dict[str, Any]]:
+        """Events from the SSE stream; yields nothing if the gateway has no stream endpoint."""
+        url = f"{self.base_url}/api/operations/{quote(token, safe='')}/stream"
+        headers = self._headers({"Accept": "text/event-stream"})
+        if after:
+            headers["Last-Event-ID"] = str(after)
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=None)
+        async with self.session.get(
+            url, params={"after": str(after)}, headers=headers, timeout=timeout
+        ) as resp:
+            ctype = resp.headers.get("Content-Type", "")
+            if resp.status in (404, 405, 501) or not ctype.startswith("text/event-stream"):
+                return  # no stream endpoint (yet): the caller polls instead
+            if resp.status != 200:
+                raise GatewayError(resp.status, _decode(await resp.read()))
+            fields: dict[str, str] = {}
+            data: list[str] = []
+            async for raw in resp.content:
+                line = raw.decode(errors="replace").rstrip("\r\n")
+                if line.startswith(":"):
+                    continue
+                if line:
+                    name, _, value = line.partition(":")
+                    value = value[1:] if value.startswith(" ") else value
+                    if name == "data":
+                        data.append(value)
+                    else:
+                        fields[name] = value
+                    continue
+                if data:
+                    event = _sse_event(fields, "\n".join(data))
+                    if event is not None:
+                        yield event
+                fields, data = {}, []
+
+
+_TERMINAL_STATES = frozenset({"succeeded", "failed", "canceled"})
+_TERMINAL_KINDS = frozenset(
+    {"operation.succeeded", "operation.failed", "operation.canceled", "operation.timed_out"}
+)
+
+
+def _sse_event(fields: dict[str, str], data: str) -> dict[str, Any] | None:
+    """An SSE message as a history event (``{"id","at","kind","data"}``), or None."""
+    try:
+        parsed: Any = json.loads(data)
+    except ValueError:
+        parsed = data
+    if isinstance(parsed, dict) and "kind" in parsed and "id" in parsed:
+        return parsed
+    if not fields.get("id", "").isdigit():
+        return None  # not a history event (a heartbeat, a state summary, ...)
+    kind = fields.get("event", "message")
+    return {"id": int(fields["id"]), "at": None, "kind": kind, "data": parsed}
 
 
 def _decode(body: bytes) -> Any:

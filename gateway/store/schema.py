@@ -145,4 +145,24 @@ idempotency = Table(
     Column("expires_at", UTCDateTime, nullable=False),
 )
 
-__all__ = ["agents", "callbacks", "events", "idempotency", "metadata", "operations", "settings"]
+caller_secrets = Table(
+    "sg_caller_secrets",
+    metadata,
+    Column("caller", String(200), primary_key=True),
+    Column("secret", Text, nullable=False),
+    Column("previous_secret", Text),
+    Column("previous_until", UTCDateTime),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("rotated_at", UTCDateTime),
+)
+
+__all__ = [
+    "agents",
+    "callbacks",
+    "caller_secrets",
+    "events",
+    "idempotency",
+    "metadata",
+    "operations",
+    "settings",
+]

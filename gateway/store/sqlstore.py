@@ -39,6 +39,7 @@ from sqlalchemy.pool import AsyncAdaptedQueuePool
 from gateway.domain.errors import StoreError, StoreUnavailable, UniqueViolation
 from gateway.domain.model import (
     CallbackDelivery,
+    CallerSecrets,
     Completion,
     DeliveryState,
     Event,
@@ -637,6 +638,53 @@ class SqlStore:
             await conn.execute(insert(t.events).values(**_event_values(event)))
         return True
 
+    # -- caller secrets ----------------------------------------------------------------------
+
+    @_translate
+    async def caller_secrets(self, caller: str, now: datetime, new_secret: str) -> CallerSecrets:
+        cs = t.caller_secrets
+        async with self._tx() as conn:
+            row = (await conn.execute(select(cs).where(cs.c.caller == caller))).first()
+            if row is None:
+                await conn.execute(
+                    insert(cs).values(caller=caller, secret=new_secret, created_at=now)
+                )
+                return CallerSecrets(caller=caller, secret=new_secret, created_at=now)
+        return _secrets(row)
+
+    @_translate
+    async def rotate_caller_secret(
+        self, caller: str, new_secret: str, now: datetime, previous_until: datetime
+    ) -> CallerSecrets:
+        cs = t.caller_secrets
+        async with self._tx() as conn:
+            row = (
+                await conn.execute(select(cs).where(cs.c.caller == caller).with_for_update())
+            ).first()
+            if row is None:
+                await conn.execute(
+                    insert(cs).values(caller=caller, secret=new_secret, created_at=now)
+                )
+                return CallerSecrets(caller=caller, secret=new_secret, created_at=now)
+            await conn.execute(
+                update(cs)
+                .where(cs.c.caller == caller)
+                .values(
+                    secret=new_secret,
+                    previous_secret=row.secret,
+                    previous_until=previous_until,
+                    rotated_at=now,
+                )
+            )
+        return CallerSecrets(
+            caller=caller,
+            secret=new_secret,
+            created_at=row.created_at,
+            previous_secret=row.secret,
+            previous_until=previous_until,
+            rotated_at=now,
+        )
+
     # -- idempotency -------------------------------------------------------------------------
 
     @_translate
@@ -725,6 +773,17 @@ def _op(r: Row[Any]) -> Operation:
         closed_at=r.closed_at,
         last_error=r.last_error,
         traceparent=r.traceparent,
+    )
+
+
+def _secrets(r: Row[Any]) -> CallerSecrets:
+    return CallerSecrets(
+        caller=r.caller,
+        secret=r.secret,
+        created_at=r.created_at,
+        previous_secret=r.previous_secret,
+        previous_until=r.previous_until,
+        rotated_at=r.rotated_at,
     )
 
 

@@ -1,0 +1,44 @@
+"""Per-caller Standard Webhooks signing of callbacks, with secret rotation."""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+
+from gateway.domain.clock import Clock
+from gateway.domain.model import CallerSecrets
+from gateway.domain.ports import Store
+from gateway.security import webhooks
+
+
+class CallbackSigner:
+    """Signs each callback with the caller's current secret, and with the previous one too
+    while a rotation's grace period lasts (receivers accept either)."""
+
+    def __init__(self, store: Store, clock: Clock, *, cache_ttl_s: float = 5.0) -> None:
+        self.store = store
+        self.clock = clock
+        self.cache_ttl_s = cache_ttl_s
+        self._cache: dict[str, tuple[float, CallerSecrets]] = {}
+
+    async def secrets(self, caller: str) -> CallerSecrets:
+        hit = self._cache.get(caller)
+        if hit is not None and time.monotonic() - hit[0] < self.cache_ttl_s:
+            return hit[1]
+        found = await self.store.caller_secrets(
+            caller, self.clock.now(), webhooks.generate_secret()
+        )
+        self._cache[caller] = (time.monotonic(), found)
+        return found
+
+    async def headers(self, caller: str, msg_id: str, body: bytes, now: int) -> dict[str, str]:
+        secrets = await self.secrets(caller)
+        return webhooks.signed_headers(secrets.active(self.clock.now()), msg_id, body, now)
+
+    async def rotate(self, caller: str, grace_s: float) -> CallerSecrets:
+        now = self.clock.now()
+        rotated = await self.store.rotate_caller_secret(
+            caller, webhooks.generate_secret(), now, now + timedelta(seconds=grace_s)
+        )
+        self._cache[caller] = (time.monotonic(), rotated)
+        return rotated
