@@ -699,6 +699,20 @@ class Engine:
                     if not waiters:
                         self._waiters.pop(op_id, None)
 
+    async def wait_change(self, op_id: str, timeout_s: float) -> None:
+        """Sleep until this replica closes the operation or ``timeout_s`` passes."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(op_id, []).append(fut)
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(fut, timeout_s)
+        finally:
+            waiters = self._waiters.get(op_id)
+            if waiters and fut in waiters:
+                waiters.remove(fut)
+                if not waiters:
+                    self._waiters.pop(op_id, None)
+
     async def expire_timeouts(self) -> int:
         ops = await self.store.due_timeouts(self.now(), 200)
         n = 0

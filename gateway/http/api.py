@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import datetime
 from typing import Any
@@ -12,6 +13,7 @@ from gateway.domain.errors import HandlerError, HandlerErrorType
 from gateway.domain.model import (
     CallbackDelivery,
     CallerSecrets,
+    DeliveryState,
     Event,
     Operation,
     OperationState,
@@ -205,6 +207,60 @@ async def operation_events(request: web.Request) -> web.Response:
     return web.json_response({"operationId": op.id, "events": [event_json(e) for e in events]})
 
 
+STREAM_HEARTBEAT_S = 15.0
+
+
+async def operation_stream(request: web.Request) -> web.StreamResponse:
+    """Server-Sent Events of the operation's history. Reconnect with ``Last-Event-ID`` (or
+    ``?after=``) to resume: events are durable and ids of one operation ascend in commit order,
+    so nothing is lost across a reconnect or a gateway restart. The stream ends once the
+    operation is closed and no callback delivery is pending."""
+    op = await _load(request)
+    svc = services(request)
+    store = svc.engine.store
+    raw = request.headers.get("Last-Event-ID") or request.query.get("after") or "0"
+    try:
+        after = int(raw)
+    except ValueError as exc:
+        raise HandlerError(
+            HandlerErrorType.BAD_REQUEST, "Last-Event-ID must be an integer"
+        ) from exc
+    resp = web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",
+        }
+    )
+    await resp.prepare(request)
+    await resp.write(b"retry: 1000\n\n")
+    loop = asyncio.get_running_loop()
+    last_write = loop.time()
+    poll = max(0.05, svc.engine.config.poll_interval_s)
+    while True:
+        events = await store.list_events(op.id, after=after)
+        for e in events:
+            frame = f"id: {e.id}\nevent: {e.kind}\ndata: {json.dumps(event_json(e))}\n\n"
+            await resp.write(frame.encode())
+            after = e.id or after
+            last_write = loop.time()
+        if not events:
+            current = await store.get_operation(op.id)
+            if current is None:
+                break
+            if current.state.terminal:
+                deliveries = await store.list_callbacks(op.id)
+                if all(d.state is not DeliveryState.PENDING for d in deliveries):
+                    if not await store.list_events(op.id, after=after):
+                        break
+            if loop.time() - last_write >= STREAM_HEARTBEAT_S:
+                await resp.write(b": keep-alive\n\n")
+                last_write = loop.time()
+            await svc.engine.wait_change(op.id, poll)
+    await resp.write_eof()
+    return resp
+
+
 async def operation_callbacks(request: web.Request) -> web.Response:
     op = await _load(request)
     deliveries = await services(request).engine.store.list_callbacks(op.id)
@@ -310,6 +366,7 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/api/operations/{op_id}", show_operation)
     r.add_get("/api/operations/{op_id}/events", operation_events)
     r.add_get("/api/operations/{op_id}/callbacks", operation_callbacks)
+    r.add_get("/api/operations/{op_id}/stream", operation_stream)
     r.add_post("/api/operations/{op_id}/cancel", cancel_operation)
     r.add_post("/api/operations/{op_id}/redrive", redrive_operation)
     r.add_post("/api/operations/{op_id}/callbacks/{delivery_id}/redrive", redrive_callback)

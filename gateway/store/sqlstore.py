@@ -536,6 +536,7 @@ class SqlStore:
     @_translate
     async def add_event(self, event: Event) -> None:
         async with self._tx() as conn:
+            await _lock_operation(conn, event.operation_id)
             await conn.execute(insert(t.events).values(**_event_values(event)))
 
     # -- callbacks ---------------------------------------------------------------------------
@@ -599,6 +600,7 @@ class SqlStore:
             )
             if not res.rowcount:
                 return False
+            await _lock_operation(conn, event.operation_id)
             await conn.execute(insert(t.events).values(**_event_values(event)))
         return True
 
@@ -635,6 +637,7 @@ class SqlStore:
             )
             if not res.rowcount:
                 return False
+            await _lock_operation(conn, event.operation_id)
             await conn.execute(insert(t.events).values(**_event_values(event)))
         return True
 
@@ -705,6 +708,14 @@ class SqlStore:
         async with self._tx() as conn:
             res = await conn.execute(delete(i).where(i.c.expires_at <= now))
         return int(res.rowcount or 0)
+
+
+async def _lock_operation(conn: AsyncConnection, op_id: str) -> None:
+    """Every transaction that writes an operation's events holds its row lock first, so the
+    event ids of one operation are assigned in commit order (readers resuming from
+    ``Last-Event-ID`` never skip an event that committed late)."""
+    o = t.operations
+    await conn.execute(select(o.c.id).where(o.c.id == op_id).with_for_update())
 
 
 # -- row mapping ---------------------------------------------------------------------------------
