@@ -14,8 +14,11 @@ from typing import Any
 import yaml
 from aiohttp import web
 
+from adapters import a2a_facade
+from adapters.a2a import A2AAgentAdapter
 from adapters.http import HttpAgentAdapter
 from adapters.transport import AiohttpTransport
+from gateway import logs
 from gateway.config import Settings
 from gateway.domain.clock import Clock, SystemClock
 from gateway.engine.engine import Engine, EngineConfig
@@ -83,12 +86,17 @@ async def build(settings: Settings, *, clock: Clock | None = None) -> Gateway:
         ),
         idempotency_ttl_s=settings.idempotency_ttl_s,
         max_inflight=settings.max_inflight,
+        max_pending_starts=settings.max_pending_starts,
+        breaker_threshold=settings.breaker_threshold,
+        breaker_cooldown_s=settings.breaker_cooldown_s,
+        shutdown_grace_s=settings.shutdown_grace_s,
     )
 
+    a2a = A2AAgentAdapter(transport)
     engine = Engine(
         store=store,
         registry=registry,
-        adapters={AdapterKind.HTTP: HttpAgentAdapter(transport)},
+        adapters={AdapterKind.HTTP: HttpAgentAdapter(transport), AdapterKind.A2A: a2a},
         transport=transport,
         clock=clock,
         config=config,
@@ -100,6 +108,7 @@ async def build(settings: Settings, *, clock: Clock | None = None) -> Gateway:
     app[SERVICES] = Services(engine=engine, registry=registry, verifier=verifier, outbound=outbound)
     nexus.add_routes(app)
     api.add_routes(app)
+    a2a_facade.add_routes(app, a2a, poll_interval_s=max(0.2, settings.poll_interval_s * 10))
     return Gateway(
         settings=settings,
         store=store,
@@ -131,6 +140,7 @@ async def auth_config(settings: Settings, store: SqlStore) -> AuthConfig:
 
 async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> None:
     """Run a gateway until SIGTERM/SIGINT; then stop taking work and release it."""
+    logs.configure(settings.log_format, settings.log_level)
     gw = await build(settings)
     runner = web.AppRunner(gw.app, access_log=None)
     await runner.setup()

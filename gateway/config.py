@@ -45,6 +45,12 @@ class Settings:
     jwt_audience: str = "swarmgate"
     secret: str | None = None
     max_body_bytes: int = 2 * 1024 * 1024
+    max_pending_starts: int = 1000
+    breaker_threshold: int = 5
+    breaker_cooldown_s: float = 60.0
+    shutdown_grace_s: float = 5.0
+    log_format: str = "json"
+    log_level: str = "INFO"
     sqlite_synchronous: str = "FULL"
 
     @property
@@ -81,6 +87,12 @@ class Settings:
             "jwt_audience": e.get(p + "JWT_AUDIENCE") or cls.jwt_audience,
             "secret": e.get(p + "SECRET") or None,
             "max_body_bytes": int(_f(e, p + "MAX_BODY_BYTES", cls.max_body_bytes)),
+            "max_pending_starts": int(_f(e, p + "MAX_PENDING_STARTS", cls.max_pending_starts)),
+            "breaker_threshold": int(_f(e, p + "BREAKER_THRESHOLD", cls.breaker_threshold)),
+            "breaker_cooldown_s": _f(e, p + "BREAKER_COOLDOWN_S", cls.breaker_cooldown_s),
+            "shutdown_grace_s": _f(e, p + "SHUTDOWN_GRACE_S", cls.shutdown_grace_s),
+            "log_format": e.get(p + "LOG_FORMAT") or cls.log_format,
+            "log_level": e.get(p + "LOG_LEVEL") or cls.log_level,
             "sqlite_synchronous": e.get(p + "SQLITE_SYNCHRONOUS") or cls.sqlite_synchronous,
         }
         if e.get(p + "REPLICA_ID"):

@@ -61,6 +61,7 @@ class Operation:
     closed_at: datetime | None = None
     last_error: str | None = None
     traceparent: str | None = None
+    prev_lease_owner: str | None = None  # set when this lease took over an expired one
 
     @property
     def token(self) -> str:

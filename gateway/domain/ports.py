@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from gateway.domain.model import (
     CallbackDelivery,
@@ -76,10 +76,13 @@ class Store(Protocol):
         event: Event,
         agent_token: str | None = None,
         last_error: str | None = None,
+        refund_attempt: bool = False,
     ) -> bool:
         """Non-terminal change of a running operation, fenced by the lease owner (if given);
         releases the lease."""
         ...
+
+    async def release_leases(self, owner: str) -> int: ...
 
     async def request_cancel(self, op_id: str, now: datetime, event: Event) -> bool: ...
 
@@ -128,3 +131,14 @@ class Store(Protocol):
         self, scope: str, key: str, status: int, body: bytes, headers: dict[str, str]
     ) -> None: ...
     async def purge_idempotency(self, now: datetime) -> int: ...
+
+    # -- a2a (A2A facade: push-notification configs; delivery reuses the callback outbox) -----
+    async def a2a_save_push_config(
+        self, op_id: str, config_id: str, config: dict[str, Any], at: datetime
+    ) -> None: ...
+    async def a2a_push_configs(self, op_id: str) -> list[dict[str, Any]]: ...
+    async def a2a_delete_push_config(self, op_id: str, config_id: str) -> bool: ...
+    async def a2a_due_pushes(self, limit: int) -> list[tuple[str, dict[str, Any], Operation]]: ...
+    async def a2a_enqueue_push(
+        self, op_id: str, config_id: str, delivery: CallbackDelivery, event: Event
+    ) -> bool: ...

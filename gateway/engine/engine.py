@@ -16,7 +16,7 @@ import hmac
 import json
 import logging
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from email.utils import format_datetime
@@ -48,6 +48,8 @@ from gateway.domain.model import (
 )
 from gateway.domain.ports import Store
 from gateway.engine import backoff
+from gateway.engine.breaker import CircuitBreaker, Limits
+from gateway.engine.metrics import Metrics
 from gateway.engine.signing import CallbackSigner
 from registry.model import AdapterKind, AgentSpec, OperationSpec, RetryPolicy
 from registry.service import Registry, check_payload
@@ -74,6 +76,10 @@ class EngineConfig:
     )
     idempotency_ttl_s: float = 24 * 3600.0
     max_timeout_s: float = 30 * 24 * 3600.0
+    max_pending_starts: int = 1000  # start requests in progress before answering 429
+    breaker_threshold: int = 5  # consecutive retryable failures that open an agent's circuit
+    breaker_cooldown_s: float = 60.0  # open -> half-open
+    shutdown_grace_s: float = 5.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -133,6 +139,7 @@ class Engine:
         config: EngineConfig,
         secret: bytes,
         signer: CallbackSigner | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
         self.registry = registry
@@ -142,6 +149,12 @@ class Engine:
         self.config = config
         self._secret = secret
         self.signer = signer
+        self.metrics = metrics or Metrics()
+        self.breaker = CircuitBreaker(
+            threshold=config.breaker_threshold, cooldown_s=config.breaker_cooldown_s
+        )
+        self.limits = Limits()
+        self.pending_starts = 0
         self._wake_work = asyncio.Event()
         self._wake_callbacks = asyncio.Event()
         self._inflight: dict[str, asyncio.Task[None]] = {}
@@ -173,6 +186,22 @@ class Engine:
         return Event(operation_id=op_id, kind=kind, at=self.now(), data=data)
 
     # -- start ------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def admit(self) -> Iterator[None]:
+        """Bound the start requests in progress; beyond it the caller gets 429 + Retry-After."""
+        if self.pending_starts >= self.config.max_pending_starts:
+            self.metrics.rejected.inc()
+            raise HandlerError(
+                HandlerErrorType.RESOURCE_EXHAUSTED,
+                "the gateway is saturated; retry later",
+                headers={"Retry-After": "1"},
+            )
+        self.pending_starts += 1
+        try:
+            yield
+        finally:
+            self.pending_starts -= 1
 
     async def start(self, req: StartRequest) -> StartResult:
         agent, spec = await self.registry.resolve(req.service, req.operation)
@@ -240,6 +269,15 @@ class Engine:
         stored, existing = await self.store.create_operation(op, [started, attempt], idem)
         if existing is not None:
             self._count("start.deduplicated")
+            if (
+                stored.lease_owner == self.config.owner
+                and stored.work is Work.DISPATCH
+                and stored.state is OperationState.RUNNING
+                and stored.id not in self._inflight
+            ):
+                # Our own lease with no task behind it: the first start committed but its
+                # reply was lost before the dispatch began. Run it now, not at lease expiry.
+                self._spawn(stored, agent, spec)
             return StartResult(
                 operation=stored,
                 created=False,
@@ -247,6 +285,7 @@ class Engine:
                 idempotency_keys=tuple((r.scope, r.key) for r in idem),
             )
         self._count("start.created")
+        self.metrics.started.labels(req.service).inc()
         self._spawn(stored, agent, spec)
         return StartResult(
             operation=stored, created=True, idempotency_keys=tuple((r.scope, r.key) for r in idem)
@@ -276,17 +315,26 @@ class Engine:
             asyncio.create_task(self._housekeeping_loop(), name="sg-housekeeping"),
         ]
 
-    async def stop(self, grace_s: float = 5.0) -> None:
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Stop taking work, let in-flight work finish for ``grace_s``, then cancel what is
+        left and release its leases so another replica takes it over at once."""
+        grace = self.config.shutdown_grace_s if grace_s is None else grace_s
         self._stopping = True
         for t in self._loops:
             t.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
         pending = list(self._inflight.values()) + list(self._cb_inflight.values())
         if pending:
-            _done, not_done = await asyncio.wait(pending, timeout=grace_s)
+            _done, not_done = await asyncio.wait(pending, timeout=grace)
             for t in not_done:
                 t.cancel()
             await asyncio.gather(*not_done, return_exceptions=True)
+        try:
+            released = await self.store.release_leases(self.config.owner)
+            if released:
+                log.info("released %d leases on shutdown", released)
+        except StoreError as exc:
+            log.warning("could not release leases on shutdown (they will expire): %s", exc)
 
     def wake(self) -> None:
         self._wake_work.set()
@@ -397,9 +445,9 @@ class Engine:
             raise
         except StoreError as exc:
             # The lease runs out and another attempt happens later; nothing is lost.
-            log.warning("operation %s: store error, lease left to expire: %s", op.id, exc)
+            log.warning("store error, lease left to expire: %s", exc, extra={"operation_id": op.id})
         except Exception:
-            log.exception("operation %s: unexpected error; lease left to expire", op.id)
+            log.exception("unexpected error; lease left to expire", extra={"operation_id": op.id})
 
     async def _dispatch(self, op: Operation, agent: AgentSpec, spec: OperationSpec) -> None:
         adapter = self.adapters.get(agent.adapter)
@@ -412,6 +460,32 @@ class Engine:
                 owner=self.config.owner,
             )
             return
+        if op.prev_lease_owner and op.prev_lease_owner != self.config.owner:
+            self.metrics.takeovers.inc()
+        retry_at = self.breaker.allow(agent.name, self.now())
+        if retry_at is not None:  # circuit open: defer without calling the agent
+            self.metrics.deferred.labels(agent.name).inc()
+            await self.store.update_running(
+                op.id,
+                self.config.owner,
+                work=Work.DISPATCH,
+                next_attempt_at=retry_at,
+                refund_attempt=True,
+                last_error=op.last_error,
+                event=self._event(
+                    op.id, "attempt.deferred", reason="circuit open", until=retry_at.isoformat()
+                ),
+            )
+            return
+        if spec.concurrency:
+            async with self.limits.semaphore(agent.name, spec.name, spec.concurrency):
+                await self._call_agent(op, agent, spec, adapter)
+        else:
+            await self._call_agent(op, agent, spec, adapter)
+
+    async def _call_agent(
+        self, op: Operation, agent: AgentSpec, spec: OperationSpec, adapter: AgentAdapter
+    ) -> None:
         self._count("dispatch.attempts")
         started = self.now()
         req = DispatchRequest(
@@ -428,8 +502,17 @@ class Engine:
             outcome = await asyncio.wait_for(adapter.start(req), spec.attempt_timeout_s + 1.0)
         except TimeoutError:
             outcome = Outcome(kind=OutcomeKind.RETRYABLE, error="attempt timed out")
-        elapsed_ms = round((self.now() - started).total_seconds() * 1000, 1)
-        await self.apply_outcome(op, spec, outcome, elapsed_ms)
+        elapsed = (self.now() - started).total_seconds()
+        self.metrics.attempts.labels(agent.name, outcome.kind.value).inc()
+        self.metrics.dispatch_seconds.labels(agent.name).observe(max(0.0, elapsed))
+        if outcome.kind is OutcomeKind.RETRYABLE:
+            if self.breaker.failure(agent.name, self.now()):
+                self.metrics.breaker_open.labels(agent.name).set(1)
+        elif outcome.kind is not OutcomeKind.PERMANENT or outcome.status is not None:
+            if self.breaker.is_open(agent.name):
+                self.metrics.breaker_open.labels(agent.name).set(0)
+            self.breaker.success(agent.name)  # the agent answered
+        await self.apply_outcome(op, spec, outcome, round(elapsed * 1000, 1))
 
     async def apply_outcome(
         self, op: Operation, spec: OperationSpec, outcome: Outcome, elapsed_ms: float = 0.0
@@ -519,6 +602,7 @@ class Engine:
                     elapsed_ms=elapsed_ms,
                 )
                 return
+            self.metrics.retries.labels(op.service).inc()
             nxt = backoff.next_attempt_at(
                 spec.retry, op.attempts, self.now(), outcome.retry_after_s
             )
@@ -624,6 +708,14 @@ class Engine:
         applied = await self.store.complete(completion)
         if applied:
             self._count(f"operations.{state.value}")
+            log.debug(
+                "operation closed",
+                extra={"operation_id": op.id, "state": state.value, "event": kind},
+            )
+            self.metrics.closed.labels(op.service, state.value).inc()
+            self.metrics.operation_seconds.labels(op.service, state.value).observe(
+                max(0.0, (now - op.created_at).total_seconds())
+            )
             self._notify(op.id)
             if callback is not None:
                 self._wake_callbacks.set()
@@ -652,6 +744,8 @@ class Engine:
         )
         if op.links:
             headers["Nexus-Link"] = ", ".join(op.links)
+        if op.traceparent:
+            headers["traceparent"] = op.traceparent
         if state is OperationState.SUCCEEDED:
             body = result or b""
             headers["Content-Type"] = content_type or "application/json"
@@ -852,9 +946,16 @@ class Engine:
         except asyncio.CancelledError:
             raise
         except StoreError as exc:
-            log.warning("callback %s: store error, lease left to expire: %s", d.id, exc)
+            log.warning(
+                "store error, lease left to expire: %s",
+                exc,
+                extra={"operation_id": d.operation_id, "delivery_id": d.id},
+            )
         except Exception:
-            log.exception("callback %s: unexpected error", d.id)
+            log.exception(
+                "unexpected error delivering a callback",
+                extra={"operation_id": d.operation_id, "delivery_id": d.id},
+            )
 
     async def _deliver_once(self, d: CallbackDelivery) -> None:
         now = self.now()
@@ -866,6 +967,7 @@ class Engine:
             headers["webhook-timestamp"] = str(int(now.timestamp()))
         status: int | None = None
         retry_after: float | None = None
+        sent_at = self.now()
         try:
             resp = await self.transport.request(
                 "POST",
@@ -883,8 +985,10 @@ class Engine:
             error = str(exc)
             permanent = not exc.retryable
         now = self.now()
+        self.metrics.callback_seconds.observe(max(0.0, (now - sent_at).total_seconds()))
         if error is None:
             self._count("callbacks.delivered")
+            self.metrics.callbacks.labels("delivered").inc()
             await self.store.finish_callback(
                 d.id,
                 self.config.owner,
@@ -900,6 +1004,7 @@ class Engine:
             )
             return
         self._count("callbacks.failed_attempts")
+        self.metrics.callbacks.labels("failed").inc()
         nxt = backoff.next_attempt_at(self.config.callback_retry, d.attempts, now, retry_after)
         if status == 410 or permanent:
             state, kind = DeliveryState.DISABLED, "callback.disabled"

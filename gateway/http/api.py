@@ -20,6 +20,7 @@ from gateway.domain.model import (
 )
 from gateway.engine.signing import CallbackSigner
 from gateway.http.context import check_outbound_url, principal, services
+from gateway.http.contract import registration_errors
 from registry.model import AgentSpec
 
 
@@ -129,6 +130,11 @@ async def register_agent(request: web.Request) -> web.Response:
     data = await _json_body(request)
     if not isinstance(data, dict):
         raise HandlerError(HandlerErrorType.BAD_REQUEST, "registration must be a JSON object")
+    errors = registration_errors(data)
+    if errors:
+        raise HandlerError(
+            HandlerErrorType.BAD_REQUEST, "registration does not match the schema", details=errors
+        )
     try:
         spec = AgentSpec.from_json(data)
     except (KeyError, TypeError, ValueError) as exc:
@@ -339,6 +345,19 @@ async def rotate_callback_secret(request: web.Request) -> web.Response:
 # -- health -----------------------------------------------------------------------------------
 
 
+async def metrics(request: web.Request) -> web.Response:
+    engine = services(request).engine
+    try:
+        counts = await engine.store.count_operations()
+    except Exception:  # the scrape still reports the process metrics
+        counts = {}
+    for state in OperationState:
+        engine.metrics.operations.labels(state.value).set(counts.get(state.value, 0))
+    return web.Response(
+        body=engine.metrics.render(), headers={"Content-Type": "text/plain; version=0.0.4"}
+    )
+
+
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
@@ -372,5 +391,6 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/api/operations/{op_id}/callbacks/{delivery_id}/redrive", redrive_callback)
     r.add_get("/api/callback-secret", get_callback_secret)
     r.add_post("/api/callback-secret/rotate", rotate_callback_secret)
+    r.add_get("/metrics", metrics)
     r.add_get("/healthz", healthz)
     r.add_get("/readyz", readyz)

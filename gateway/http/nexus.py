@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from typing import Any
 
 from aiohttp import web
@@ -79,6 +80,15 @@ async def load_for_caller(request: web.Request, token: str | None) -> Operation:
 
 
 async def start(request: web.Request) -> web.Response:
+    svc = services(request)
+    t0 = time.perf_counter()
+    with svc.engine.admit():
+        resp = await _start(request)
+    svc.engine.metrics.start_seconds.observe(time.perf_counter() - t0)
+    return resp
+
+
+async def _start(request: web.Request) -> web.Response:
     svc = services(request)
     service, operation = request.match_info["service"], request.match_info["operation"]
     p = await principal(request)

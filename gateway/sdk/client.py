@@ -292,36 +292,34 @@ class Client:
         await self._api("POST", path, ok=(202,))
 
     async def follow(
-        self, token: str, *, after: int = 0, poll_s: float = 0.5
+        self, token: str, *, after: int = 0, poll_s: float = 0.5, stream: bool = True
     ) -> AsyncIterator[dict[str, Any]]:
-        """Yield history events as they happen until the operation is terminal.
+        """Yield history events as they happen until the operation is closed and none of its
+        callback deliveries is pending any more.
 
         Uses the Server-Sent Events stream ``GET /api/operations/{id}/stream`` when the gateway
-        has it, and otherwise polls ``/events?after=N``. Events already seen (id <= ``after``)
-        are skipped either way.
+        has it (and ``stream`` is true), and otherwise polls ``/events?after=N``. Events already
+        seen (id <= ``after``) are skipped either way.
         """
-        op = await self.operation(token)  # raises GatewayError(404) for an unknown operation
+        await self.operation(token)  # raises GatewayError(404) for an unknown operation
         last = after
-        async for event in self._stream(token, last):
-            if int(event.get("id", 0)) <= last:
-                continue
-            last = int(event["id"])
-            yield event
-            if str(event.get("kind", "")) in _TERMINAL_KINDS:
-                op = await self.operation(token)
-                if op["state"] in _TERMINAL_STATES:
-                    return
-        while True:
+        if stream:
+            async for event in self._stream(token, last):
+                if int(event.get("id", 0)) <= last:
+                    continue
+                last = int(event["id"])
+                yield event
+        while True:  # no stream, or it ended: poll until closed (drains what is left)
+            op = await self.operation(token)
+            settled = op["state"] in _TERMINAL_STATES and not any(
+                c.get("state") == "pending" for c in await self.callbacks(token)
+            )
             for event in await self.events(token, after=last):
                 last = max(last, int(event["id"]))
                 yield event
-            if op["state"] in _TERMINAL_STATES:
-                for event in await self.events(token, after=last):  # events written meanwhile
-                    last = max(last, int(event["id"]))
-                    yield event
+            if settled:
                 return
             await asyncio.sleep(poll_s)
-            op = await self.operation(token)
 
     async def _stream(self, token: str, after: int) -> AsyncIterator[dict[str, Any]]:
         """Events from the SSE stream; yields nothing if the gateway has no stream endpoint."""
@@ -360,9 +358,6 @@ class Client:
 
 
 _TERMINAL_STATES = frozenset({"succeeded", "failed", "canceled"})
-_TERMINAL_KINDS = frozenset(
-    {"operation.succeeded", "operation.failed", "operation.canceled", "operation.timed_out"}
-)
 
 
 def _sse_event(fields: dict[str, str], data: str) -> dict[str, Any] | None:

@@ -99,6 +99,7 @@ operations = Table(
     Column("closed_at", UTCDateTime),
     Column("last_error", Text),
     Column("traceparent", String(100)),
+    Column("prev_lease_owner", String(100)),
 )
 
 events = Table(

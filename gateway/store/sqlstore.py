@@ -18,7 +18,9 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import (
+    Column,
     String,
+    Table,
     and_,
     case,
     delete,
@@ -347,6 +349,7 @@ class SqlStore:
             .values(
                 lease_owner=owner,
                 lease_until=lease_until,
+                prev_lease_owner=o.c.lease_owner,
                 attempts=o.c.attempts
                 + _case_int(
                     and_(o.c.work == Work.DISPATCH.value, o.c.cancel_requested_at.is_(None))
@@ -363,7 +366,7 @@ class SqlStore:
                         operation_id=op.id,
                         kind="attempt.started",
                         at=now,
-                        data={"attempt": op.attempts, "owner": owner},
+                        data=_attempt_data(op, owner),
                     )
                 )
                 for op in ops
@@ -386,6 +389,23 @@ class SqlStore:
             )
 
     @_translate
+    async def release_leases(self, owner: str) -> int:
+        """Give up every lease this owner holds (graceful shutdown): others take over at once."""
+        o, cb = t.operations, t.callbacks
+        async with self._tx() as conn:
+            res = await conn.execute(
+                update(o)
+                .where(o.c.lease_owner == owner, o.c.state == OperationState.RUNNING.value)
+                .values(lease_owner=None, lease_until=None)
+            )
+            await conn.execute(
+                update(cb)
+                .where(cb.c.lease_owner == owner, cb.c.state == DeliveryState.PENDING.value)
+                .values(lease_owner=None, lease_until=None, attempts=cb.c.attempts - 1)
+            )
+        return int(res.rowcount or 0)
+
+    @_translate
     async def update_running(
         self,
         op_id: str,
@@ -396,6 +416,7 @@ class SqlStore:
         event: Event,
         agent_token: str | None = None,
         last_error: str | None = None,
+        refund_attempt: bool = False,
     ) -> bool:
         o = t.operations
         conds = [o.c.id == op_id, o.c.state == OperationState.RUNNING.value]
@@ -419,6 +440,8 @@ class SqlStore:
         }
         if agent_token is not None:
             values["agent_token"] = agent_token
+        if refund_attempt:  # the attempt was deferred, not made (e.g. circuit open)
+            values["attempts"] = o.c.attempts - 1
         async with self._tx() as conn:
             res = await conn.execute(update(o).where(*conds).values(**values))
             if not res.rowcount:
@@ -709,6 +732,87 @@ class SqlStore:
             res = await conn.execute(delete(i).where(i.c.expires_at <= now))
         return int(res.rowcount or 0)
 
+    # -- a2a (A2A facade: durable push-notification configs; delivery reuses the callback outbox)
+
+    @_translate
+    async def a2a_save_push_config(
+        self, op_id: str, config_id: str, config: dict[str, Any], at: datetime
+    ) -> None:
+        """Create or replace one push-notification config of an operation (A2A task)."""
+        p = a2a_push_configs
+        async with self._tx() as conn:
+            res = await conn.execute(
+                update(p)
+                .where(p.c.operation_id == op_id, p.c.config_id == config_id)
+                .values(config=config)
+            )
+            if not res.rowcount:
+                await conn.execute(
+                    insert(p).values(
+                        operation_id=op_id,
+                        config_id=config_id,
+                        config=config,
+                        created_at=at,
+                        delivery_id=None,
+                    )
+                )
+
+    @_translate
+    async def a2a_push_configs(self, op_id: str) -> list[dict[str, Any]]:
+        p = a2a_push_configs
+        q = select(p.c.config).where(p.c.operation_id == op_id).order_by(p.c.created_at)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(q)).all()
+        return [dict(r[0]) for r in rows]
+
+    @_translate
+    async def a2a_delete_push_config(self, op_id: str, config_id: str) -> bool:
+        p = a2a_push_configs
+        async with self._tx() as conn:
+            res = await conn.execute(
+                delete(p).where(p.c.operation_id == op_id, p.c.config_id == config_id)
+            )
+        return bool(res.rowcount)
+
+    @_translate
+    async def a2a_due_pushes(self, limit: int) -> list[tuple[str, dict[str, Any], Operation]]:
+        """(config id, config, operation) for configs of terminal operations not yet queued."""
+        p, o = a2a_push_configs, t.operations
+        q = (
+            select(p.c.config_id, p.c.config, o)
+            .join(o, o.c.id == p.c.operation_id)
+            .where(p.c.delivery_id.is_(None), o.c.state != OperationState.RUNNING.value)
+            .order_by(p.c.created_at)
+            .limit(limit)
+        )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(q)).all()
+        return [(str(r[0]), dict(r[1]), _op(r)) for r in rows]
+
+    @_translate
+    async def a2a_enqueue_push(
+        self, op_id: str, config_id: str, delivery: CallbackDelivery, event: Event
+    ) -> bool:
+        """Queue a push in the callback outbox, once per config (compare-and-set), with its
+        event, in one transaction."""
+        p = a2a_push_configs
+        async with self._tx() as conn:
+            await _lock_operation(conn, op_id)
+            res = await conn.execute(
+                update(p)
+                .where(
+                    p.c.operation_id == op_id,
+                    p.c.config_id == config_id,
+                    p.c.delivery_id.is_(None),
+                )
+                .values(delivery_id=delivery.id)
+            )
+            if not res.rowcount:
+                return False
+            await conn.execute(insert(t.callbacks).values(**_cb_values(delivery)))
+            await conn.execute(insert(t.events).values(**_event_values(event)))
+        return True
+
 
 async def _lock_operation(conn: AsyncConnection, op_id: str) -> None:
     """Every transaction that writes an operation's events holds its row lock first, so the
@@ -784,7 +888,15 @@ def _op(r: Row[Any]) -> Operation:
         closed_at=r.closed_at,
         last_error=r.last_error,
         traceparent=r.traceparent,
+        prev_lease_owner=r.prev_lease_owner,
     )
+
+
+def _attempt_data(op: Operation, owner: str) -> dict[str, Any]:
+    data: dict[str, Any] = {"attempt": op.attempts, "owner": owner}
+    if op.prev_lease_owner and op.prev_lease_owner != owner:
+        data["taken_over_from"] = op.prev_lease_owner
+    return data
 
 
 def _secrets(r: Row[Any]) -> CallerSecrets:
@@ -864,3 +976,16 @@ def _cb(r: Row[Any]) -> CallbackDelivery:
         delivered_at=r.delivered_at,
         last_error=r.last_error,
     )
+
+
+# -- a2a --------------------------------------------------------------------------------------
+
+a2a_push_configs = Table(
+    "sg_a2a_push_configs",
+    t.metadata,
+    Column("operation_id", String(64), primary_key=True),
+    Column("config_id", String(200), primary_key=True),
+    Column("config", t.Json, nullable=False),
+    Column("created_at", t.UTCDateTime, nullable=False),
+    Column("delivery_id", String(64)),
+)

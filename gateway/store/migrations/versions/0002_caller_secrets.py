@@ -1,4 +1,4 @@
-"""Per-caller callback signing secrets (Standard Webhooks), with rotation.
+"""Per-caller callback signing secrets (Standard Webhooks), with rotation; lease takeovers.
 
 Revision ID: 0002
 Revises: 0001
@@ -26,6 +26,12 @@ def upgrade() -> None:
         sa.Column("rotated_at", Ts),
     )
 
+    # The owner whose expired lease the current holder took over (None: a fresh claim).
+    with op.batch_alter_table("sg_operations") as batch:
+        batch.add_column(sa.Column("prev_lease_owner", sa.String(100)))
+
 
 def downgrade() -> None:
+    with op.batch_alter_table("sg_operations") as batch:
+        batch.drop_column("prev_lease_owner")
     op.drop_table("sg_caller_secrets")

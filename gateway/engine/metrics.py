@@ -1,0 +1,87 @@
+"""Prometheus metrics of one gateway process (its own registry, so tests can build many)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.operations = Gauge(
+            "swarmgate_operations", "Stored operations by state", ["state"], registry=r
+        )
+        self.started = Counter(
+            "swarmgate_operations_started_total", "Operations started", ["agent"], registry=r
+        )
+        self.closed = Counter(
+            "swarmgate_operations_closed_total",
+            "Operations that reached a terminal state here",
+            ["agent", "state"],
+            registry=r,
+        )
+        self.attempts = Counter(
+            "swarmgate_dispatch_attempts_total",
+            "Dispatch attempts by outcome",
+            ["agent", "outcome"],
+            registry=r,
+        )
+        self.retries = Counter(
+            "swarmgate_retries_scheduled_total", "Retries scheduled", ["agent"], registry=r
+        )
+        self.deferred = Counter(
+            "swarmgate_dispatch_deferred_total",
+            "Dispatches deferred by an open circuit breaker",
+            ["agent"],
+            registry=r,
+        )
+        self.callbacks = Counter(
+            "swarmgate_callback_deliveries_total",
+            "Callback delivery attempts by outcome",
+            ["outcome"],
+            registry=r,
+        )
+        self.takeovers = Counter(
+            "swarmgate_lease_takeovers_total",
+            "Work claimed after another replica's lease expired",
+            registry=r,
+        )
+        self.rejected = Counter(
+            "swarmgate_starts_rejected_total",
+            "Starts refused with 429 because the gateway was saturated",
+            registry=r,
+        )
+        self.breaker_open = Gauge(
+            "swarmgate_circuit_open", "1 while the agent's circuit is open", ["agent"], registry=r
+        )
+        self.dispatch_seconds = Histogram(
+            "swarmgate_dispatch_seconds",
+            "Duration of one dispatch attempt",
+            ["agent"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.operation_seconds = Histogram(
+            "swarmgate_operation_seconds",
+            "Start to close of an operation",
+            ["agent", "state"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.start_seconds = Histogram(
+            "swarmgate_start_seconds",
+            "Latency of the start request (commit included)",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.callback_seconds = Histogram(
+            "swarmgate_callback_seconds",
+            "Duration of one callback delivery attempt",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
