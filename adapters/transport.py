@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 
 import aiohttp
-from gateway.security.netguard import BlockedDestination, OutboundPolicy, check_url, make_connector
 
 from adapters.base import HttpResponse, TransportError
+from gateway.security.netguard import BlockedDestination, OutboundPolicy, check_url, make_connector
 
 
 class AiohttpTransport:
