@@ -21,7 +21,9 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from examples.swarm.a2a_weather import serve_weather, weather_spec
 from examples.swarm.agents import (
+    DEMO_RETRY,
     flights_agent,
     hotels_agent,
     planner_agent,
@@ -121,12 +123,17 @@ async def run_demo(workdir: Path, *, kill_after_s: float = 1.0) -> dict[str, Any
     await gw.start()
     print(f"gateway up at {gw.url} (SQLite: {workdir / 'swarmgate.db'})")
     try:
-        async with Client(gw.url, token=admin, retry_for_s=60) as client:
+        async with (
+            Client(gw.url, token=admin, retry_for_s=60) as client,
+            serve_weather(free_port()) as (weather_url, weather),
+        ):
             for agent in agents:
                 runner, url = await serve(agent)
                 runners.append(runner)
                 await client.register(agent.spec(url).to_json())
                 print(f"  registered agent {agent.name:<11} at {url}")
+            await client.register(weather_spec(weather_url, DEMO_RETRY).to_json())
+            print(f"  registered agent {'weather':<11} at {weather_url} (A2A JSON-RPC)")
             t0 = time.monotonic()
             started = {}
             for city, nights in TRIPS:
@@ -137,7 +144,7 @@ async def run_demo(workdir: Path, *, kill_after_s: float = 1.0) -> dict[str, Any
                     request_id=f"trip-{city}",
                 )
                 started[city] = s.token
-            print(f"started {len(started)} trip plans; each fans out to 4 agents")
+            print(f"started {len(started)} trip plans; each fans out to 5 agents")
             await asyncio.sleep(kill_after_s)
             gw.kill()
             print("*** gateway killed with SIGKILL mid-run ***")
@@ -152,6 +159,7 @@ async def run_demo(workdir: Path, *, kill_after_s: float = 1.0) -> dict[str, Any
             for city, res in results.items():
                 print(f"  {city:<7} {res['summary']}")
             effects = {a.name: a.effects for a in agents}
+            effects["weather"] = weather.effects
             twice = {n: {k: v for k, v in e.items() if v != 1} for n, e in effects.items()}
             twice = {n: e for n, e in twice.items() if e}
             print("\neffects per agent (each must be exactly once):")
@@ -161,8 +169,12 @@ async def run_demo(workdir: Path, *, kill_after_s: float = 1.0) -> dict[str, Any
                     f"{max(eff.values()) if eff else 0}"
                 )
             print("nothing ran twice" if not twice else f"RAN TWICE: {twice}")
-            token = started["Lisbon"]
-            print(f"\nhistory of planner/plan_trip {token}:")
+            token, title = started["Lisbon"], "planner/plan_trip"
+            flights_ops = await client.operations(service="flights", limit=100)
+            retried = [o for o in flights_ops if o["attempts"] > 1]
+            if retried:  # show one the flaky agent made the gateway retry
+                token, title = retried[0]["id"], "flights/search (retried)"
+            print(f"\nhistory of {title} {token}:")
             for ev in await client.history(token):
                 data = {k: v for k, v in ev["data"].items() if v not in (None, "")}
                 print(f"  #{ev['id']:<4} {ev['at'][11:23]}  {ev['kind']:<22} {json.dumps(data)}")

@@ -76,11 +76,12 @@ def summariser_agent() -> AgentApp:
 
     @agent.operation("summarise", retry=DEMO_RETRY)
     async def summarise(ctx: OpContext, parts: Any) -> Any:
-        f, h, r = parts["flights"], parts["hotels"], parts["research"]
+        f, h, r, w = parts["flights"], parts["hotels"], parts["research"], parts["weather"]
         total = f["price_eur"] + h["total_eur"]
         return {
             "summary": f"{r['city']}: fly {f['flight']}, stay at {h['hotel']}, see "
-            f"{', '.join(r['sights'])}; total {total} EUR",
+            f"{', '.join(r['sights'])}; {w['forecast']}, {int(w['high_c'])} C; "
+            f"total {total} EUR",
             "total_eur": total,
         }
 
@@ -88,8 +89,9 @@ def summariser_agent() -> AgentApp:
 
 
 def planner_agent(gateway_url: str, token: str) -> AgentApp:
-    """Fans out durable calls through the gateway; request ids derive from its own key, so a
-    retried plan (or a gateway crash) never starts a sub-call twice."""
+    """Fans out durable calls through the gateway to four agents (one speaks A2A); request ids
+    derive from its own key, so a retried plan (or a gateway crash) never starts a sub-call
+    twice."""
     agent = AgentApp("planner", description="Plans a trip by calling the other agents")
 
     @agent.operation(
@@ -97,15 +99,16 @@ def planner_agent(gateway_url: str, token: str) -> AgentApp:
     )
     async def plan_trip(ctx: OpContext, trip: Any) -> Any:
         async with Client(gateway_url, token=token, retry_for_s=120) as gw:
-            research, flights, hotels = await asyncio.gather(
+            research, flights, hotels, weather = await asyncio.gather(
                 gw.call("research", "brief", trip, request_id=f"{ctx.key}/research"),
                 gw.call("flights", "search", trip, request_id=f"{ctx.key}/flights"),
                 gw.call("hotels", "book", trip, request_id=f"{ctx.key}/hotels"),
+                gw.call("weather", "forecast", trip, request_id=f"{ctx.key}/weather"),
             )
             return await gw.call(
                 "summariser",
                 "summarise",
-                {"research": research, "flights": flights, "hotels": hotels},
+                {"research": research, "flights": flights, "hotels": hotels, "weather": weather},
                 request_id=f"{ctx.key}/summary",
             )
 
