@@ -58,8 +58,14 @@ def operation_response(op: Operation) -> web.Response:
             body=json.dumps(op.failure or {"message": op.state.value}).encode(),
             headers={**state_header, "Content-Type": "application/json"},
         )
+    return running_response(op)
+
+
+def running_response(op: Operation) -> web.Response:
     return web.json_response(
-        {"token": op.id, "id": op.id, "state": "running"}, status=201, headers=state_header
+        {"token": op.id, "id": op.id, "state": "running"},
+        status=201,
+        headers={"Nexus-Operation-State": "running", "Nexus-Operation-Token": op.id},
     )
 
 
@@ -133,13 +139,16 @@ async def _start(request: web.Request) -> web.Response:
                 HandlerErrorType.CONFLICT,
                 "the original request with this Idempotency-Key is still in progress",
             )
-        return operation_response(result.operation)
+        # A request id whose first answer was 201 keeps no stored copy: it is the same 201.
+        return running_response(result.operation)
     wait = svc.engine.config.sync_wait_s
     if req_timeout is not None:
         wait = min(wait, max(0.0, req_timeout - 0.1))
     op = await svc.engine.wait_inline(result.operation.id, wait) or result.operation
     resp = operation_response(op)
     for scope, key in result.idempotency_keys:
+        if resp.status == 201 and key.startswith("rid:"):
+            continue  # replayed as running_response(): one write fewer on the hot path
         await svc.engine.store.save_response(
             scope,
             key,
