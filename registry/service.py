@@ -8,6 +8,9 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
+from referencing import Registry as RefRegistry
+from referencing.exceptions import Unresolvable as ReferencingError
+from referencing.jsonschema import DRAFT202012
 
 from gateway.domain.clock import Clock
 from gateway.domain.errors import HandlerError, HandlerErrorType
@@ -27,10 +30,40 @@ def check_name(kind: str, name: str) -> None:
 
 def schema_errors(schema: dict[str, Any], instance: Any) -> list[dict[str, str]]:
     validator = Draft202012Validator(schema)
+    try:
+        errors = sorted(validator.iter_errors(instance), key=lambda e: list(e.absolute_path))
+    except ReferencingError as exc:  # registered before refs were checked: still a 400
+        return [{"path": "/", "message": f"the schema cannot be applied: {exc}"}]
     return [
         {"path": "/" + "/".join(str(p) for p in err.absolute_path), "message": err.message}
-        for err in sorted(validator.iter_errors(instance), key=lambda e: list(e.absolute_path))
+        for err in errors
     ][:50]
+
+
+def _refs(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        found = [node["$ref"]] if isinstance(node.get("$ref"), str) else []
+        return found + [r for v in node.values() for r in _refs(v)]
+    if isinstance(node, list):
+        return [r for v in node for r in _refs(v)]
+    return []
+
+
+def unresolvable_refs(schema: dict[str, Any]) -> list[str]:
+    """``$ref``s that do not resolve inside the schema itself (no remote schemas are fetched)."""
+    resource = DRAFT202012.create_resource(schema)
+    resolver = (
+        RefRegistry()
+        .with_resource("urn:swarmgate:schema", resource)
+        .resolver(base_uri="urn:swarmgate:schema")
+    )
+    bad = []
+    for ref in _refs(schema):
+        try:
+            resolver.lookup(ref)
+        except ReferencingError:
+            bad.append(ref)
+    return bad
 
 
 def validate_spec(spec: AgentSpec) -> None:
@@ -55,6 +88,13 @@ def validate_spec(spec: AgentSpec) -> None:
                     HandlerErrorType.BAD_REQUEST,
                     f"operation {op.name!r}: {which} is not a valid JSON Schema: {exc.message}",
                 ) from exc
+            bad_refs = unresolvable_refs(schema)
+            if bad_refs:
+                raise HandlerError(
+                    HandlerErrorType.BAD_REQUEST,
+                    f"operation {op.name!r}: {which} has $ref that do not resolve within the "
+                    f"schema (remote schemas are not fetched): {', '.join(bad_refs[:5])}",
+                )
         if op.timeout_s <= 0 or op.attempt_timeout_s <= 0:
             raise HandlerError(HandlerErrorType.BAD_REQUEST, "timeouts must be positive")
         if op.concurrency is not None and op.concurrency < 1:
@@ -68,7 +108,7 @@ class Registry:
         self.store = store
         self.clock = clock
         self.ttl_s = ttl_s
-        self._cache: dict[str, tuple[float, AgentSpec | None, int]] = {}
+        self._cache: dict[str, tuple[float, AgentSpec, int]] = {}
 
     async def register(self, spec: AgentSpec) -> int:
         validate_spec(spec)
@@ -87,13 +127,10 @@ class Registry:
     async def get_versioned(self, name: str) -> tuple[AgentSpec, int] | None:
         hit = self._cache.get(name)
         if hit is not None and time.monotonic() - hit[0] < self.ttl_s:
-            return (hit[1], hit[2]) if hit[1] is not None else None
+            return hit[1], hit[2]
         found = await self.store.get_agent(name)
-        self._cache[name] = (
-            time.monotonic(),
-            found[0] if found else None,
-            found[1] if found else 0,
-        )
+        if found is not None:  # misses are not cached: a new agent is visible at once
+            self._cache[name] = (time.monotonic(), found[0], found[1])
         return found
 
     async def list(self) -> list[tuple[AgentSpec, int]]:

@@ -81,7 +81,7 @@ def _pointer(err: ValidationError) -> str:
 
 
 def _message(err: ValidationError) -> str:
-    text = err.message
+    text = str(err.message)
     return text if len(text) <= MAX_MESSAGE_CHARS else text[: MAX_MESSAGE_CHARS - 3] + "..."
 
 
