@@ -16,8 +16,9 @@ Poll: JSON-RPC ``GetTask`` with ``agent_token`` -> the same mapping (ACCEPTED: s
 Cancel: JSON-RPC ``CancelTask`` with ``agent_token``; an already final task counts as canceled.
 
 The final result reaches the gateway by push (the agent POSTs a StreamResponse to the gateway,
-see ``adapters.a2a_facade``) or by ``GetTask`` polling (``poll`` / ``poll_accepted``); both end in
-``Engine.complete_from_agent``, which applies exactly one terminal state (compare-and-set).
+see ``adapters.a2a_facade``) or by ``GetTask`` polling (``poll``, scheduled durably per
+operation by the engine as ``Work.POLL``); both end in a compare-and-set of the terminal state
+(exactly one).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from adapters.base import (
 )
 from adapters.http import classify_error
 from gateway.domain.model import Operation, OperationState, failure
-from registry.model import AdapterKind, AgentSpec
+from registry.model import AgentSpec
 
 if TYPE_CHECKING:
     from gateway.engine.engine import Engine
@@ -381,34 +382,6 @@ async def apply_final(engine: Engine, op: Operation, outcome: Outcome) -> bool:
     return False
 
 
-def awaiting_agent(op: Operation) -> bool:
-    """Accepted by the agent, still running, and nothing else owed by the gateway."""
-    return (
-        op.state is OperationState.RUNNING
-        and op.work is None
-        and bool(op.agent_token)
-        and op.cancel_requested_at is None
-    )
-
-
-async def poll_accepted(
-    engine: Engine, adapter: A2AAgentAdapter, *, limit: int = 200, timeout_s: float = 10.0
-) -> int:
-    """One GetTask round over every accepted operation of every A2A agent; returns how many
-    operations it completed. Safe on any number of replicas (reads + compare-and-set)."""
-    done = 0
-    for agent, _version in await engine.registry.list():
-        if agent.adapter is not AdapterKind.A2A:
-            continue
-        ops = await engine.store.list_operations(
-            service=agent.name, state=OperationState.RUNNING, limit=limit
-        )
-        for op in ops:
-            if awaiting_agent(op):
-                done += int(await _poll_one(engine, adapter, agent, op, timeout_s))
-    return done
-
-
 async def _poll_one(
     engine: Engine, adapter: A2AAgentAdapter, agent: AgentSpec, op: Operation, timeout_s: float
 ) -> bool:
@@ -436,10 +409,8 @@ __all__ = [
     "A2AAgentAdapter",
     "RpcError",
     "apply_final",
-    "awaiting_agent",
     "outcome_from_send_result",
     "outcome_from_task",
-    "poll_accepted",
     "push_url",
     "task_result",
 ]

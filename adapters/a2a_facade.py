@@ -35,7 +35,6 @@ from adapters.a2a import (
     A2AAgentAdapter,
     apply_final,
     outcome_from_task,
-    poll_accepted,
 )
 from adapters.base import OutcomeKind
 from gateway.domain.errors import HandlerError, HandlerErrorType
@@ -539,19 +538,15 @@ def services_of(app: web.Application) -> Any:
 
 
 class A2AWorker:
-    """Two durable passes, safe on any number of replicas:
-    - GetTask for every accepted operation of an A2A agent (the set is read from the database);
-    - one outbox row per push config of a finished task (compare-and-set per config)."""
+    """Queues one outbox row per push config of a finished task (compare-and-set per config;
+    safe on any number of replicas). GetTask polling of outbound tasks is engine work
+    (``Work.POLL``), persisted per operation."""
 
-    def __init__(
-        self, app: web.Application, adapter: A2AAgentAdapter, *, poll_interval_s: float
-    ) -> None:
+    def __init__(self, app: web.Application, adapter: A2AAgentAdapter) -> None:
         self.app = app
         self.adapter = adapter
-        self.poll_interval_s = poll_interval_s
         self.wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._last_poll = 0.0
 
     @property
     def engine(self) -> Engine:
@@ -568,13 +563,9 @@ class A2AWorker:
                 await self._task
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             try:
                 await self.queue_pushes()
-                if loop.time() - self._last_poll >= self.poll_interval_s:
-                    self._last_poll = loop.time()
-                    await poll_accepted(self.engine, self.adapter)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -630,8 +621,6 @@ def wake_pushes(app: web.Application) -> None:
 def add_routes(
     app: web.Application,
     adapter: A2AAgentAdapter | None = None,
-    *,
-    poll_interval_s: float = 2.0,
 ) -> None:
     """Install the facade routes, the push receiver and the background worker (started and
     stopped with the app)."""
@@ -642,7 +631,7 @@ def add_routes(
     r.add_post("/api/a2a/push/{op_id}", push_receiver)
     if adapter is None:
         return
-    worker = A2AWorker(app, adapter, poll_interval_s=poll_interval_s)
+    worker = A2AWorker(app, adapter)
     app[WORKER] = worker
 
     async def on_startup(_app: web.Application) -> None:

@@ -90,6 +90,7 @@ async def build(settings: Settings, *, clock: Clock | None = None) -> Gateway:
         breaker_threshold=settings.breaker_threshold,
         breaker_cooldown_s=settings.breaker_cooldown_s,
         shutdown_grace_s=settings.shutdown_grace_s,
+        task_poll_s=settings.task_poll_s,
     )
 
     a2a = A2AAgentAdapter(transport)
@@ -108,7 +109,7 @@ async def build(settings: Settings, *, clock: Clock | None = None) -> Gateway:
     app[SERVICES] = Services(engine=engine, registry=registry, verifier=verifier, outbound=outbound)
     nexus.add_routes(app)
     api.add_routes(app)
-    a2a_facade.add_routes(app, a2a, poll_interval_s=max(0.2, settings.poll_interval_s * 10))
+    a2a_facade.add_routes(app, a2a)
     return Gateway(
         settings=settings,
         store=store,

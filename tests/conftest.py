@@ -115,6 +115,7 @@ def make_settings(db_url: str, **overrides: Any) -> Settings:
         auth_mode="none",
         allow_cidrs=LOOPBACK,
         poll_interval_s=0.05,
+        task_poll_s=0.2,
         lease_s=3.0,
         sync_wait_s=1.0,
         callback_retry_initial_s=0.05,

@@ -207,7 +207,14 @@ async def test_without_push_the_gateway_polls_get_task_until_the_task_completes(
     async with swarm(db_url, push=False) as (gw, _agent):
         async with gw.http.post(gw.nexus("calculator", "double"), json={"n": 5}) as r:
             token = (await r.json())["token"]
+        # The next poll is persisted on the operation (work "poll" + next_attempt_at), so a
+        # restarted or another replica carries on polling.
+        async with gw.http.get(f"{gw.url}/api/operations/{token}") as r:
+            running = await r.json()
+        assert running["work"] == "poll" and running["nextAttemptAt"]
         assert await result_of(gw, "double", token) == (200, {"doubled": 10})
+        async with gw.http.get(f"{gw.url}/api/operations/{token}") as r:
+            assert (await r.json())["attempts"] == 1  # polls are not dispatch attempts
 
 
 async def test_canceling_the_operation_sends_cancel_task_to_the_a2a_agent(db_url: str) -> None:

@@ -24,6 +24,7 @@ class Work(enum.StrEnum):
 
     DISPATCH = "dispatch"
     CANCEL = "cancel"
+    POLL = "poll"  # ask the agent for the state of an accepted task (e.g. A2A GetTask)
 
 
 class DeliveryState(enum.StrEnum):

@@ -73,10 +73,11 @@ class Store(Protocol):
         *,
         work: Work | None,
         next_attempt_at: datetime | None,
-        event: Event,
+        event: Event | None,
         agent_token: str | None = None,
         last_error: str | None = None,
         refund_attempt: bool = False,
+        now: datetime | None = None,
     ) -> bool:
         """Non-terminal change of a running operation, fenced by the lease owner (if given);
         releases the lease."""

@@ -80,6 +80,7 @@ class EngineConfig:
     breaker_threshold: int = 5  # consecutive retryable failures that open an agent's circuit
     breaker_cooldown_s: float = 60.0  # open -> half-open
     shutdown_grace_s: float = 5.0
+    task_poll_s: float = 5.0  # GetTask-style polling of accepted tasks (adapters with poll())
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -440,6 +441,9 @@ class Engine:
             if op.work is Work.CANCEL:
                 await self._propagate_cancel(op, agent)
                 return
+            if op.work is Work.POLL:
+                await self._poll(op, agent, spec)
+                return
             await self._dispatch(op, agent, spec)
         except asyncio.CancelledError:
             raise
@@ -512,10 +516,61 @@ class Engine:
             if self.breaker.is_open(agent.name):
                 self.metrics.breaker_open.labels(agent.name).set(0)
             self.breaker.success(agent.name)  # the agent answered
-        await self.apply_outcome(op, spec, outcome, round(elapsed * 1000, 1))
+        await self.apply_outcome(
+            op, spec, outcome, round(elapsed * 1000, 1), pollable=hasattr(adapter, "poll")
+        )
+
+    async def _poll(self, op: Operation, agent: AgentSpec, spec: OperationSpec) -> None:
+        """One durable poll of an accepted task; the next one is persisted as next_attempt_at."""
+        adapter = self.adapters.get(agent.adapter)
+        poll = getattr(adapter, "poll", None)
+        if poll is None:  # the adapter changed since: wait for the agent's completion
+            await self.store.update_running(
+                op.id,
+                self.config.owner,
+                work=None,
+                next_attempt_at=None,
+                event=None,
+                now=self.now(),
+            )
+            return
+        req = DispatchRequest(
+            operation=op,
+            agent=agent,
+            spec=spec,
+            attempt=op.attempts,
+            completion_url=self.completion_url(op.id),
+            completion_token=self.completion_token(op.id),
+            timeout_s=spec.attempt_timeout_s,
+            deadline=op.deadline_at,
+        )
+        try:
+            outcome: Outcome = await asyncio.wait_for(poll(req), spec.attempt_timeout_s + 1.0)
+        except TimeoutError:
+            outcome = Outcome(kind=OutcomeKind.RETRYABLE, error="poll timed out")
+        if outcome.kind in (OutcomeKind.SUCCEEDED, OutcomeKind.OPERATION_FAILED):
+            await self.apply_outcome(op, spec, outcome)
+            return
+        # Still running (or the agent did not answer): poll again later; the schedule-to-close
+        # timeout bounds how long. Polls are not state changes, so they write no event.
+        await self.store.update_running(
+            op.id,
+            self.config.owner,
+            work=Work.POLL,
+            next_attempt_at=self.now() + timedelta(seconds=self.config.task_poll_s),
+            last_error=outcome.error if outcome.kind is not OutcomeKind.ACCEPTED else None,
+            event=None,
+            now=self.now(),
+        )
 
     async def apply_outcome(
-        self, op: Operation, spec: OperationSpec, outcome: Outcome, elapsed_ms: float = 0.0
+        self,
+        op: Operation,
+        spec: OperationSpec,
+        outcome: Outcome,
+        elapsed_ms: float = 0.0,
+        *,
+        pollable: bool = False,
     ) -> None:
         owner = self.config.owner
         if outcome.kind is OutcomeKind.SUCCEEDED:
@@ -549,11 +604,12 @@ class Engine:
             )
         elif outcome.kind is OutcomeKind.ACCEPTED:
             self._count("dispatch.accepted")
+            poll_at = self.now() + timedelta(seconds=self.config.task_poll_s)
             await self.store.update_running(
                 op.id,
                 owner,
-                work=None,
-                next_attempt_at=None,
+                work=Work.POLL if pollable else None,
+                next_attempt_at=poll_at if pollable else None,
                 agent_token=outcome.agent_token,
                 event=self._event(
                     op.id,

@@ -413,10 +413,11 @@ class SqlStore:
         *,
         work: Work | None,
         next_attempt_at: datetime | None,
-        event: Event,
+        event: Event | None,
         agent_token: str | None = None,
         last_error: str | None = None,
         refund_attempt: bool = False,
+        now: datetime | None = None,
     ) -> bool:
         o = t.operations
         conds = [o.c.id == op_id, o.c.state == OperationState.RUNNING.value]
@@ -427,11 +428,11 @@ class SqlStore:
         cancel_pending = o.c.cancel_requested_at.is_not(None)
         values: dict[str, Any] = {
             "work": case(
-                (and_(cancel_pending, literal(work is None)), Work.CANCEL.value),
+                (and_(cancel_pending, literal(work in (None, Work.POLL))), Work.CANCEL.value),
                 else_=literal(work.value if work else None, String()),
             ),
             "next_attempt_at": case(
-                (cancel_pending, literal(event.at, t.UTCDateTime())),
+                (cancel_pending, literal(now or (event.at if event else None), t.UTCDateTime())),
                 else_=literal(next_attempt_at, t.UTCDateTime()),
             ),
             "lease_owner": None,
@@ -446,7 +447,8 @@ class SqlStore:
             res = await conn.execute(update(o).where(*conds).values(**values))
             if not res.rowcount:
                 return False
-            await conn.execute(insert(t.events).values(**_event_values(event)))
+            if event is not None:
+                await conn.execute(insert(t.events).values(**_event_values(event)))
         return True
 
     @_translate
@@ -464,7 +466,13 @@ class SqlStore:
                 )
                 .values(
                     cancel_requested_at=now,
-                    work=func.coalesce(o.c.work, Work.CANCEL.value),
+                    work=case(
+                        (
+                            or_(o.c.work.is_(None), o.c.work == Work.POLL.value),
+                            Work.CANCEL.value,
+                        ),
+                        else_=o.c.work,
+                    ),
                     next_attempt_at=now,
                 )
             )
