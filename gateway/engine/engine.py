@@ -467,6 +467,8 @@ class Engine:
         if op.prev_lease_owner and op.prev_lease_owner != self.config.owner:
             self.metrics.takeovers.inc()
         retry_at = self.breaker.allow(agent.name, self.now())
+        if retry_at is not None and op.deadline_at is not None:
+            retry_at = min(retry_at, op.deadline_at)
         if retry_at is not None:  # circuit open: defer without calling the agent
             self.metrics.deferred.labels(agent.name).inc()
             await self.store.update_running(
@@ -512,10 +514,10 @@ class Engine:
         if outcome.kind is OutcomeKind.RETRYABLE:
             if self.breaker.failure(agent.name, self.now()):
                 self.metrics.breaker_open.labels(agent.name).set(1)
-        elif outcome.kind is not OutcomeKind.PERMANENT or outcome.status is not None:
+        else:  # any other outcome closes the circuit (and ends a half-open trial)
             if self.breaker.is_open(agent.name):
                 self.metrics.breaker_open.labels(agent.name).set(0)
-            self.breaker.success(agent.name)  # the agent answered
+            self.breaker.success(agent.name)
         await self.apply_outcome(
             op, spec, outcome, round(elapsed * 1000, 1), pollable=hasattr(adapter, "poll")
         )

@@ -90,7 +90,16 @@ def _translate(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine
     return wrapper
 
 
+# SQLSTATEs meaning "the server cannot serve you right now": connection exceptions (08*),
+# admin/crash shutdown and "cannot connect now" while starting or stopping (57P01-57P03),
+# too many connections (53300).
+_UNAVAILABLE_SQLSTATES = {"57P01", "57P02", "57P03", "53300"}
+
+
 def _is_connection_error(exc: DBAPIError) -> bool:
+    sqlstate = str(getattr(exc.orig, "sqlstate", "") or "")
+    if sqlstate.startswith("08") or sqlstate in _UNAVAILABLE_SQLSTATES:
+        return True
     name = type(exc.orig).__name__.lower()
     text_ = str(exc.orig).lower()
     return any(

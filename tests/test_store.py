@@ -1,0 +1,108 @@
+"""The store port on both databases: leases, takeovers, error translation."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import timedelta
+
+import pytest
+from sqlalchemy.exc import DBAPIError
+
+from gateway.domain.clock import SystemClock
+from gateway.domain.errors import StoreError, StoreUnavailable
+from gateway.domain.model import Event, Operation, OperationState, Work
+from gateway.store.sqlstore import SqlStore, _is_connection_error
+
+
+def new_op(now: object) -> Operation:
+    assert hasattr(now, "tzinfo")
+    return Operation(
+        id=str(uuid.uuid4()),
+        service="a",
+        operation="b",
+        state=OperationState.RUNNING,
+        caller="c",
+        created_at=now,  # type: ignore[arg-type]
+        work=Work.DISPATCH,
+        next_attempt_at=now,  # type: ignore[arg-type]
+    )
+
+
+async def test_concurrent_claimers_never_lease_the_same_operation(db_url: str) -> None:
+    now = SystemClock().now()
+    setup = SqlStore(db_url)
+    await setup.migrate()
+    ids = set()
+    for _ in range(60):
+        op = new_op(now)
+        ids.add(op.id)
+        await setup.create_operation(op, [Event(operation_id=op.id, kind="started", at=now)], [])
+    await setup.close()
+
+    async def claimer(name: str) -> list[str]:
+        store = SqlStore(db_url)
+        got: list[str] = []
+        try:
+            while True:
+                batch = await store.claim_work(name, now, now + timedelta(seconds=30), 4)
+                if not batch:
+                    return got
+                got += [o.id for o in batch]
+        finally:
+            await store.close()
+
+    a, b, c = await asyncio.gather(claimer("a"), claimer("b"), claimer("c"))
+    assert sorted(a + b + c) == sorted(ids)  # everything claimed exactly once
+    assert not (set(a) & set(b)) and not (set(a) & set(c)) and not (set(b) & set(c))
+
+
+async def test_an_expired_lease_is_taken_over_and_the_takeover_is_recorded(db_url: str) -> None:
+    now = SystemClock().now()
+    store = SqlStore(db_url)
+    await store.migrate()
+    try:
+        op = new_op(now)
+        await store.create_operation(op, [Event(operation_id=op.id, kind="started", at=now)], [])
+        first = await store.claim_work("a", now, now + timedelta(seconds=5), 10)
+        assert [o.id for o in first] == [op.id]
+        assert await store.claim_work("b", now + timedelta(seconds=1), now, 10) == []  # leased
+        later = now + timedelta(seconds=6)
+        second = await store.claim_work("b", later, later + timedelta(seconds=5), 10)
+        assert [o.attempts for o in second] == [2]
+        events = await store.list_events(op.id)
+        assert events[-1].data == {"attempt": 2, "owner": "b", "taken_over_from": "a"}
+        # The dead owner's late result is fenced off: its lease is gone.
+        assert not await store.update_running(
+            op.id, "a", work=None, next_attempt_at=None, event=None, now=later
+        )
+    finally:
+        await store.close()
+
+
+class _PgError(Exception):
+    def __init__(self, sqlstate: str, message: str) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+
+
+@pytest.mark.parametrize("sqlstate", ["57P01", "57P03", "08006", "53300"])
+def test_server_shutdown_and_connection_sqlstates_mean_the_store_is_unavailable(
+    sqlstate: str,
+) -> None:
+    err = DBAPIError("SELECT 1", None, _PgError(sqlstate, "the database system is shutting down"))
+    assert _is_connection_error(err)
+
+
+def test_a_constraint_or_syntax_sqlstate_is_not_mistaken_for_unavailability() -> None:
+    assert not _is_connection_error(DBAPIError("x", None, _PgError("42601", "syntax error")))
+
+
+async def test_an_unreachable_database_is_reported_as_unavailable() -> None:
+    store = SqlStore("postgresql://postgres@127.0.0.1:1/nowhere")
+    try:
+        with pytest.raises(StoreUnavailable):
+            await store.ping()
+    finally:
+        await store.close()
+    assert issubclass(StoreUnavailable, StoreError)
