@@ -291,9 +291,7 @@ async def test_asking_to_follow_redirects_or_use_a_proxy_is_refused(upstream: Up
 
 
 async def test_a_dns_failure_fails_closed_at_connect_time() -> None:
-    connector = aiohttp.TCPConnector(
-        resolver=ScreeningResolver(LOOPBACK, inner=FailingResolver())
-    )
+    connector = aiohttp.TCPConnector(resolver=ScreeningResolver(LOOPBACK, inner=FailingResolver()))
     async with aiohttp.ClientSession(connector=connector) as http:
         with pytest.raises(aiohttp.ClientConnectorError) as info:
             async with http.get(f"http://{UNRESOLVABLE}/", allow_redirects=False):

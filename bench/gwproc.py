@@ -1,0 +1,54 @@
+"""``python -m gateway.cli serve`` plus a watchdog, so a benchmark gateway stops by itself.
+
+    python -m bench.gwproc [--max-seconds 3600]
+
+Runs the unmodified gateway CLI (``serve``, settings from ``SWARMGATE_*``) in this process;
+a daemon thread sends SIGTERM to it when standard input closes (the harness died or is done)
+or after ``--max-seconds``, and hard-exits if the graceful stop hangs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+import time
+
+from gateway.cli import main as gateway_main
+
+
+def _terminate_after(grace_s: float) -> None:
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(grace_s)
+    os._exit(3)
+
+
+def start_watchdog(max_seconds: float, grace_s: float = 20.0) -> None:
+    def on_eof() -> None:
+        try:
+            while sys.stdin.buffer.read(4096):
+                pass
+        except (OSError, ValueError):
+            pass
+        _terminate_after(grace_s)
+
+    def on_deadline() -> None:
+        time.sleep(max_seconds)
+        _terminate_after(grace_s)
+
+    threading.Thread(target=on_eof, name="bench-stdin-watch", daemon=True).start()
+    threading.Thread(target=on_deadline, name="bench-deadline", daemon=True).start()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.gwproc")
+    parser.add_argument("--max-seconds", type=float, default=3600.0)
+    args = parser.parse_args(argv)
+    start_watchdog(args.max_seconds)
+    return gateway_main(["serve"])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""Latency summaries and process probes (RSS, CPU time) for the benchmark harness."""
+
+from __future__ import annotations
+
+import math
+import os
+import statistics
+from collections.abc import Sequence
+from typing import Any
+
+PERCENTILES = (50.0, 90.0, 95.0, 99.0, 99.9)
+_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def percentile(sorted_values: Sequence[float], p: float) -> float:
+    """Nearest-rank percentile of already sorted values (0.0 for an empty list)."""
+    if not sorted_values:
+        return 0.0
+    rank = math.ceil(p / 100.0 * len(sorted_values))
+    return sorted_values[min(len(sorted_values), max(1, rank)) - 1]
+
+
+def summarize(seconds: Sequence[float]) -> dict[str, float]:
+    """p50/p90/p95/p99/p99.9/max/mean in milliseconds, plus the sample count."""
+    values = sorted(seconds)
+    out: dict[str, float] = {"count": float(len(values))}
+    for p in PERCENTILES:
+        key = "p" + (f"{p:g}".replace(".", "_"))
+        out[key] = round(percentile(values, p) * 1000.0, 3)
+    out["max"] = round(values[-1] * 1000.0, 3) if values else 0.0
+    out["mean"] = round(statistics.fmean(values) * 1000.0, 3) if values else 0.0
+    return out
+
+
+def median_of(values: Sequence[float]) -> float:
+    return float(statistics.median(values)) if values else 0.0
+
+
+def median_summary(summaries: Sequence[dict[str, float]]) -> dict[str, float]:
+    """Per-key median over repeats (each repeat summarized on its own)."""
+    if not summaries:
+        return {}
+    keys = summaries[0].keys()
+    return {k: round(median_of([s.get(k, 0.0) for s in summaries]), 3) for k in keys}
+
+
+def rss_kb(pid: int) -> int | None:
+    """VmRSS of a process in KiB (None when it is gone or /proc is unavailable)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process (all its threads) in seconds."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            raw = f.read()
+    except OSError:
+        return None
+    # the command name may contain spaces: fields start after the closing parenthesis
+    fields = raw[raw.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+
+def postgres_cpu_seconds() -> float | None:
+    """CPU time of every process named ``postgres`` on this machine (server + backends)."""
+    total, found = 0.0, False
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return None
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/comm") as f:
+                if f.read().strip() != "postgres":
+                    continue
+        except OSError:
+            continue
+        secs = cpu_seconds(int(entry))
+        if secs is not None:
+            total += secs
+            found = True
+    return total if found else None
+
+
+def system_busy() -> tuple[float, float] | None:
+    """(busy, total) jiffies of all CPUs from /proc/stat."""
+    try:
+        with open("/proc/stat") as f:
+            parts = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = parts[3] + (parts[4] if len(parts) > 4 else 0)
+    return float(sum(parts) - idle), float(sum(parts))
+
+
+class CpuMeter:
+    """CPU use of a few processes over an interval, as percent of one core; ``postgres`` is
+    all PostgreSQL processes together, ``system`` the whole machine (100 = all cores busy)."""
+
+    def __init__(self, pids: dict[str, int], *, postgres: bool = False) -> None:
+        self.pids = pids
+        self.postgres = postgres
+        self._start: dict[str, float | None] = {}
+        self._sys: tuple[float, float] | None = None
+        self._t0 = 0.0
+
+    def start(self, now: float) -> None:
+        self._t0 = now
+        self._start = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        if self.postgres:
+            self._start["postgres"] = postgres_cpu_seconds()
+        self._sys = system_busy()
+
+    def stop(self, now: float) -> dict[str, float]:
+        wall = max(1e-9, now - self._t0)
+        out: dict[str, float] = {}
+        after_all = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        if self.postgres:
+            after_all["postgres"] = postgres_cpu_seconds()
+        for name, after in after_all.items():
+            before = self._start.get(name)
+            if before is not None and after is not None:
+                out[name] = round(100.0 * (after - before) / wall, 1)
+        sys_now = system_busy()
+        if self._sys is not None and sys_now is not None and sys_now[1] > self._sys[1]:
+            busy = (sys_now[0] - self._sys[0]) / (sys_now[1] - self._sys[1])
+            out["system"] = round(100.0 * busy, 1)
+        return out
+
+
+def jsonable(value: Any) -> Any:
+    """Round floats for stable, readable JSON."""
+    if isinstance(value, float):
+        return round(value, 3)
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    return value

@@ -1,0 +1,78 @@
+"""Smoke test of the benchmark harness: a very short SQLite run, JSON shape, non-zero work."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench.scenarios import SCENARIOS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_bench_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    t0 = time.monotonic()
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "--db",
+            "sqlite",
+            "--sqlite-sync",
+            "NORMAL",
+            "--duration",
+            "1",
+            "--warmup",
+            "0.2",
+            "--concurrency",
+            "4",
+            "--rate",
+            "20",
+            "--op-timeout",
+            "5",
+            "--quiet",
+            "--json",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    elapsed = time.monotonic() - t0
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert elapsed < 30, f"smoke run took {elapsed:.1f}s"
+    assert "ratios durable/baseline" in proc.stdout  # the readable table
+
+    result = json.loads(out.read_text())
+    assert result["meta"]["options"]["scenarios"] == list(SCENARIOS)
+    (target,) = result["targets"]
+    assert target["name"] == "sqlite-normal"
+    assert isinstance(target["gateway_rss_kb_ready"], int) and target["gateway_rss_kb_ready"] > 0
+    for scenario in SCENARIOS:
+        for mode in ("closed", "open"):
+            r = target["scenarios"][scenario][mode]
+            assert r["throughput_per_s"] > 0, (scenario, mode, r)
+            assert r["ok"] > 0, (scenario, mode, r)
+            assert isinstance(r["errors"], int) and "error_kinds" in r
+            assert {"gateway", "agent", "harness"} <= set(r["cpu_pct"])
+            assert r["gateway_rss_kb"]["start"] > 0 and r["gateway_rss_kb"]["end"] > 0
+    lat = target["scenarios"]
+    assert lat["baseline"]["closed"]["latency_ms"]["latency"]["p50"] > 0
+    assert lat["start"]["open"]["latency_ms"]["start"]["p99"] > 0
+    assert lat["lifecycle"]["closed"]["latency_ms"]["e2e"]["p50"] > 0
+    assert lat["lifecycle"]["closed"]["callbacks"]["received"] > 0
+    for mode in ("closed", "open"):
+        ratios = target["ratios"][mode]
+        for key in ("start_throughput", "lifecycle_throughput", "start_p50", "lifecycle_e2e_p50"):
+            assert ratios[key] is not None and ratios[key] > 0, (mode, key, ratios)
+    # the store census after the run (rows per state; gateway correctness is tested elsewhere)
+    assert target["store"]["operations"].get("succeeded", 0) > 0
+    assert {"callbacks", "events", "callback_attempts"} <= set(target["store"])
+    assert set(target["targets"]) and all("met" in c for c in target["targets"].values())
