@@ -16,6 +16,7 @@ class AiohttpTransport:
         self.policy = policy
         self._limit = limit
         self._session: aiohttp.ClientSession | None = None
+        self._checked: set[str] = set()
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -34,10 +35,15 @@ class AiohttpTransport:
         body: bytes | None,
         timeout_s: float,
     ) -> HttpResponse:
-        try:
-            check_url(url, self.policy)
-        except (BlockedDestination, ValueError) as exc:
-            raise TransportError(f"destination refused: {exc}", retryable=False) from exc
+        origin = url.split("?", 1)[0].split("/", 3)[:3]  # scheme://host:port
+        key = "/".join(origin)
+        if key not in self._checked:
+            try:
+                check_url(url, self.policy)
+            except (BlockedDestination, ValueError) as exc:
+                raise TransportError(f"destination refused: {exc}", retryable=False) from exc
+            if len(self._checked) < 10_000:
+                self._checked.add(key)  # literal-address checks depend on the origin only
         try:
             async with self._get_session().request(
                 method,

@@ -93,6 +93,8 @@ class CallbackDelivery:
     last_error: str | None = None
     delivered_at: datetime | None = None
     caller: str = ""
+    lease_owner: str | None = None
+    lease_until: datetime | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -17,7 +17,7 @@ import json
 import logging
 import uuid
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from email.utils import format_datetime
 from typing import Any
@@ -293,14 +293,18 @@ class Engine:
         )
 
     async def wait_inline(self, op_id: str, timeout_s: float | None = None) -> Operation | None:
-        """Wait (bounded) for the in-process first attempt; return the operation afterwards."""
+        """Wait (bounded) for the in-process first attempt. Returns the operation as stored
+        once that attempt is over, or None while it is still running (the caller answers 201
+        with what it has, without reading it back)."""
         task = self._inflight.get(op_id)
         if task is not None:
+            wait = timeout_s if timeout_s is not None else self.config.sync_wait_s
+            if wait <= 0:
+                return None
             with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(
-                    asyncio.shield(task),
-                    timeout_s if timeout_s is not None else self.config.sync_wait_s,
-                )
+                await asyncio.wait_for(asyncio.shield(task), wait)
+            if not task.done():
+                return None
         return await self.store.get_operation(op_id)
 
     # -- background loops -------------------------------------------------------------------
@@ -749,6 +753,14 @@ class Engine:
     ) -> bool:
         now = self.now()
         callback = self._callback_for(op, state, now, result, content_type, failure)
+        direct = callback is not None and len(self._cb_inflight) < self.config.max_inflight
+        if callback is not None and direct:  # leased to us in the same transaction
+            callback = replace(
+                callback,
+                attempts=1,
+                lease_owner=self.config.owner,
+                lease_until=now + timedelta(seconds=self._callback_lease_s()),
+            )
         data = {k: v for k, v in data.items() if v is not None}
         if failure is not None:
             data.setdefault("message", failure.get("message"))
@@ -763,7 +775,14 @@ class Engine:
             callback=callback,
             only_if_owner=owner,
         )
-        applied = await self.store.complete(completion)
+        try:
+            applied = await self.store.complete(completion)
+        except StoreError:
+            if callback is not None and direct:
+                # The commit may have happened with the callback leased to us: look again
+                # soon rather than leave it until that lease runs out.
+                self._spawn_recheck(op.id)
+            raise
         if applied:
             self._count(f"operations.{state.value}")
             log.debug(
@@ -775,7 +794,9 @@ class Engine:
                 max(0.0, (now - op.created_at).total_seconds())
             )
             self._notify(op.id)
-            if callback is not None:
+            if callback is not None and direct:
+                self._start_delivery(callback)  # no claim round trip
+            elif callback is not None:
                 self._wake_callbacks.set()
         return applied
 
@@ -983,20 +1004,44 @@ class Engine:
         if room <= 0:
             return 0
         now = self.now()
-        lease = self.config.callback_timeout_s + self.config.lease_s
         deliveries = await self.store.claim_callbacks(
             self.config.owner,
             now,
-            now + timedelta(seconds=lease),
+            now + timedelta(seconds=self._callback_lease_s()),
             min(room, self.config.claim_batch),
         )
         for d in deliveries:
-            task = asyncio.create_task(self._deliver(d), name=f"cb-{d.id}")
-            self._cb_inflight[d.id] = task
-            task.add_done_callback(functools.partial(_forget, self._cb_inflight, d.id))
+            self._start_delivery(d)
         if len(deliveries) == min(room, self.config.claim_batch):
             self._wake_callbacks.set()
         return len(deliveries)
+
+    def _spawn_recheck(self, op_id: str) -> None:
+        task = asyncio.create_task(self._recheck_callbacks(op_id), name=f"cb-recheck-{op_id}")
+        self._cb_inflight[f"recheck-{op_id}"] = task
+        task.add_done_callback(functools.partial(_forget, self._cb_inflight, f"recheck-{op_id}"))
+
+    async def _recheck_callbacks(self, op_id: str) -> None:
+        """After a commit whose reply was lost: deliver callbacks it leased to us, if any."""
+        for _ in range(20):
+            await asyncio.sleep(self.config.poll_interval_s)
+            try:
+                deliveries = await self.store.list_callbacks(op_id)
+            except StoreError:
+                continue
+            for d in deliveries:
+                mine = d.lease_owner == self.config.owner
+                if d.state is DeliveryState.PENDING and mine and d.id not in self._cb_inflight:
+                    self._start_delivery(d)
+            return
+
+    def _callback_lease_s(self) -> float:
+        return self.config.callback_timeout_s + self.config.lease_s
+
+    def _start_delivery(self, d: CallbackDelivery) -> None:
+        task = asyncio.create_task(self._deliver(d), name=f"cb-{d.id}")
+        self._cb_inflight[d.id] = task
+        task.add_done_callback(functools.partial(_forget, self._cb_inflight, d.id))
 
     async def _deliver(self, d: CallbackDelivery) -> None:
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import timedelta
 
@@ -20,15 +21,29 @@ class CallbackSigner:
         self.clock = clock
         self.cache_ttl_s = cache_ttl_s
         self._cache: dict[str, tuple[float, CallerSecrets]] = {}
+        self._loading: dict[str, asyncio.Future[CallerSecrets]] = {}
 
     async def secrets(self, caller: str) -> CallerSecrets:
         hit = self._cache.get(caller)
         if hit is not None and time.monotonic() - hit[0] < self.cache_ttl_s:
             return hit[1]
-        found = await self.store.caller_secrets(
-            caller, self.clock.now(), webhooks.generate_secret()
-        )
+        pending = self._loading.get(caller)
+        if pending is not None:  # one store read per caller, however many callbacks wait
+            return await asyncio.shield(pending)
+        fut: asyncio.Future[CallerSecrets] = asyncio.get_running_loop().create_future()
+        self._loading[caller] = fut
+        try:
+            found = await self.store.caller_secrets(
+                caller, self.clock.now(), webhooks.generate_secret()
+            )
+        except BaseException as exc:
+            fut.set_exception(exc)
+            fut.exception()  # retrieved: waiters re-raise it, nobody logs "never retrieved"
+            raise
+        finally:
+            self._loading.pop(caller, None)
         self._cache[caller] = (time.monotonic(), found)
+        fut.set_result(found)
         return found
 
     async def headers(self, caller: str, msg_id: str, body: bytes, now: int) -> dict[str, str]:
