@@ -113,6 +113,11 @@ class Store(Protocol):
         last_error: str | None,
         event: Event,
     ) -> bool: ...
+    async def callbacks_delivered(self, owner: str, events: Sequence[Event]) -> int:
+        """Mark many leased deliveries delivered in one transaction, each with its
+        ``callback.delivered`` event (``data["delivery_id"]``); returns how many applied."""
+        ...
+
     async def list_callbacks(self, op_id: str) -> list[CallbackDelivery]: ...
     async def redrive_callback(
         self, delivery_id: str, now: datetime, expires_at: datetime, event: Event

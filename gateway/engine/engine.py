@@ -116,6 +116,34 @@ def fingerprint(req: StartRequest) -> str:
     return h.hexdigest()
 
 
+class AckBatcher:
+    """Records delivered callbacks in batches: while one batch commits, the next one fills.
+    An ack is allowed to be late or lost (a crash before it commits means the callback is
+    sent again, with the same webhook-id: at least once), so no caller waits for it."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._queue: list[Event] = []
+        self._flushing: asyncio.Task[None] | None = None
+
+    async def put(self, event: Event) -> None:
+        self._queue.append(event)
+        if self._flushing is None or self._flushing.done():
+            self._flushing = asyncio.create_task(self._flush(), name="sg-acks")
+            self.engine._cb_inflight["acks"] = self._flushing
+            self._flushing.add_done_callback(
+                functools.partial(_forget, self.engine._cb_inflight, "acks")
+            )
+
+    async def _flush(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue[:500], self._queue[500:]
+            try:
+                await self.engine.store.callbacks_delivered(self.engine.config.owner, batch)
+            except StoreError as exc:
+                log.warning("could not record %d delivered callbacks: %s", len(batch), exc)
+
+
 def _forget(tasks: dict[str, asyncio.Task[None]], key: str, _task: asyncio.Task[None]) -> None:
     tasks.pop(key, None)
 
@@ -155,6 +183,7 @@ class Engine:
             threshold=config.breaker_threshold, cooldown_s=config.breaker_cooldown_s
         )
         self.limits = Limits()
+        self._acks = AckBatcher(self)
         self.pending_starts = 0
         self._wake_work = asyncio.Event()
         self._wake_callbacks = asyncio.Event()
@@ -1092,18 +1121,13 @@ class Engine:
         if error is None:
             self._count("callbacks.delivered")
             self.metrics.callbacks.labels("delivered").inc()
-            await self.store.finish_callback(
-                d.id,
-                self.config.owner,
-                state=DeliveryState.DELIVERED,
-                next_attempt_at=now,
-                last_error=None,
-                event=Event(
+            await self._acks.put(
+                Event(
                     operation_id=d.operation_id,
                     kind="callback.delivered",
                     at=now,
                     data={"delivery_id": d.id, "attempt": d.attempts, "status": status},
-                ),
+                )
             )
             return
         self._count("callbacks.failed_attempts")

@@ -150,6 +150,12 @@ SAVE_RESPONSE = (
     )
 )
 LOCK_OPERATION = select(_o.c.id).where(_o.c.id == bindparam("b_id")).with_for_update()
+LOCK_OPERATIONS = (
+    select(_o.c.id)
+    .where(_o.c.id.in_(bindparam("b_ids", expanding=True)))
+    .order_by(_o.c.id)
+    .with_for_update()
+)
 
 
 def _claim_work_statement() -> Any:
@@ -279,6 +285,25 @@ FINISH_CALLBACK = (
         lease_until=None,
         delivered_at=func.coalesce(bindparam("b_delivered", type_=_TS), _cb_t.c.delivered_at),
     )
+)
+
+
+CALLBACKS_DELIVERED = (
+    update(_cb_t)
+    .where(
+        _cb_t.c.id.in_(bindparam("b_ids", expanding=True)),
+        _cb_t.c.lease_owner == bindparam("b_owner"),
+        _cb_t.c.state == DeliveryState.PENDING.value,
+    )
+    .values(
+        state=DeliveryState.DELIVERED.value,
+        delivered_at=bindparam("b_at", type_=_TS),
+        next_attempt_at=bindparam("b_at", type_=_TS),
+        last_error=None,
+        lease_owner=None,
+        lease_until=None,
+    )
+    .returning(_cb_t.c.id)
 )
 
 
@@ -730,6 +755,24 @@ class SqlStore:
             await self._lock_operation(conn, event.operation_id)
             await conn.execute(INSERT_EVENTS, [_event_values(event)])
         return True
+
+    @_translate
+    async def callbacks_delivered(self, owner: str, events: Sequence[Event]) -> int:
+        if not events:
+            return 0
+        by_id = {str(e.data["delivery_id"]): e for e in events}
+        params = {"b_ids": list(by_id), "b_owner": owner, "b_at": max(e.at for e in events)}
+        async with self._tx() as conn:
+            rows = (await conn.execute(CALLBACKS_DELIVERED, params)).all()
+            if not rows:
+                return 0
+            done = [by_id[r.id] for r in rows]
+            if self.dialect == "postgresql":
+                await conn.execute(
+                    LOCK_OPERATIONS, {"b_ids": sorted({e.operation_id for e in done})}
+                )
+            await conn.execute(INSERT_EVENTS, [_event_values(e) for e in done])
+        return len(rows)
 
     @_translate
     async def list_callbacks(self, op_id: str) -> list[CallbackDelivery]:
