@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Sequence
 from datetime import timedelta
 
 import pytest
@@ -11,7 +12,8 @@ from sqlalchemy.exc import DBAPIError
 
 from gateway.domain.clock import SystemClock
 from gateway.domain.errors import StoreError, StoreUnavailable
-from gateway.domain.model import Event, Operation, OperationState, Work
+from gateway.domain.model import Completion, Event, Operation, OperationState, Work
+from gateway.engine.batching import GroupCommit
 from gateway.store.sqlstore import SqlStore, _is_connection_error
 
 
@@ -106,3 +108,77 @@ async def test_an_unreachable_database_is_reported_as_unavailable() -> None:
     finally:
         await store.close()
     assert issubclass(StoreUnavailable, StoreError)
+
+
+async def test_a_batch_of_completions_commits_together_and_each_operation_closes_once(
+    db_url: str,
+) -> None:
+    now = SystemClock().now()
+    store = SqlStore(db_url)
+    await store.migrate()
+    try:
+        ops = [new_op(now) for _ in range(3)]
+        for op in ops:
+            await store.create_operation(
+                op, [Event(operation_id=op.id, kind="started", at=now)], []
+            )
+
+        def closing(op: Operation, kind: str) -> Completion:
+            return Completion(
+                operation_id=op.id,
+                state=OperationState.SUCCEEDED,
+                at=now,
+                result=kind.encode(),
+                event=Event(operation_id=op.id, kind=kind, at=now),
+            )
+
+        # The first operation is closed twice in one batch (say, by the agent and a timeout).
+        batch = [closing(ops[0], "first"), closing(ops[1], "x"), closing(ops[0], "second")]
+        batch.append(closing(ops[2], "y"))
+        assert await store.complete_many(batch) == [True, True, False, True]
+        first = await store.get_operation(ops[0].id)
+        assert first is not None and first.result == b"first"
+        kinds = [e.kind for e in await store.list_events(ops[0].id)]
+        assert kinds == ["started", "first"]
+    finally:
+        await store.close()
+
+
+async def test_group_commit_shares_transactions_and_answers_every_writer(db_url: str) -> None:
+    now = SystemClock().now()
+    store = SqlStore(db_url)
+    await store.migrate()
+    calls: list[int] = []
+
+    async def many(items: Sequence[Completion]) -> list[bool]:
+        calls.append(len(items))
+        return await store.complete_many(items)
+
+    try:
+        ops = [new_op(now) for _ in range(40)]
+        for op in ops:
+            await store.create_operation(
+                op, [Event(operation_id=op.id, kind="started", at=now)], []
+            )
+        group: GroupCommit[Completion, bool] = GroupCommit(many, store.complete)
+        results = await asyncio.gather(
+            *(
+                group.submit(
+                    Completion(
+                        operation_id=op.id,
+                        state=OperationState.FAILED,
+                        at=now,
+                        failure={"message": "no"},
+                        event=Event(operation_id=op.id, kind="operation.failed", at=now),
+                    )
+                )
+                for op in ops
+            )
+        )
+        assert results == [True] * 40
+        assert sum(calls) + (40 - sum(calls)) == 40 and calls  # some writers shared a commit
+        assert max(calls) > 1
+        counts = await store.count_operations()
+        assert counts == {"failed": 40}
+    finally:
+        await store.close()

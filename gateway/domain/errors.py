@@ -126,6 +126,10 @@ class UniqueViolation(StoreError):
     """A row with this key already exists."""
 
 
+class WriteConflict(StoreError):
+    """The transaction lost a deadlock or serialization conflict and was rolled back; retry."""
+
+
 class NotFound(SwarmgateError):
     """No such object."""
 

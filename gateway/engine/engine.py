@@ -33,7 +33,7 @@ from adapters.base import (
 )
 from adapters.http import parse_retry_after
 from gateway.domain.clock import Clock
-from gateway.domain.errors import HandlerError, HandlerErrorType, StoreError
+from gateway.domain.errors import HandlerError, HandlerErrorType, StoreError, WriteConflict
 from gateway.domain.model import (
     CallbackDelivery,
     Completion,
@@ -48,6 +48,7 @@ from gateway.domain.model import (
 )
 from gateway.domain.ports import Store
 from gateway.engine import backoff
+from gateway.engine.batching import GroupCommit
 from gateway.engine.breaker import CircuitBreaker, Limits
 from gateway.engine.metrics import Metrics
 from gateway.engine.signing import CallbackSigner
@@ -81,6 +82,9 @@ class EngineConfig:
     breaker_cooldown_s: float = 60.0  # open -> half-open
     shutdown_grace_s: float = 5.0
     task_poll_s: float = 5.0  # GetTask-style polling of accepted tasks (adapters with poll())
+    # Group commit of completions: a win where commits serialize (SQLite: one writer); on
+    # PostgreSQL parallel transactions on the pool measured faster (396 vs ~300 ops/s).
+    group_commit: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -138,10 +142,17 @@ class AckBatcher:
     async def _flush(self) -> None:
         while self._queue:
             batch, self._queue = self._queue[:500], self._queue[500:]
-            try:
-                await self.engine.store.callbacks_delivered(self.engine.config.owner, batch)
-            except StoreError as exc:
-                log.warning("could not record %d delivered callbacks: %s", len(batch), exc)
+            for _try in range(3):
+                try:
+                    await self.engine.store.callbacks_delivered(self.engine.config.owner, batch)
+                    break
+                except WriteConflict:
+                    continue  # rolled back: try the same batch again
+                except StoreError as exc:
+                    # Not recorded: the leases expire and the callbacks are sent again with
+                    # the same webhook-id (at least once).
+                    log.warning("could not record %d delivered callbacks: %s", len(batch), exc)
+                    break
 
 
 def _forget(tasks: dict[str, asyncio.Task[None]], key: str, _task: asyncio.Task[None]) -> None:
@@ -184,6 +195,11 @@ class Engine:
         )
         self.limits = Limits()
         self._acks = AckBatcher(self)
+        # Through self.store at call time, so a wrapped store (fault injection) sees the calls.
+        self._completions: GroupCommit[Completion, bool] = GroupCommit(
+            lambda batch: self.store.complete_many(batch),
+            lambda one: self.store.complete(one),
+        )
         self.pending_starts = 0
         self._wake_work = asyncio.Event()
         self._wake_callbacks = asyncio.Event()
@@ -805,7 +821,10 @@ class Engine:
             only_if_owner=owner,
         )
         try:
-            applied = await self.store.complete(completion)
+            if self.config.group_commit:
+                applied = await self._completions.submit(completion)
+            else:
+                applied = await self.store.complete(completion)
         except StoreError:
             if callback is not None and direct:
                 # The commit may have happened with the callback leased to us: look again

@@ -44,7 +44,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool
 
-from gateway.domain.errors import StoreError, StoreUnavailable, UniqueViolation
+from gateway.domain.errors import StoreError, StoreUnavailable, UniqueViolation, WriteConflict
 from gateway.domain.model import (
     CallbackDelivery,
     CallerSecrets,
@@ -87,6 +87,8 @@ def _translate(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine
         except DBAPIError as exc:
             if exc.connection_invalidated or _is_connection_error(exc):
                 raise StoreUnavailable(type(exc.orig).__name__) from exc
+            if str(getattr(exc.orig, "sqlstate", "") or "") in ("40P01", "40001"):
+                raise WriteConflict(str(exc.orig)) from exc
             raise StoreError(f"{type(exc.orig).__name__}: {exc.orig}") from exc
         except (OSError, ConnectionError) as exc:
             raise StoreUnavailable(str(exc)) from exc
@@ -288,6 +290,13 @@ FINISH_CALLBACK = (
 )
 
 
+EXTEND_LEASES = (
+    update(_o)
+    .where(
+        _o.c.id.in_(bindparam("b_ids", expanding=True)), _o.c.lease_owner == bindparam("b_owner")
+    )
+    .values(lease_until=bindparam("b_until", type_=_TS))
+)
 CALLBACKS_DELIVERED = (
     update(_cb_t)
     .where(
@@ -550,12 +559,11 @@ class SqlStore:
     async def extend_leases(self, owner: str, ids: Sequence[str], until: datetime) -> None:
         if not ids:
             return
-        o = t.operations
         async with self._tx() as conn:
+            if self.dialect == "postgresql":  # lock in id order, like every multi-row writer
+                await conn.execute(LOCK_OPERATIONS, {"b_ids": sorted(ids)})
             await conn.execute(
-                update(o)
-                .where(o.c.id.in_(list(ids)), o.c.lease_owner == owner)
-                .values(lease_until=until)
+                EXTEND_LEASES, {"b_ids": list(ids), "b_owner": owner, "b_until": until}
             )
 
     @_translate
@@ -640,23 +648,33 @@ class SqlStore:
 
     @_translate
     async def complete(self, c: Completion) -> bool:
-        params = {
-            "b_id": c.operation_id,
-            "b_owner": c.only_if_owner,
-            "b_state": c.state.value,
-            "b_result": c.result,
-            "b_ctype": c.result_content_type,
-            "b_failure": c.failure,
-            "b_at": c.at,
-        }
         async with self._tx() as conn:
-            res = await conn.execute(COMPLETE[c.only_if_owner is not None], params)
+            res = await conn.execute(COMPLETE[c.only_if_owner is not None], _complete_params(c))
             if not res.rowcount:
                 return False
             await conn.execute(INSERT_EVENTS, [_event_values(c.event)])
             if c.callback is not None:
                 await conn.execute(INSERT_CALLBACK, _cb_values(c.callback))
         return True
+
+    @_translate
+    async def complete_many(self, completions: Sequence[Completion]) -> list[bool]:
+        applied = [False] * len(completions)
+        async with self._tx() as conn:
+            # Row locks in id order: two replicas' batches never deadlock on each other. Two
+            # completions of one operation in a batch: the first wins, as in separate commits.
+            order = sorted(range(len(completions)), key=lambda i: completions[i].operation_id)
+            for i in order:
+                c = completions[i]
+                res = await conn.execute(COMPLETE[c.only_if_owner is not None], _complete_params(c))
+                applied[i] = bool(res.rowcount)
+            done = [c for c, ok in zip(completions, applied, strict=True) if ok]
+            if done:
+                await conn.execute(INSERT_EVENTS, [_event_values(c.event) for c in done])
+            deliveries = [_cb_values(c.callback) for c in done if c.callback is not None]
+            if deliveries:
+                await conn.execute(INSERT_CALLBACK, deliveries)
+        return applied
 
     @_translate
     async def redrive(self, op_id: str, now: datetime, event: Event) -> bool:
@@ -971,6 +989,18 @@ class SqlStore:
 
 def _case_int(cond: Any) -> Any:
     return case((cond, 1), else_=0)
+
+
+def _complete_params(c: Completion) -> dict[str, Any]:
+    return {
+        "b_id": c.operation_id,
+        "b_owner": c.only_if_owner,
+        "b_state": c.state.value,
+        "b_result": c.result,
+        "b_ctype": c.result_content_type,
+        "b_failure": c.failure,
+        "b_at": c.at,
+    }
 
 
 def _op_values(op: Operation) -> dict[str, Any]:

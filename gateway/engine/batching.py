@@ -1,0 +1,86 @@
+"""Group commit: concurrent writers share one transaction (natural batching).
+
+While one batch commits, the next one fills; nobody waits for a timer, so a lone writer pays
+nothing and a busy gateway pays one BEGIN/COMMIT per batch instead of per write. A caller's
+future resolves only after its batch committed (or failed), so acknowledging before commit is
+impossible. If a batch fails on a constraint, its items are retried one by one, so one bad
+item cannot fail the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Generic, TypeVar
+
+from gateway.domain.errors import UniqueViolation, WriteConflict
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class GroupCommit(Generic[T, R]):
+    def __init__(
+        self,
+        run_batch: Callable[[Sequence[T]], Awaitable[list[R]]],
+        run_one: Callable[[T], Awaitable[R]],
+        *,
+        max_batch: int = 128,
+        concurrency: int = 1,
+    ) -> None:
+        self._run_batch = run_batch
+        self._run_one = run_one
+        self._max = max_batch
+        self._concurrency = max(1, concurrency)  # batches committing at once
+        self._queue: list[tuple[T, asyncio.Future[R]]] = []
+        self._flushers: set[asyncio.Task[None]] = set()
+
+    async def submit(self, item: T) -> R:
+        fut: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._queue.append((item, fut))
+        if len(self._flushers) < self._concurrency:
+            task = asyncio.create_task(self._flush(), name="sg-group-commit")
+            self._flushers.add(task)
+            task.add_done_callback(self._flushers.discard)
+        # shield: a caller that gives up waiting must not cancel a commit others wait for
+        return await asyncio.shield(fut)
+
+    async def _flush(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue[: self._max], self._queue[self._max :]
+            if len(batch) == 1:
+                await self._one(*batch[0])
+                continue
+            try:
+                results = await self._run_batch([item for item, _ in batch])
+            except (UniqueViolation, WriteConflict):
+                # Rolled back as a whole: each item on its own cannot be held up by the others.
+                for item, fut in batch:
+                    await self._one(item, fut)
+                continue
+            except BaseException as exc:
+                for _, fut in batch:
+                    _fail(fut, exc)
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                continue
+            for (_, fut), result in zip(batch, results, strict=True):
+                if not fut.done():
+                    fut.set_result(result)
+
+    async def _one(self, item: T, fut: asyncio.Future[R]) -> None:
+        try:
+            result = await self._run_one(item)
+        except BaseException as exc:
+            _fail(fut, exc)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
+        if not fut.done():
+            fut.set_result(result)
+
+
+def _fail(fut: asyncio.Future[R], exc: BaseException) -> None:
+    if not fut.done():
+        fut.set_exception(exc)
+        fut.exception()  # marked retrieved: the submitter re-raises it
