@@ -388,16 +388,7 @@ async def _poll_one(
     spec = agent.operations.get(op.operation)
     if spec is None:
         return False
-    req = DispatchRequest(
-        operation=op,
-        agent=agent,
-        spec=spec,
-        attempt=op.attempts,
-        completion_url=engine.completion_url(op.id),
-        completion_token=engine.completion_token(op.id),
-        timeout_s=min(timeout_s, spec.attempt_timeout_s),
-        deadline=op.deadline_at,
-    )
+    req = engine.dispatch_request(op, agent, spec, min(timeout_s, spec.attempt_timeout_s))
     outcome = await adapter.poll(req)
     if outcome.kind in (OutcomeKind.RETRYABLE, OutcomeKind.PERMANENT):
         log.info("GetTask for %s failed: %s", op.id, outcome.error)

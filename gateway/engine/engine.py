@@ -225,6 +225,21 @@ class Engine:
     def check_completion_token(self, op_id: str, token: str) -> bool:
         return hmac.compare_digest(self.completion_token(op_id), token)
 
+    def dispatch_request(
+        self, op: Operation, agent: AgentSpec, spec: OperationSpec, timeout_s: float | None = None
+    ) -> DispatchRequest:
+        """What an adapter needs to call (or poll) the agent for this operation."""
+        return DispatchRequest(
+            operation=op,
+            agent=agent,
+            spec=spec,
+            attempt=op.attempts,
+            completion_url=self.completion_url(op.id),
+            completion_token=self.completion_token(op.id),
+            timeout_s=spec.attempt_timeout_s if timeout_s is None else timeout_s,
+            deadline=op.deadline_at,
+        )
+
     def completion_url(self, op_id: str) -> str:
         return f"{self.config.public_url.rstrip('/')}/api/completions/{op_id}"
 
@@ -543,16 +558,7 @@ class Engine:
     ) -> None:
         self._count("dispatch.attempts")
         started = self.now()
-        req = DispatchRequest(
-            operation=op,
-            agent=agent,
-            spec=spec,
-            attempt=op.attempts,
-            completion_url=self.completion_url(op.id),
-            completion_token=self.completion_token(op.id),
-            timeout_s=spec.attempt_timeout_s,
-            deadline=op.deadline_at,
-        )
+        req = self.dispatch_request(op, agent, spec)
         try:
             outcome = await asyncio.wait_for(adapter.start(req), spec.attempt_timeout_s + 1.0)
         except TimeoutError:
@@ -585,16 +591,7 @@ class Engine:
                 now=self.now(),
             )
             return
-        req = DispatchRequest(
-            operation=op,
-            agent=agent,
-            spec=spec,
-            attempt=op.attempts,
-            completion_url=self.completion_url(op.id),
-            completion_token=self.completion_token(op.id),
-            timeout_s=spec.attempt_timeout_s,
-            deadline=op.deadline_at,
-        )
+        req = self.dispatch_request(op, agent, spec)
         try:
             outcome: Outcome = await asyncio.wait_for(poll(req), spec.attempt_timeout_s + 1.0)
         except TimeoutError:
