@@ -274,6 +274,16 @@ async def test_a_schedule_to_close_timeout_fails_the_operation_with_a_timeout_fa
             failure = await r.json()
         assert "timed out" in failure["message"]
         assert failure["cause"]["metadata"]["type"] == "TimeoutError"
+        # The agent had accepted the work: it is told to stop, so it spends nothing more.
+        for _ in range(200):
+            kinds = [e["kind"] for e in await history(gw, token)]
+            if "cancel.sent" in kinds:
+                break
+            await asyncio.sleep(0.02)
+        assert kinds[-2:] == ["operation.timed_out", "cancel.sent"]
+        assert _agent.canceled == [token]
+        op = await gw.gw.store.get_operation(token)
+        assert op is not None and op.work is None and op.state.value == "failed"
 
 
 async def test_result_without_wait_is_412_and_with_an_expired_wait_is_408(db_url: str) -> None:

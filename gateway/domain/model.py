@@ -141,6 +141,7 @@ class Completion:
     event: Event
     callback: CallbackDelivery | None = None
     only_if_owner: str | None = None  # fence: apply only while this lease owner holds it
+    then_cancel_agent: bool = False  # closed under the agent (timeout): tell it to stop
 
 
 def failure(

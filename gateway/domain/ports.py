@@ -85,6 +85,18 @@ class Store(Protocol):
 
     async def release_leases(self, owner: str) -> int: ...
 
+    async def update_closed(
+        self,
+        op_id: str,
+        owner: str,
+        *,
+        work: Work | None,
+        next_attempt_at: datetime | None,
+        event: Event,
+    ) -> bool:
+        """Work left on a closed operation (telling the agent to stop), fenced by the lease."""
+        ...
+
     async def request_cancel(self, op_id: str, now: datetime, event: Event) -> bool: ...
 
     async def complete(self, completion: Completion) -> bool:

@@ -15,6 +15,7 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -85,6 +86,7 @@ class EngineConfig:
     # Group commit of completions: a win where commits serialize (SQLite: one writer); on
     # PostgreSQL parallel transactions on the pool measured faster (396 vs ~300 ops/s).
     group_commit: bool = False
+    cancel_after_close_s: float = 3600.0  # keep telling an agent to stop for this long
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -480,6 +482,9 @@ class Engine:
                 found = await self.registry.get(op.service)
                 agent = found
                 spec = found.operations.get(op.operation) if found else None
+            if op.state.terminal:  # closed under the agent (timeout): tell it to stop
+                await self._cancel_after_close(op, agent)
+                return
             if agent is None or spec is None:
                 await self._finish(
                     op,
@@ -779,6 +784,38 @@ class Engine:
             agent_error=outcome.error,
         )
 
+    async def _cancel_after_close(self, op: Operation, agent: AgentSpec | None) -> None:
+        """The operation timed out while the agent worked on it: send the agent a cancel so it
+        stops spending (retried with backoff for ``cancel_after_close_s``), then drop the work."""
+        adapter = self.adapters.get(agent.adapter) if agent else None
+        if agent is None or adapter is None or op.work is not Work.CANCEL:
+            outcome = Outcome(kind=OutcomeKind.PERMANENT, error="agent no longer registered")
+        else:
+            outcome = await adapter.cancel(CancelRequest(operation=op, agent=agent, timeout_s=10.0))
+        now = self.now()
+        closed = op.closed_at or now
+        if outcome.kind is OutcomeKind.RETRYABLE and now - closed < timedelta(
+            seconds=self.config.cancel_after_close_s
+        ):
+            tries = 1 + int(math.log2(1 + (now - closed).total_seconds()))
+            nxt = backoff.next_attempt_at(self.config.cancel_retry, tries, now)
+            await self.store.update_closed(
+                op.id,
+                self.config.owner,
+                work=Work.CANCEL,
+                next_attempt_at=nxt,
+                event=self._event(op.id, "cancel.failed", error=outcome.error),
+            )
+            return
+        kind = "cancel.sent" if outcome.kind is OutcomeKind.SUCCEEDED else "cancel.abandoned"
+        await self.store.update_closed(
+            op.id,
+            self.config.owner,
+            work=None,
+            next_attempt_at=None,
+            event=self._event(op.id, kind, after="timeout", error=outcome.error),
+        )
+
     # -- terminal transitions ---------------------------------------------------------------
 
     async def _finish(
@@ -791,6 +828,7 @@ class Engine:
         content_type: str | None = None,
         failure: dict[str, Any] | None = None,
         owner: str | None = None,
+        then_cancel_agent: bool = False,
         **data: Any,
     ) -> bool:
         now = self.now()
@@ -816,6 +854,7 @@ class Engine:
             event=Event(operation_id=op.id, kind=kind, at=now, data=data),
             callback=callback,
             only_if_owner=owner,
+            then_cancel_agent=then_cancel_agent,
         )
         try:
             if self.config.group_commit:
@@ -948,8 +987,12 @@ class Engine:
                     ),
                 ),
                 kind="operation.timed_out",
+                # An agent that accepted the work is still on it: tell it to stop.
+                then_cancel_agent=op.agent_token is not None or op.work is not Work.DISPATCH,
             )
             n += int(applied)
+            if applied:
+                self._wake_work.set()
         return n
 
     # -- caller-facing actions ----------------------------------------------------------------

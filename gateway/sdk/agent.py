@@ -77,6 +77,7 @@ class AgentApp:
         self.calls = 0
         self.completions_sent: dict[str, int] = {}
         self.overlapping_calls = 0  # a key dispatched again while its first call still ran
+        self.canceled: list[str] = []  # keys whose running work a cancel stopped
         self.app = web.Application()
         self.app.router.add_post("/{operation}", self._start)
         self.app.router.add_post("/{operation}/cancel", self._cancel)
@@ -231,6 +232,7 @@ class AgentApp:
             return _failure(404, "NOT_FOUND", "unknown operation token")
         if job.task is not None and not job.task.done():
             job.task.cancel()
+            self.canceled.append(key)
             job.status, job.state = 424, "canceled"
             job.body = json.dumps(
                 {

@@ -231,8 +231,8 @@ def _complete_statement(fenced: bool) -> Any:
         .where(*conds)
         .values(
             state=bindparam("b_state"),
-            work=None,
-            next_attempt_at=None,
+            work=bindparam("b_work", type_=String()),
+            next_attempt_at=bindparam("b_next", type_=_TS),
             lease_owner=None,
             lease_until=None,
             result=bindparam("b_result", type_=LargeBinary()),
@@ -244,6 +244,20 @@ def _complete_statement(fenced: bool) -> Any:
 
 
 COMPLETE = {True: _complete_statement(True), False: _complete_statement(False)}
+UPDATE_CLOSED = (
+    update(_o)
+    .where(
+        _o.c.id == bindparam("b_id"),
+        _o.c.state != OperationState.RUNNING.value,
+        _o.c.lease_owner == bindparam("b_owner"),
+    )
+    .values(
+        work=bindparam("b_work", type_=String()),
+        next_attempt_at=bindparam("b_next", type_=_TS),
+        lease_owner=None,
+        lease_until=None,
+    )
+)
 
 
 def _claim_callbacks_statement() -> Any:
@@ -614,6 +628,29 @@ class SqlStore:
                 return False
             if event is not None:
                 await conn.execute(INSERT_EVENTS, [_event_values(event)])
+        return True
+
+    @_translate
+    async def update_closed(
+        self,
+        op_id: str,
+        owner: str,
+        *,
+        work: Work | None,
+        next_attempt_at: datetime | None,
+        event: Event,
+    ) -> bool:
+        params = {
+            "b_id": op_id,
+            "b_owner": owner,
+            "b_work": work.value if work else None,
+            "b_next": next_attempt_at,
+        }
+        async with self._tx() as conn:
+            res = await conn.execute(UPDATE_CLOSED, params)
+            if not res.rowcount:
+                return False
+            await conn.execute(INSERT_EVENTS, [_event_values(event)])
         return True
 
     @_translate
@@ -1000,6 +1037,8 @@ def _complete_params(c: Completion) -> dict[str, Any]:
         "b_ctype": c.result_content_type,
         "b_failure": c.failure,
         "b_at": c.at,
+        "b_work": Work.CANCEL.value if c.then_cancel_agent else None,
+        "b_next": c.at if c.then_cancel_agent else None,
     }
 
 
