@@ -12,7 +12,14 @@ from sqlalchemy.exc import DBAPIError
 
 from gateway.domain.clock import SystemClock
 from gateway.domain.errors import StoreError, StoreUnavailable
-from gateway.domain.model import Completion, Event, Operation, OperationState, Work
+from gateway.domain.model import (
+    Completion,
+    Event,
+    IdempotencyRecord,
+    Operation,
+    OperationState,
+    Work,
+)
 from gateway.engine.batching import GroupCommit
 from gateway.store.sqlstore import SqlStore, _is_connection_error
 
@@ -180,5 +187,53 @@ async def test_group_commit_shares_transactions_and_answers_every_writer(db_url:
         assert max(calls) > 1
         counts = await store.count_operations()
         assert counts == {"failed": 40}
+    finally:
+        await store.close()
+
+
+async def test_a_taken_key_returns_the_first_operation_and_leaves_no_partial_write(
+    db_url: str,
+) -> None:
+    now = SystemClock().now()
+    store = SqlStore(db_url)
+    await store.migrate()
+
+    def rec(key: str, op: Operation, ttl_s: float = 60) -> IdempotencyRecord:
+        return IdempotencyRecord(
+            scope="alice",
+            key=key,
+            fingerprint="f",
+            operation_id=op.id,
+            created_at=now,
+            expires_at=now + timedelta(seconds=ttl_s),
+        )
+
+    try:
+        first = new_op(now)
+        started = [Event(operation_id=first.id, kind="started", at=now)]
+        assert (await store.create_operation(first, started, [rec("rid:1", first)]))[1] is None
+        # A second start carries a new key and the taken one: nothing of it may stay behind.
+        second = new_op(now)
+        evs = [Event(operation_id=second.id, kind="started", at=now)]
+        got, existing = await store.create_operation(
+            second, evs, [rec("key:new", second), rec("rid:1", second)]
+        )
+        assert got.id == first.id and existing is not None and existing.key == "rid:1"
+        assert await store.get_operation(second.id) is None
+        third = new_op(now)
+        evs = [Event(operation_id=third.id, kind="started", at=now)]
+        assert (await store.create_operation(third, evs, [rec("key:new", third)]))[1] is None
+        # An expired key is reused by the next start.
+        fourth = new_op(now + timedelta(seconds=120))
+        later = IdempotencyRecord(
+            scope="alice",
+            key="rid:1",
+            fingerprint="f",
+            operation_id=fourth.id,
+            created_at=now + timedelta(seconds=120),
+            expires_at=now + timedelta(seconds=180),
+        )
+        evs = [Event(operation_id=fourth.id, kind="started", at=now)]
+        assert (await store.create_operation(fourth, evs, [later]))[1] is None
     finally:
         await store.close()

@@ -355,6 +355,13 @@ class SqlStore:
                 pool_recycle=600,
             )
 
+        dialect_insert = pg_insert if self.dialect == "postgresql" else sqlite_insert
+        self._insert_idempotency_if_new = (
+            dialect_insert(_i)
+            .on_conflict_do_nothing(index_elements=[_i.c.scope, _i.c.key])
+            .returning(_i.c.key)
+        )
+
     # -- lifecycle ---------------------------------------------------------------------------
 
     def _prepare_sqlite_path(self) -> None:
@@ -493,22 +500,25 @@ class SqlStore:
     async def create_operation(
         self, op: Operation, events: Sequence[Event], idempotency: Sequence[IdempotencyRecord]
     ) -> tuple[Operation, IdempotencyRecord | None]:
+        claim_key = self._insert_idempotency_if_new
         async with self._tx() as conn:
             for rec in idempotency:
+                # Common case in one statement: the key is new and is taken right here.
+                if (await conn.execute(claim_key, _idem_values(rec))).first() is not None:
+                    continue
                 key = {"b_scope": rec.scope, "b_key": rec.key}
-                existing = (await conn.execute(SELECT_IDEMPOTENCY, key)).first()
-                if existing is not None and existing.expires_at > rec.created_at:
+                existing = (await conn.execute(SELECT_IDEMPOTENCY, key)).one()
+                if existing.expires_at > rec.created_at:
                     row = (
                         await conn.execute(SELECT_OPERATION, {"b_id": existing.operation_id})
                     ).first()
                     if row is not None:
+                        await conn.rollback()  # keys taken above for this start are released
                         return _op(row), _idem(existing)
-                if existing is not None:  # expired: the key may be reused
-                    await conn.execute(DELETE_IDEMPOTENCY, key)
+                await conn.execute(DELETE_IDEMPOTENCY, key)  # expired: the key may be reused
+                await conn.execute(INSERT_IDEMPOTENCY, _idem_values(rec))
             await conn.execute(INSERT_OPERATION, _op_values(op))
             await conn.execute(INSERT_EVENTS, [_event_values(e) for e in events])
-            if idempotency:
-                await conn.execute(INSERT_IDEMPOTENCY, [_idem_values(r) for r in idempotency])
         return op, None
 
     @_translate
