@@ -4,36 +4,25 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
-import uvicorn
 from a2a.helpers.proto_helpers import new_task
 from a2a.server.agent_execution import AgentExecutor, RequestContext
 from a2a.server.events import EventQueue
-from a2a.server.request_handlers import DefaultRequestHandler
-from a2a.server.routes import create_agent_card_routes, create_jsonrpc_routes
 from a2a.server.tasks import (
-    BasePushNotificationSender,
-    InMemoryPushNotificationConfigStore,
-    InMemoryTaskStore,
     TaskUpdater,
 )
 from a2a.types.a2a_pb2 import (
-    AgentCapabilities,
-    AgentCard,
-    AgentInterface,
     AgentSkill,
     Part,
     TaskState,
 )
 from google.protobuf.json_format import MessageToDict
-from starlette.applications import Starlette
 
+from examples.swarm.a2a_weather import json_rpc_card, serve_a2a
 from registry.model import AdapterKind, AgentSpec, OperationSpec
 from tests.conftest import Running, free_port, make_settings, running_gateway
 from tests.helpers import FAST_RETRY
@@ -105,48 +94,21 @@ class A2AAgent:
 @asynccontextmanager
 async def a2a_agent(*, refuse_first: int = 0, push: bool = True) -> AsyncIterator[A2AAgent]:
     port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    card = AgentCard(
-        name="calculator",
-        description="doubles numbers",
-        version="1",
-        supported_interfaces=[
-            AgentInterface(url=url + "/", protocol_binding="JSONRPC", protocol_version="1.0")
-        ],
-        capabilities=AgentCapabilities(streaming=False, push_notifications=push),
-        default_input_modes=["application/json"],
-        default_output_modes=["application/json"],
-        skills=[
-            AgentSkill(id="double", name="double", description="2n", tags=["math"]),
-            AgentSkill(id="hang", name="hang", description="never ends", tags=["math"]),
-        ],
-    )
+    url = f"http://127.0.0.1:{port}/"
+    skills = [
+        AgentSkill(id="double", name="double", description="2n", tags=["math"]),
+        AgentSkill(id="hang", name="hang", description="never ends", tags=["math"]),
+    ]
+    card = json_rpc_card("calculator", "doubles numbers", url, skills, push=push)
     executor = Calculator()
-    async with httpx.AsyncClient() as push_client:
-        configs = InMemoryPushNotificationConfigStore()
-        handler = DefaultRequestHandler(
-            agent_executor=executor,
-            task_store=InMemoryTaskStore(),
-            agent_card=card,
-            push_config_store=configs if push else None,
-            push_sender=BasePushNotificationSender(push_client, configs) if push else None,
-        )
-        app = Starlette(
-            routes=[*create_agent_card_routes(card), *create_jsonrpc_routes(handler, "/")]
-        )
-        gate = Refuse503(app, refuse_first)
-        server = uvicorn.Server(
-            uvicorn.Config(gate, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
-        )
-        task = asyncio.create_task(server.serve())
-        while not server.started:
-            await asyncio.sleep(0.02)
-        try:
-            yield A2AAgent(url=url + "/", executor=executor, gate=gate)
-        finally:
-            server.should_exit = True
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait_for(task, 5)
+    gates: list[Refuse503] = []
+
+    def gate(app: Any) -> Refuse503:
+        gates.append(Refuse503(app, refuse_first))
+        return gates[0]
+
+    async with serve_a2a(card, executor, port, push=push, wrap=gate):
+        yield A2AAgent(url=url, executor=executor, gate=gates[0])
 
 
 def calculator_spec(url: str) -> AgentSpec:

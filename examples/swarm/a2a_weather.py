@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -89,47 +89,69 @@ def weather_spec(url: str, retry: RetryPolicy) -> AgentSpec:
     )
 
 
-@asynccontextmanager
-async def serve_weather(port: int) -> AsyncIterator[tuple[str, WeatherExecutor]]:
-    url = f"http://127.0.0.1:{port}/"
-    card = AgentCard(
-        name="weather",
-        description="Forecasts for a city",
+def json_rpc_card(
+    name: str, description: str, url: str, skills: list[AgentSkill], *, push: bool = True
+) -> AgentCard:
+    return AgentCard(
+        name=name,
+        description=description,
         version="1",
         supported_interfaces=[
             AgentInterface(url=url, protocol_binding="JSONRPC", protocol_version="1.0")
         ],
-        capabilities=AgentCapabilities(streaming=False, push_notifications=True),
+        capabilities=AgentCapabilities(streaming=False, push_notifications=push),
         default_input_modes=["application/json"],
         default_output_modes=["application/json"],
-        skills=[
-            AgentSkill(
-                id="forecast", name="forecast", description="3-day forecast", tags=["weather"]
-            )
-        ],
+        skills=skills,
     )
-    executor = WeatherExecutor()
+
+
+@asynccontextmanager
+async def serve_a2a(
+    card: AgentCard,
+    executor: AgentExecutor,
+    port: int,
+    *,
+    push: bool = True,
+    wrap: Callable[[Any], Any] = lambda app: app,
+) -> AsyncIterator[None]:
+    """Host an a2a-sdk agent (JSON-RPC at ``/``, card at the well-known path) with uvicorn on
+    a loopback port; ``wrap`` may put an ASGI middleware in front (tests inject faults)."""
     async with httpx.AsyncClient() as push_client:
         configs = InMemoryPushNotificationConfigStore()
         handler = DefaultRequestHandler(
             agent_executor=executor,
             task_store=InMemoryTaskStore(),
             agent_card=card,
-            push_config_store=configs,
-            push_sender=BasePushNotificationSender(push_client, configs),
+            push_config_store=configs if push else None,
+            push_sender=BasePushNotificationSender(push_client, configs) if push else None,
         )
         app = Starlette(
             routes=[*create_agent_card_routes(card), *create_jsonrpc_routes(handler, "/")]
         )
         server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+            uvicorn.Config(
+                wrap(app), host="127.0.0.1", port=port, log_level="warning", lifespan="off"
+            )
         )
         task = asyncio.create_task(server.serve())
         while not server.started:
             await asyncio.sleep(0.02)
         try:
-            yield url, executor
+            yield
         finally:
             server.should_exit = True
             with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                 await asyncio.wait_for(task, 5)
+
+
+@asynccontextmanager
+async def serve_weather(port: int) -> AsyncIterator[tuple[str, WeatherExecutor]]:
+    url = f"http://127.0.0.1:{port}/"
+    skill = AgentSkill(
+        id="forecast", name="forecast", description="3-day forecast", tags=["weather"]
+    )
+    executor = WeatherExecutor()
+    card = json_rpc_card("weather", "Forecasts for a city", url, [skill])
+    async with serve_a2a(card, executor, port):
+        yield url, executor
