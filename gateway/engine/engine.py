@@ -17,11 +17,11 @@ import json
 import logging
 import math
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from email.utils import format_datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from adapters.base import (
     AgentAdapter,
@@ -57,6 +57,7 @@ from registry.model import AdapterKind, AgentSpec, OperationSpec, RetryPolicy
 from registry.service import Registry, check_payload
 
 log = logging.getLogger("swarmgate.engine")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -375,8 +376,15 @@ class Engine:
         """Start the background loops (returns at once)."""
         self._stopping = False
         self._loops = [
-            asyncio.create_task(self._work_loop(), name="sg-work"),
-            asyncio.create_task(self._callback_loop(), name="sg-callbacks"),
+            asyncio.create_task(
+                self._claim_loop("work", self._wake_work, self.claim_and_run_work), name="sg-work"
+            ),
+            asyncio.create_task(
+                self._claim_loop(
+                    "callbacks", self._wake_callbacks, self.claim_and_deliver_callbacks
+                ),
+                name="sg-callbacks",
+            ),
             asyncio.create_task(self._timeout_loop(), name="sg-timeouts"),
             asyncio.create_task(self._lease_loop(), name="sg-leases"),
             asyncio.create_task(self._housekeeping_loop(), name="sg-housekeeping"),
@@ -426,27 +434,42 @@ class Engine:
             log.exception("%s failed", name)
             await asyncio.sleep(self.config.poll_interval_s)
 
-    async def _work_loop(self) -> None:
+    async def _claim_loop(
+        self, name: str, wake: asyncio.Event, step: Callable[[], Awaitable[int]]
+    ) -> None:
         while not self._stopping:
-            await self._guarded("work", self.claim_and_run_work())
-            await self._sleep_or_wake(self._wake_work, self.config.poll_interval_s)
+            await self._guarded(name, step())
+            await self._sleep_or_wake(wake, self.config.poll_interval_s)
 
-    async def claim_and_run_work(self) -> int:
-        room = self.config.max_inflight - len(self._inflight)
-        if room <= 0:
+    async def _claim(
+        self,
+        inflight: dict[str, asyncio.Task[None]],
+        wake: asyncio.Event,
+        lease_s: float,
+        claim: Callable[[str, datetime, datetime, int], Awaitable[Sequence[T]]],
+        start: Callable[[T], None],
+    ) -> int:
+        """Lease as much due work as there is room for and start it; a full batch means more
+        may be due, so the loop goes round again at once."""
+        limit = min(self.config.max_inflight - len(inflight), self.config.claim_batch)
+        if limit <= 0:
             return 0
         now = self.now()
-        ops = await self.store.claim_work(
-            self.config.owner,
-            now,
-            now + timedelta(seconds=self.config.lease_s),
-            min(room, self.config.claim_batch),
+        items = await claim(self.config.owner, now, now + timedelta(seconds=lease_s), limit)
+        for item in items:
+            start(item)
+        if len(items) == limit:
+            wake.set()
+        return len(items)
+
+    async def claim_and_run_work(self) -> int:
+        return await self._claim(
+            self._inflight,
+            self._wake_work,
+            self.config.lease_s,
+            self.store.claim_work,
+            lambda op: self._spawn(op, None, None),
         )
-        for op in ops:
-            self._spawn(op, None, None)
-        if len(ops) == min(room, self.config.claim_batch):
-            self._wake_work.set()  # more may be due
-        return len(ops)
 
     def _spawn(self, op: Operation, agent: AgentSpec | None, spec: OperationSpec | None) -> None:
         task = asyncio.create_task(self._handle_claimed(op, agent, spec), name=f"op-{op.id}")
@@ -1082,27 +1105,14 @@ class Engine:
 
     # -- callback delivery ------------------------------------------------------------------
 
-    async def _callback_loop(self) -> None:
-        while not self._stopping:
-            await self._guarded("callbacks", self.claim_and_deliver_callbacks())
-            await self._sleep_or_wake(self._wake_callbacks, self.config.poll_interval_s)
-
     async def claim_and_deliver_callbacks(self) -> int:
-        room = self.config.max_inflight - len(self._cb_inflight)
-        if room <= 0:
-            return 0
-        now = self.now()
-        deliveries = await self.store.claim_callbacks(
-            self.config.owner,
-            now,
-            now + timedelta(seconds=self._callback_lease_s()),
-            min(room, self.config.claim_batch),
+        return await self._claim(
+            self._cb_inflight,
+            self._wake_callbacks,
+            self._callback_lease_s(),
+            self.store.claim_callbacks,
+            self._start_delivery,
         )
-        for d in deliveries:
-            self._start_delivery(d)
-        if len(deliveries) == min(room, self.config.claim_batch):
-            self._wake_callbacks.set()
-        return len(deliveries)
 
     def _spawn_recheck(self, op_id: str) -> None:
         task = asyncio.create_task(self._recheck_callbacks(op_id), name=f"cb-recheck-{op_id}")
