@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -20,6 +19,7 @@ from aiohttp import web
 
 from gateway.app import Gateway, build
 from gateway.config import Settings
+from gateway.process import free_port
 from gateway.sdk.agent import AgentApp
 from gateway.store.sqlstore import SqlStore
 
@@ -98,12 +98,6 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path}/swarmgate.db"
     return str(request.getfixturevalue("pg_db"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def make_settings(db_url: str, **overrides: Any) -> Settings:

@@ -15,10 +15,11 @@ from typing import Any
 import pytest
 import yaml
 
+from gateway.process import ROOT
 from gateway.sdk.client import Client
 from tests.conftest import free_port, serving, serving_agent
 from tests.helpers import Receiver, make_test_agent
-from tests.procs import ROOT, GatewayProcess
+from tests.procs import GatewayProcess
 
 SECRET = "cli-test-secret-0123456789abcdef-0123456789"  # >= 32 bytes
 TERMINAL = {"succeeded", "failed", "canceled"}

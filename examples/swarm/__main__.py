@@ -10,15 +10,11 @@ import json
 import os
 import secrets
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 
 from examples.swarm.a2a_weather import serve_weather, weather_spec
@@ -30,57 +26,13 @@ from examples.swarm.agents import (
     research_agent,
     summariser_agent,
 )
+from gateway.process import GatewayProcess, free_port
 from gateway.sdk.agent import AgentApp
 from gateway.sdk.client import Client
 from registry.auth import AuthConfig, mint_token
 
 ROOT = Path(__file__).resolve().parents[2]
 TRIPS = [("Lisbon", 3), ("Porto", 2), ("Kyoto", 5), ("Oslo", 2), ("Lima", 4), ("Cairo", 3)]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class GatewayProc:
-    def __init__(self, env: dict[str, str], port: int, log: Path) -> None:
-        self.env, self.port, self.log = env, port, log
-        self.url = f"http://127.0.0.1:{port}"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    async def start(self) -> None:
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "gateway.cli", "serve"],
-                cwd=ROOT,
-                env=self.env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        async with aiohttp.ClientSession() as http:
-            for _ in range(400):
-                if self.proc.poll() is not None:
-                    raise SystemExit(f"gateway exited; see {self.log}")
-                try:
-                    async with http.get(self.url + "/readyz") as r:
-                        if r.status == 200:
-                            return
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.05)
-        raise SystemExit("gateway did not start")
-
-    def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait()
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(20)
 
 
 async def serve(agent: AgentApp) -> tuple[web.AppRunner, str]:
@@ -111,7 +63,7 @@ async def run_demo(workdir: Path, *, kill_after_s: float = 1.0) -> dict[str, Any
     auth = AuthConfig(mode="hs256", secret=jwt_secret, issuer="swarmgate", audience="swarmgate")
     admin = mint_token(auth, "demo-admin", ["admin"])
     planner_token = mint_token(auth, "planner", ["ops:start:*", "ops:read"])
-    gw = GatewayProc(env, port, workdir / "gateway.log")
+    gw = GatewayProcess(env, port, log=workdir / "gateway.log")
     agents = [
         research_agent(),
         flights_agent(),
@@ -180,7 +132,7 @@ async def run_demo(workdir: Path, *, kill_after_s: float = 1.0) -> dict[str, Any
                 print(f"  #{ev['id']:<4} {ev['at'][11:23]}  {ev['kind']:<22} {json.dumps(data)}")
             return {"results": results, "ran_twice": twice, "elapsed_s": elapsed}
     finally:
-        gw.stop()
+        gw.terminate()
         for runner in runners:
             await runner.cleanup()
 
