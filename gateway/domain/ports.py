@@ -113,7 +113,6 @@ class Store(Protocol):
 
     # events ------------------------------------------------------------------------------------
     async def list_events(self, op_id: str, after: int = 0, limit: int = 1000) -> list[Event]: ...
-    async def add_event(self, event: Event) -> None: ...
 
     # callbacks ---------------------------------------------------------------------------------
     async def claim_callbacks(

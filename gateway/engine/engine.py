@@ -211,12 +211,8 @@ class Engine:
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._loops: list[asyncio.Task[None]] = []
         self._stopping = False
-        self.counters: dict[str, int] = {}
 
     # -- helpers ----------------------------------------------------------------------------
-
-    def _count(self, name: str, n: int = 1) -> None:
-        self.counters[name] = self.counters.get(name, 0) + n
 
     def now(self) -> datetime:
         return self.clock.now()
@@ -332,7 +328,7 @@ class Engine:
         attempt = self._event(op_id, "attempt.started", attempt=1, owner=self.config.owner)
         stored, existing = await self.store.create_operation(op, [started, attempt], idem)
         if existing is not None:
-            self._count("start.deduplicated")
+            self.metrics.deduplicated.inc()
             if (
                 stored.lease_owner == self.config.owner
                 and stored.work is Work.DISPATCH
@@ -348,7 +344,6 @@ class Engine:
                 replay=existing,
                 idempotency_keys=tuple((r.scope, r.key) for r in idem),
             )
-        self._count("start.created")
         self.metrics.started.labels(req.service).inc()
         self._spawn(stored, agent, spec)
         return StartResult(
@@ -426,11 +421,11 @@ class Engine:
         except asyncio.CancelledError:
             raise
         except StoreError as exc:
-            self._count(f"{name}.store_errors")
+            self.metrics.loop_errors.labels(name, "store").inc()
             log.warning("%s: store error: %s", name, exc)
             await asyncio.sleep(self.config.poll_interval_s)
         except Exception:
-            self._count(f"{name}.errors")
+            self.metrics.loop_errors.labels(name, "unexpected").inc()
             log.exception("%s failed", name)
             await asyncio.sleep(self.config.poll_interval_s)
 
@@ -584,7 +579,6 @@ class Engine:
     async def _call_agent(
         self, op: Operation, agent: AgentSpec, spec: OperationSpec, adapter: AgentAdapter
     ) -> None:
-        self._count("dispatch.attempts")
         started = self.now()
         req = self.dispatch_request(op, agent, spec)
         try:
@@ -679,7 +673,6 @@ class Engine:
                 elapsed_ms=elapsed_ms,
             )
         elif outcome.kind is OutcomeKind.ACCEPTED:
-            self._count("dispatch.accepted")
             poll_at = self.now() + timedelta(seconds=self.config.task_poll_s)
             await self.store.update_running(
                 op.id,
@@ -715,7 +708,6 @@ class Engine:
                 elapsed_ms=elapsed_ms,
             )
         elif outcome.kind is OutcomeKind.RETRYABLE:
-            self._count("dispatch.retryable_failures")
             exhausted = (
                 spec.retry.max_attempts is not None and op.attempts >= spec.retry.max_attempts
             )
@@ -758,7 +750,6 @@ class Engine:
                 ),
             )
         else:
-            self._count("dispatch.permanent_failures")
             await self._finish(
                 op,
                 OperationState.FAILED,
@@ -891,7 +882,6 @@ class Engine:
                 self._spawn_recheck(op.id)
             raise
         if applied:
-            self._count(f"operations.{state.value}")
             log.debug(
                 "operation closed",
                 extra={"operation_id": op.id, "state": state.value, "event": kind},
@@ -1029,7 +1019,6 @@ class Engine:
                 op_id, self.now(), self._event(op_id, "cancel.requested", by=by)
             )
             if applied:
-                self._count("cancel.requested")
                 self._wake_work.set()
         return op
 
@@ -1188,7 +1177,6 @@ class Engine:
         now = self.now()
         self.metrics.callback_seconds.observe(max(0.0, (now - sent_at).total_seconds()))
         if error is None:
-            self._count("callbacks.delivered")
             self.metrics.callbacks.labels("delivered").inc()
             await self._acks.put(
                 Event(
@@ -1199,7 +1187,6 @@ class Engine:
                 )
             )
             return
-        self._count("callbacks.failed_attempts")
         self.metrics.callbacks.labels("failed").inc()
         nxt = backoff.next_attempt_at(self.config.callback_retry, d.attempts, now, retry_after)
         if status == 410 or permanent:

@@ -48,6 +48,17 @@ class Metrics:
             "Work claimed after another replica's lease expired",
             registry=r,
         )
+        self.deduplicated = Counter(
+            "swarmgate_starts_deduplicated_total",
+            "Starts answered from an existing operation (request id / idempotency key)",
+            registry=r,
+        )
+        self.loop_errors = Counter(
+            "swarmgate_loop_errors_total",
+            "Errors in a background loop (it carries on)",
+            ["loop", "kind"],
+            registry=r,
+        )
         self.rejected = Counter(
             "swarmgate_starts_rejected_total",
             "Starts refused with 429 because the gateway was saturated",

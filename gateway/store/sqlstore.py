@@ -777,12 +777,6 @@ class SqlStore:
             for r in rows
         ]
 
-    @_translate
-    async def add_event(self, event: Event) -> None:
-        async with self._tx() as conn:
-            await self._lock_operation(conn, event.operation_id)
-            await conn.execute(insert(t.events).values(**_event_values(event)))
-
     # -- callbacks ---------------------------------------------------------------------------
 
     @_translate
@@ -1032,10 +1026,6 @@ class SqlStore:
 
 
 # -- row mapping ---------------------------------------------------------------------------------
-
-
-def _case_int(cond: Any) -> Any:
-    return case((cond, 1), else_=0)
 
 
 def _complete_params(c: Completion) -> dict[str, Any]:
