@@ -504,14 +504,9 @@ class Engine:
                 await self._cancel_after_close(op, agent)
                 return
             if agent is None or spec is None:
-                await self._finish(
+                await self._fail(
                     op,
-                    OperationState.FAILED,
-                    failure=operation_error(
-                        OperationState.FAILED,
-                        f"agent {op.service}/{op.operation} is no longer registered",
-                    ),
-                    kind="operation.failed",
+                    f"agent {op.service}/{op.operation} is no longer registered",
                     owner=self.config.owner,
                 )
                 return
@@ -543,13 +538,7 @@ class Engine:
     async def _dispatch(self, op: Operation, agent: AgentSpec, spec: OperationSpec) -> None:
         adapter = self.adapters.get(agent.adapter)
         if adapter is None:
-            await self._finish(
-                op,
-                OperationState.FAILED,
-                failure=operation_error(OperationState.FAILED, f"no adapter for {agent.adapter}"),
-                kind="operation.failed",
-                owner=self.config.owner,
-            )
+            await self._fail(op, f"no adapter for {agent.adapter}", owner=self.config.owner)
             return
         if op.prev_lease_owner and op.prev_lease_owner != self.config.owner:
             self.metrics.takeovers.inc()
@@ -648,18 +637,8 @@ class Engine:
                 spec.output_schema, outcome.result or b"", outcome.content_type, "result"
             )
             if errors:
-                await self._finish(
-                    op,
-                    OperationState.FAILED,
-                    failure=operation_error(
-                        OperationState.FAILED,
-                        "agent result does not match the output schema",
-                        cause=failure("output schema violation", details={"errors": errors}),
-                    ),
-                    kind="operation.failed",
-                    owner=owner,
-                    attempt=op.attempts,
-                    elapsed_ms=elapsed_ms,
+                await self._fail_output_schema(
+                    op, errors, owner=owner, attempt=op.attempts, elapsed_ms=elapsed_ms
                 )
                 return
             await self._finish(
@@ -712,15 +691,10 @@ class Engine:
                 spec.retry.max_attempts is not None and op.attempts >= spec.retry.max_attempts
             )
             if exhausted:
-                await self._finish(
+                await self._fail(
                     op,
-                    OperationState.FAILED,
-                    failure=operation_error(
-                        OperationState.FAILED,
-                        f"gave up after {op.attempts} attempts: {outcome.error}",
-                        cause=outcome.failure,
-                    ),
-                    kind="operation.failed",
+                    f"gave up after {op.attempts} attempts: {outcome.error}",
+                    cause=outcome.failure,
                     owner=owner,
                     attempt=op.attempts,
                     elapsed_ms=elapsed_ms,
@@ -750,15 +724,10 @@ class Engine:
                 ),
             )
         else:
-            await self._finish(
+            await self._fail(
                 op,
-                OperationState.FAILED,
-                failure=operation_error(
-                    OperationState.FAILED,
-                    f"agent request failed: {outcome.error}",
-                    cause=outcome.failure,
-                ),
-                kind="operation.failed",
+                f"agent request failed: {outcome.error}",
+                cause=outcome.failure,
                 owner=owner,
                 attempt=op.attempts,
                 elapsed_ms=elapsed_ms,
@@ -831,6 +800,34 @@ class Engine:
         )
 
     # -- terminal transitions ---------------------------------------------------------------
+
+    async def _fail(
+        self,
+        op: Operation,
+        message: str,
+        *,
+        cause: dict[str, Any] | None = None,
+        kind: str = "operation.failed",
+        **data: Any,
+    ) -> bool:
+        """Close the operation as failed, with an OperationError Failure."""
+        return await self._finish(
+            op,
+            OperationState.FAILED,
+            failure=operation_error(OperationState.FAILED, message, cause=cause),
+            kind=kind,
+            **data,
+        )
+
+    async def _fail_output_schema(
+        self, op: Operation, errors: list[dict[str, str]], **data: Any
+    ) -> bool:
+        return await self._fail(
+            op,
+            "agent result does not match the output schema",
+            cause=failure("output schema violation", details={"errors": errors}),
+            **data,
+        )
 
     async def _finish(
         self,
@@ -987,17 +984,13 @@ class Engine:
         ops = await self.store.due_timeouts(self.now(), 200)
         n = 0
         for op in ops:
-            applied = await self._finish(
+            applied = await self._fail(
                 op,
-                OperationState.FAILED,
-                failure=operation_error(
-                    OperationState.FAILED,
-                    "operation timed out (schedule-to-close)",
-                    cause=failure(
-                        "operation timed out",
-                        type="TimeoutError",
-                        details={"timeoutType": "SCHEDULE_TO_CLOSE"},
-                    ),
+                "operation timed out (schedule-to-close)",
+                cause=failure(
+                    "operation timed out",
+                    type="TimeoutError",
+                    details={"timeoutType": "SCHEDULE_TO_CLOSE"},
                 ),
                 kind="operation.timed_out",
                 # An agent that accepted the work is still on it: tell it to stop.
@@ -1043,17 +1036,7 @@ class Engine:
                 spec.output_schema if spec else None, result or b"", content_type, "result"
             )
             if errors:
-                applied = await self._finish(
-                    op,
-                    OperationState.FAILED,
-                    failure=operation_error(
-                        OperationState.FAILED,
-                        "agent result does not match the output schema",
-                        cause=failure("output schema violation", details={"errors": errors}),
-                    ),
-                    kind="operation.failed",
-                    via="completion",
-                )
+                applied = await self._fail_output_schema(op, errors, via="completion")
                 return op, applied
             applied = await self._finish(
                 op,
