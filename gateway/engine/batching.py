@@ -3,8 +3,8 @@
 While one batch commits, the next one fills; nobody waits for a timer, so a lone writer pays
 nothing and a busy gateway pays one BEGIN/COMMIT per batch instead of per write. A caller's
 future resolves only after its batch committed (or failed), so acknowledging before commit is
-impossible. If a batch fails on a constraint, its items are retried one by one, so one bad
-item cannot fail the others.
+impossible. If a batch fails on a constraint or loses a deadlock, its items are retried one by
+one, so one bad item cannot fail the others; a lone item that loses a deadlock is retried.
 """
 
 from __future__ import annotations
@@ -69,15 +69,22 @@ class GroupCommit(Generic[T, R]):
                     fut.set_result(result)
 
     async def _one(self, item: T, fut: asyncio.Future[R]) -> None:
-        try:
-            result = await self._run_one(item)
-        except BaseException as exc:
-            _fail(fut, exc)
-            if isinstance(exc, asyncio.CancelledError):
-                raise
+        for tries_left in range(2, -1, -1):
+            try:
+                result = await self._run_one(item)
+            except WriteConflict as exc:
+                if tries_left:  # rolled back by the database: the same write may go again
+                    continue
+                _fail(fut, exc)
+                return
+            except BaseException as exc:
+                _fail(fut, exc)
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                return
+            if not fut.done():
+                fut.set_result(result)
             return
-        if not fut.done():
-            fut.set_result(result)
 
 
 def _fail(fut: asyncio.Future[R], exc: BaseException) -> None:

@@ -34,7 +34,7 @@ from adapters.base import (
 )
 from adapters.http import parse_retry_after
 from gateway.domain.clock import Clock
-from gateway.domain.errors import HandlerError, HandlerErrorType, StoreError, WriteConflict
+from gateway.domain.errors import HandlerError, HandlerErrorType, StoreError
 from gateway.domain.model import (
     CallbackDelivery,
     Completion,
@@ -123,41 +123,6 @@ def fingerprint(req: StartRequest) -> str:
     return h.hexdigest()
 
 
-class AckBatcher:
-    """Records delivered callbacks in batches: while one batch commits, the next one fills.
-    An ack is allowed to be late or lost (a crash before it commits means the callback is
-    sent again, with the same webhook-id: at least once), so no caller waits for it."""
-
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self._queue: list[Event] = []
-        self._flushing: asyncio.Task[None] | None = None
-
-    async def put(self, event: Event) -> None:
-        self._queue.append(event)
-        if self._flushing is None or self._flushing.done():
-            self._flushing = asyncio.create_task(self._flush(), name="sg-acks")
-            self.engine._cb_inflight["acks"] = self._flushing
-            self._flushing.add_done_callback(
-                functools.partial(_forget, self.engine._cb_inflight, "acks")
-            )
-
-    async def _flush(self) -> None:
-        while self._queue:
-            batch, self._queue = self._queue[:500], self._queue[500:]
-            for _try in range(3):
-                try:
-                    await self.engine.store.callbacks_delivered(self.engine.config.owner, batch)
-                    break
-                except WriteConflict:
-                    continue  # rolled back: try the same batch again
-                except StoreError as exc:
-                    # Not recorded: the leases expire and the callbacks are sent again with
-                    # the same webhook-id (at least once).
-                    log.warning("could not record %d delivered callbacks: %s", len(batch), exc)
-                    break
-
-
 def _forget(tasks: dict[str, asyncio.Task[None]], key: str, _task: asyncio.Task[None]) -> None:
     tasks.pop(key, None)
 
@@ -197,7 +162,12 @@ class Engine:
             threshold=config.breaker_threshold, cooldown_s=config.breaker_cooldown_s
         )
         self.limits = Limits()
-        self._acks = AckBatcher(self)
+        # Delivered callbacks are recorded in shared transactions. An ack may be late or lost
+        # (a crash before it commits means the callback is sent again with the same
+        # webhook-id: at least once); a failure is logged by the delivery task.
+        self._acks: GroupCommit[Event, None] = GroupCommit(
+            self._record_delivered, self._record_one_delivered, max_batch=500
+        )
         # Through self.store at call time, so a wrapped store (fault injection) sees the calls.
         self._completions: GroupCommit[Completion, bool] = GroupCommit(
             lambda batch: self.store.complete_many(batch),
@@ -1105,6 +1075,13 @@ class Engine:
                     self._start_delivery(d)
             return
 
+    async def _record_delivered(self, events: Sequence[Event]) -> list[None]:
+        await self.store.callbacks_delivered(self.config.owner, events)
+        return [None] * len(events)
+
+    async def _record_one_delivered(self, event: Event) -> None:
+        await self.store.callbacks_delivered(self.config.owner, [event])
+
     def _callback_lease_s(self) -> float:
         return self.config.callback_timeout_s + self.config.lease_s
 
@@ -1161,7 +1138,7 @@ class Engine:
         self.metrics.callback_seconds.observe(max(0.0, (now - sent_at).total_seconds()))
         if error is None:
             self.metrics.callbacks.labels("delivered").inc()
-            await self._acks.put(
+            await self._acks.submit(
                 Event(
                     operation_id=d.operation_id,
                     kind="callback.delivered",
