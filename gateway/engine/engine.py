@@ -921,20 +921,8 @@ class Engine:
             remaining = deadline - loop.time()
             if op is None or op.state.terminal or remaining <= 0:
                 return op
-            fut: asyncio.Future[None] = loop.create_future()
-            self._waiters.setdefault(op_id, []).append(fut)
-            try:
-                # Completions made by other replicas are seen by re-reading now and then.
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(
-                        fut, min(remaining, max(0.05, self.config.poll_interval_s))
-                    )
-            finally:
-                waiters = self._waiters.get(op_id)
-                if waiters and fut in waiters:
-                    waiters.remove(fut)
-                    if not waiters:
-                        self._waiters.pop(op_id, None)
+            # Completions made by other replicas are seen by re-reading now and then.
+            await self.wait_change(op_id, min(remaining, max(0.05, self.config.poll_interval_s)))
 
     async def wait_change(self, op_id: str, timeout_s: float) -> None:
         """Sleep until this replica closes the operation or ``timeout_s`` passes."""
