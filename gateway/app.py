@@ -60,7 +60,11 @@ class Gateway:
 
 async def build(settings: Settings, *, clock: Clock | None = None) -> Gateway:
     clock = clock or SystemClock()
-    store = SqlStore(settings.database_url, sqlite_synchronous=settings.sqlite_synchronous)
+    store = SqlStore(
+        settings.database_url,
+        pool_size=settings.db_pool_size,
+        sqlite_synchronous=settings.sqlite_synchronous,
+    )
     await store.migrate()
     secret = settings.secret or await store.get_or_create_setting(
         "completion_secret", secrets.token_urlsafe(32)

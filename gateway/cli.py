@@ -360,7 +360,11 @@ async def stored_jwt_secret(settings: Settings) -> str:
     """The gateway's 'jwt_secret' setting (created, as the gateway would, if missing)."""
     from gateway.store.sqlstore import SqlStore
 
-    store = SqlStore(settings.database_url, sqlite_synchronous=settings.sqlite_synchronous)
+    store = SqlStore(
+        settings.database_url,
+        pool_size=settings.db_pool_size,
+        sqlite_synchronous=settings.sqlite_synchronous,
+    )
     try:
         if not await store.migrations_current():
             raise CommandError(

@@ -54,6 +54,7 @@ class Settings:
     log_format: str = "json"
     log_level: str = "INFO"
     sqlite_synchronous: str = "FULL"
+    db_pool_size: int = 20
 
     @property
     def base_url(self) -> str:
@@ -98,6 +99,7 @@ class Settings:
             "log_format": e.get(p + "LOG_FORMAT") or cls.log_format,
             "log_level": e.get(p + "LOG_LEVEL") or cls.log_level,
             "sqlite_synchronous": e.get(p + "SQLITE_SYNCHRONOUS") or cls.sqlite_synchronous,
+            "db_pool_size": int(_f(e, p + "DB_POOL_SIZE", cls.db_pool_size)),
         }
         if e.get(p + "REPLICA_ID"):
             kw["replica_id"] = e[p + "REPLICA_ID"]

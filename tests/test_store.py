@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
@@ -13,6 +14,7 @@ from sqlalchemy.exc import DBAPIError
 from gateway.domain.clock import SystemClock
 from gateway.domain.errors import StoreError, StoreUnavailable
 from gateway.domain.model import (
+    CallbackDelivery,
     Completion,
     Event,
     IdempotencyRecord,
@@ -22,6 +24,7 @@ from gateway.domain.model import (
 )
 from gateway.engine.batching import GroupCommit
 from gateway.store.sqlstore import SqlStore, _is_connection_error
+from tests.conftest import pg_admin
 
 
 def new_op(now: object) -> Operation:
@@ -235,5 +238,110 @@ async def test_a_taken_key_returns_the_first_operation_and_leaves_no_partial_wri
         )
         evs = [Event(operation_id=fourth.id, kind="started", at=now)]
         assert (await store.create_operation(fourth, evs, [later]))[1] is None
+    finally:
+        await store.close()
+
+
+async def test_a_start_and_its_completion_store_every_field_they_were_given(db_url: str) -> None:
+    # On PostgreSQL both go through the one-statement hot path; on SQLite through SQLAlchemy.
+    now = SystemClock().now()
+    store = SqlStore(db_url)
+    await store.migrate()
+    try:
+        op = replace(
+            new_op(now),
+            request_id="r-1",
+            input=b'{"q": "\\u00e9t\\u00e9"}',
+            input_content_type="application/json",
+            callback_url="https://caller.example/cb",
+            callback_headers={"nexus-callback-token": "t", "x-trace": "1"},
+            links=[{"url": "https://x.example/1", "type": "t"}],
+            lease_owner="w1",
+            lease_until=now + timedelta(seconds=30),
+            deadline_at=now + timedelta(seconds=300),
+            traceparent="00-" + "a" * 32 + "-" + "b" * 16 + "-01",
+        )
+        events = [
+            Event(operation_id=op.id, kind="operation.started", at=now, data={"n": [1, "é"]}),
+            Event(operation_id=op.id, kind="attempt.started", at=now, data={"attempt": 1}),
+        ]
+        key = IdempotencyRecord(
+            scope="alice",
+            key="rid:r-1",
+            fingerprint="f",
+            operation_id=op.id,
+            created_at=now,
+            expires_at=now + timedelta(seconds=60),
+        )
+        assert await store.create_operation(op, events, [key]) == (op, None)
+        assert await store.get_operation(op.id) == op
+        got = await store.list_events(op.id)
+        assert [(e.kind, e.data, e.at) for e in got] == [(e.kind, e.data, e.at) for e in events]
+
+        later = now + timedelta(seconds=2)
+        callback = CallbackDelivery(
+            id="d-1",
+            operation_id=op.id,
+            url="https://caller.example/cb",
+            headers={"content-type": "application/json"},
+            body=b'{"state": "failed"}',
+            created_at=later,
+            expires_at=later + timedelta(hours=1),
+            next_attempt_at=later,
+            caller="alice",
+            attempts=1,
+            lease_owner="w1",
+            lease_until=later + timedelta(seconds=30),
+        )
+        fail = {"message": "agent refused", "metadata": {"type": "x"}}
+        closing = Completion(
+            operation_id=op.id,
+            state=OperationState.FAILED,
+            at=later,
+            failure=fail,
+            event=Event(operation_id=op.id, kind="operation.failed", at=later, data={"a": 1}),
+            callback=callback,
+            only_if_owner="someone-else",
+        )
+        assert not await store.complete(closing)  # fenced out: another owner holds the lease
+        assert (await store.get_operation(op.id)) == op
+        assert await store.complete(replace(closing, only_if_owner="w1"))
+        closed = await store.get_operation(op.id)
+        assert closed is not None
+        assert (closed.state, closed.failure, closed.closed_at) == (
+            OperationState.FAILED,
+            fail,
+            later,
+        )
+        assert (closed.lease_owner, closed.work, closed.result) == (None, None, None)
+        assert [e.kind for e in await store.list_events(op.id)][-1] == "operation.failed"
+        assert await store.list_callbacks(op.id) == [callback]
+        assert not await store.complete(replace(closing, only_if_owner=None))  # closed once
+    finally:
+        await store.close()
+
+
+async def test_a_connection_killed_under_the_hot_path_is_replaced_not_reused(
+    pg_db: str,
+) -> None:
+    now = SystemClock().now()
+    store = SqlStore(pg_db, pool_size=1)
+    try:
+
+        async def start() -> Operation:
+            op = new_op(now)
+            await store.create_operation(op, [Event(operation_id=op.id, kind="s", at=now)], [])
+            return op
+
+        await start()  # the pool's only connection is open and idle
+        name = pg_db.rsplit("/", 1)[1]
+        pg_admin(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            f"WHERE datname = '{name}' AND pid <> pg_backend_pid()"
+        )
+        with pytest.raises(StoreUnavailable):
+            await start()
+        op = await start()  # a fresh connection, not the dead one back from the pool
+        assert await store.get_operation(op.id) == op
     finally:
         await store.close()
