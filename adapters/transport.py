@@ -23,6 +23,7 @@ class AiohttpTransport:
             self._session = aiohttp.ClientSession(
                 connector=make_connector(self.policy, limit=self._limit, limit_per_host=0),
                 auto_decompress=True,
+                cookie_jar=aiohttp.DummyCookieJar(),  # agents and callers get no shared cookies
             )
         return self._session
 

@@ -541,7 +541,10 @@ class Engine:
         started = self.now()
         req = self.dispatch_request(op, agent, spec)
         try:
-            outcome = await asyncio.wait_for(adapter.start(req), spec.attempt_timeout_s + 1.0)
+            # asyncio.timeout, not wait_for: no extra task per attempt (3.11's wait_for wraps
+            # the coroutine in one)
+            async with asyncio.timeout(spec.attempt_timeout_s + 1.0):
+                outcome = await adapter.start(req)
         except TimeoutError:
             outcome = Outcome(kind=OutcomeKind.RETRYABLE, error="attempt timed out")
         elapsed = (self.now() - started).total_seconds()
@@ -574,7 +577,8 @@ class Engine:
             return
         req = self.dispatch_request(op, agent, spec)
         try:
-            outcome: Outcome = await asyncio.wait_for(poll(req), spec.attempt_timeout_s + 1.0)
+            async with asyncio.timeout(spec.attempt_timeout_s + 1.0):
+                outcome: Outcome = await poll(req)
         except TimeoutError:
             outcome = Outcome(kind=OutcomeKind.RETRYABLE, error="poll timed out")
         if outcome.kind in (OutcomeKind.SUCCEEDED, OutcomeKind.OPERATION_FAILED):
