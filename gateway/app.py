@@ -95,7 +95,6 @@ async def build(settings: Settings, *, clock: Clock | None = None) -> Gateway:
         breaker_cooldown_s=settings.breaker_cooldown_s,
         shutdown_grace_s=settings.shutdown_grace_s,
         task_poll_s=settings.task_poll_s,
-        group_commit=store.dialect == "sqlite",
     )
 
     a2a = A2AAgentAdapter(transport)

@@ -345,3 +345,64 @@ async def test_a_connection_killed_under_the_hot_path_is_replaced_not_reused(
         assert await store.get_operation(op.id) == op
     finally:
         await store.close()
+
+
+async def test_batched_starts_insert_the_free_ones_and_answer_duplicates_with_the_first(
+    db_url: str,
+) -> None:
+    now = SystemClock().now()
+    store = SqlStore(db_url)
+    await store.migrate()
+
+    def key(name: str, op: Operation) -> IdempotencyRecord:
+        return IdempotencyRecord(
+            scope="alice",
+            key=name,
+            fingerprint="f",
+            operation_id=op.id,
+            created_at=now,
+            expires_at=now + timedelta(seconds=60),
+        )
+
+    def start(*keys: str) -> tuple[Operation, list[Event], list[IdempotencyRecord]]:
+        op = new_op(now)
+        evs = [
+            Event(operation_id=op.id, kind="operation.started", at=now),
+            Event(operation_id=op.id, kind="attempt.started", at=now, data={"attempt": 1}),
+        ]
+        return op, evs, [key(k, op) for k in keys]
+
+    try:
+        earlier = start("rid:old")
+        await store.create_operation(*earlier)
+        plain, keyed, twin, taken, two = (
+            start(),
+            start("rid:a"),
+            start("rid:a"),  # the same request id twice in one batch
+            start("rid:old"),  # a key taken by an earlier start
+            start("key:k", "rid:b"),  # two keys: the one-by-one path
+        )
+        results = await store.create_operations([plain, keyed, twin, taken, two])
+        assert [op.id for op, _ in results] == [
+            plain[0].id,
+            keyed[0].id,
+            keyed[0].id,
+            earlier[0].id,
+            two[0].id,
+        ]
+        assert [rec.key if rec else None for _, rec in results] == [
+            None,
+            None,
+            "rid:a",
+            "rid:old",
+            None,
+        ]
+        for op in (plain[0], keyed[0], two[0]):
+            assert await store.get_operation(op.id) == op
+            kinds = [e.kind for e in await store.list_events(op.id)]
+            assert kinds == ["operation.started", "attempt.started"]
+        for op in (twin[0], taken[0]):  # nothing of a deduplicated start stays behind
+            assert await store.get_operation(op.id) is None
+            assert await store.list_events(op.id) == []
+    finally:
+        await store.close()

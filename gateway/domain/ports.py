@@ -23,6 +23,11 @@ from gateway.domain.model import (
 )
 from registry.model import AgentSpec
 
+# A start to persist (operation, its first events, its idempotency records), and what
+# persisting it gave: the operation, or the existing one and its record when a key was taken.
+NewOperation = tuple[Operation, Sequence[Event], Sequence[IdempotencyRecord]]
+Created = tuple[Operation, IdempotencyRecord | None]
+
 
 class Store(Protocol):
     # lifecycle ---------------------------------------------------------------------------------
@@ -44,6 +49,11 @@ class Store(Protocol):
     ) -> tuple[Operation, IdempotencyRecord | None]:
         """Insert op + events + idempotency records, or return the existing operation (and its
         record) when one of the idempotency keys is already taken."""
+        ...
+
+    async def create_operations(self, items: Sequence[NewOperation]) -> list[Created]:
+        """``create_operation`` for several starts, committed together (group commit); one
+        result each, in order."""
         ...
 
     async def get_operation(self, op_id: str) -> Operation | None: ...

@@ -47,7 +47,7 @@ from gateway.domain.model import (
     failure,
     operation_error,
 )
-from gateway.domain.ports import Store
+from gateway.domain.ports import Created, NewOperation, Store
 from gateway.engine import backoff
 from gateway.engine.batching import GroupCommit
 from gateway.engine.breaker import CircuitBreaker, Limits
@@ -84,9 +84,9 @@ class EngineConfig:
     breaker_cooldown_s: float = 60.0  # open -> half-open
     shutdown_grace_s: float = 5.0
     task_poll_s: float = 5.0  # GetTask-style polling of accepted tasks (adapters with poll())
-    # Group commit of completions: a win where commits serialize (SQLite: one writer); on
-    # PostgreSQL parallel transactions on the pool measured faster (396 vs ~300 ops/s).
-    group_commit: bool = False
+    # Group commit of starts and completions: concurrent writes share one commit (and on
+    # PostgreSQL one statement); a lone write pays nothing extra.
+    group_commit: bool = True
     cancel_after_close_s: float = 3600.0  # keep telling an agent to stop for this long
 
 
@@ -172,6 +172,10 @@ class Engine:
         self._completions: GroupCommit[Completion, bool] = GroupCommit(
             lambda batch: self.store.complete_many(batch),
             lambda one: self.store.complete(one),
+        )
+        self._starts: GroupCommit[NewOperation, Created] = GroupCommit(
+            lambda batch: self.store.create_operations(batch),
+            lambda one: self.store.create_operation(*one),
         )
         self.pending_starts = 0
         self._wake_work = asyncio.Event()
@@ -296,7 +300,11 @@ class Engine:
             callback=bool(req.callback_url),
         )
         attempt = self._event(op_id, "attempt.started", attempt=1, owner=self.config.owner)
-        stored, existing = await self.store.create_operation(op, [started, attempt], idem)
+        new = (op, [started, attempt], idem)
+        if self.config.group_commit:
+            stored, existing = await self._starts.submit(new)
+        else:
+            stored, existing = await self.store.create_operation(*new)
         if existing is not None:
             self.metrics.deduplicated.inc()
             if (

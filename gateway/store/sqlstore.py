@@ -64,6 +64,7 @@ from gateway.domain.model import (
     OperationState,
     Work,
 )
+from gateway.domain.ports import Created, NewOperation
 from gateway.store import schema as t
 from registry.model import AgentSpec
 
@@ -438,6 +439,100 @@ def _pg_complete_sql(with_callback: bool) -> str:
 PG_COMPLETE = {False: _pg_complete_sql(False), True: _pg_complete_sql(True)}
 
 
+# Batches (group commit): the same writes for many operations in one statement, the values
+# passed as one array per column and zipped back into rows by unnest().
+
+
+def _array_types(row: _PgRow) -> list[str]:
+    return ["text[]" if js else f"{typ}[]" for typ, js in zip(row.types, row.json, strict=True)]
+
+
+def _select_list(row: _PgRow, alias: str) -> str:
+    return ", ".join(
+        f"{alias}.{n}::jsonb" if js else f"{alias}.{n}"
+        for n, js in zip(row.names, row.json, strict=True)
+    )
+
+
+def _unnest(row: _PgRow, first: int, alias: str, extra: Sequence[tuple[str, str]] = ()) -> str:
+    types = _array_types(row) + [typ for _, typ in extra]
+    names = list(row.names) + [n for n, _ in extra]
+    params = ", ".join(f"${first + i}::{typ}" for i, typ in enumerate(types))
+    return f"unnest({params}) AS {alias}({', '.join(names)})"
+
+
+def _pg_start_many_sql() -> str:
+    # $1..$26 operation columns, $27 keyed (bool[]); then the keys (one per keyed operation);
+    # then the events: operation id, at, kind, data. An operation with a key is inserted only
+    # if its key was free; the caller sends the others down the one-by-one path.
+    n_op = len(_PG_OP.names) + 1
+    n_idem = len(_PG_IDEM.names)
+    ev = n_op + n_idem + 1
+    return f"""
+    WITH v AS (
+        SELECT * FROM {_unnest(_PG_OP, 1, "v", [("keyed", "boolean[]")])}
+    ), idem AS (
+        INSERT INTO {_i.name} ({", ".join(_PG_IDEM.names)})
+        SELECT {_select_list(_PG_IDEM, "k")} FROM {_unnest(_PG_IDEM, n_op + 1, "k")}
+        ON CONFLICT (scope, key) DO NOTHING
+        RETURNING operation_id
+    ), op AS (
+        INSERT INTO {_o.name} ({", ".join(_PG_OP.names)})
+        SELECT {_select_list(_PG_OP, "v")} FROM v
+        WHERE NOT v.keyed OR v.id IN (SELECT operation_id FROM idem)
+        RETURNING id
+    ), ev AS (
+        INSERT INTO {_e.name} (operation_id, at, kind, data)
+        SELECT u.op, u.at, u.kind, u.data::jsonb
+        FROM unnest(${ev}::varchar[], ${ev + 1}::timestamptz[], ${ev + 2}::text[],
+                    ${ev + 3}::text[]) WITH ORDINALITY AS u(op, at, kind, data, n)
+        WHERE u.op IN (SELECT id FROM op)
+        ORDER BY u.n
+    )
+    SELECT id FROM op"""
+
+
+PG_START_MANY = _pg_start_many_sql()
+
+
+def _pg_complete_many_sql() -> str:
+    # One completion per operation (the caller keeps later ones of the same operation for
+    # afterwards). Rows are locked in id order first, like every multi-row writer, so two
+    # replicas' batches cannot deadlock; the update only touches rows that CTE locked, and the
+    # events and callbacks come FROM the update (written after the row lock).
+    cb = 13
+    return f"""
+    WITH v AS (
+        SELECT * FROM unnest($1::varchar[], $2::varchar[], $3::varchar[], $4::timestamptz[],
+                             $5::bytea[], $6::varchar[], $7::text[], $8::timestamptz[],
+                             $9::varchar[], $10::timestamptz[], $11::varchar[], $12::text[])
+            AS v(id, state, work, next_at, result, ctype, failure, closed_at, owner,
+                 ev_at, ev_kind, ev_data)
+    ), locked AS (
+        SELECT o.id FROM {_o.name} o WHERE o.id IN (SELECT id FROM v) ORDER BY o.id FOR UPDATE
+    ), upd AS (
+        UPDATE {_o.name} o
+        SET state = v.state, work = v.work, next_attempt_at = v.next_at, lease_owner = NULL,
+            lease_until = NULL, result = v.result, result_content_type = v.ctype,
+            failure = v.failure::jsonb, closed_at = v.closed_at
+        FROM v JOIN locked l ON l.id = v.id
+        WHERE o.id = v.id AND o.state = '{OperationState.RUNNING.value}'
+          AND (v.owner IS NULL OR o.lease_owner = v.owner)
+        RETURNING o.id
+    ), ev AS (
+        INSERT INTO {_e.name} (operation_id, at, kind, data)
+        SELECT v.id, v.ev_at, v.ev_kind, v.ev_data::jsonb FROM v JOIN upd ON upd.id = v.id
+    ), cb AS (
+        INSERT INTO {_cb_t.name} ({", ".join(_PG_CB.names)})
+        SELECT {_select_list(_PG_CB, "c")} FROM {_unnest(_PG_CB, cb, "c")}
+        JOIN upd ON upd.id = c.operation_id
+    )
+    SELECT id FROM upd"""
+
+
+PG_COMPLETE_MANY = _pg_complete_many_sql()
+
+
 EXTEND_LEASES = (
     update(_o)
     .where(
@@ -618,6 +713,50 @@ class SqlStore:
             applied = await conn.fetchval(PG_COMPLETE[c.callback is not None], *args)
         return bool(applied)
 
+    async def _pg_complete_many(self, completions: Sequence[Completion]) -> list[bool]:
+        # The first completion of an operation goes in the batch; a later one of the same
+        # operation is applied after it, as it would be in separate commits (it may still
+        # apply if the first was fenced out).
+        first: dict[str, int] = {}
+        later: list[int] = []
+        for i, c in enumerate(completions):
+            if c.operation_id in first:
+                later.append(i)
+            else:
+                first[c.operation_id] = i
+        batch = [completions[i] for i in first.values()]
+        cols: list[list[Any]] = [[] for _ in range(12)]
+        cbs: list[list[Any]] = [[] for _ in _PG_CB.names]
+        for c in batch:
+            p = _complete_params(c)
+            row = [
+                p["b_id"],
+                p["b_state"],
+                p["b_work"],
+                p["b_next"],
+                p["b_result"],
+                p["b_ctype"],
+                _pg_json(p["b_failure"]),
+                p["b_at"],
+                p["b_owner"],
+                c.event.at,
+                c.event.kind,
+                json.dumps(c.event.data),
+            ]
+            for col, value in zip(cols, row, strict=True):
+                col.append(value)
+            if c.callback is not None:
+                for col, value in zip(cbs, _PG_CB.args(_cb_values(c.callback)), strict=True):
+                    col.append(value)
+        async with self._driver() as conn:
+            done = {r[0] for r in await conn.fetch(PG_COMPLETE_MANY, *cols, *cbs)}
+        applied = [False] * len(completions)
+        for op_id, i in first.items():
+            applied[i] = op_id in done
+        for i in later:
+            applied[i] = await self._pg_complete(completions[i])
+        return applied
+
     def _alembic_config(self) -> Config:
         cfg = Config()
         cfg.set_main_option("script_location", str(MIGRATIONS))
@@ -728,6 +867,63 @@ class SqlStore:
             if await self._pg_start(op, events, idempotency):
                 return op, None
             # The key was taken: the transaction below finds (or reclaims) its operation.
+        return await self._create_operation_tx(op, events, idempotency)
+
+    @_translate
+    async def create_operations(self, items: Sequence[NewOperation]) -> list[Created]:
+        """Several starts in one commit (group commit). A start whose key is taken, or that
+        carries more than one key, goes through ``create_operation`` after the batch."""
+        results: list[Created | None] = [None] * len(items)
+        batch = [i for i, (_, _, keys) in enumerate(items) if len(keys) <= 1]
+        if self.dialect == "postgresql":
+            inserted = await self._pg_start_many([items[i] for i in batch])
+        else:
+            inserted = await self._sqlite_start_many([items[i] for i in batch])
+        for i in batch:
+            if items[i][0].id in inserted:
+                results[i] = (items[i][0], None)
+        for i, done in enumerate(results):
+            if done is None:
+                results[i] = await self._create_operation_tx(*items[i])
+        return [r for r in results if r is not None]
+
+    async def _pg_start_many(self, items: Sequence[NewOperation]) -> set[str]:
+        if not items:
+            return set()
+        cols: list[list[Any]] = [[] for _ in range(len(_PG_OP.names) + 1 + len(_PG_IDEM.names))]
+        ev: list[list[Any]] = [[], [], [], []]
+        for op, events, keys in items:
+            row = [*_PG_OP.args(_op_values(op)), bool(keys)]
+            if keys:
+                row += _PG_IDEM.args(_idem_values(keys[0]))
+            for col, value in zip(cols, row, strict=False):
+                col.append(value)
+            for e in events:
+                ev[0].append(op.id)
+                ev[1].append(e.at)
+                ev[2].append(e.kind)
+                ev[3].append(json.dumps(e.data))
+        async with self._driver() as conn:
+            rows = await conn.fetch(PG_START_MANY, *cols, *ev)
+        return {r[0] for r in rows}
+
+    async def _sqlite_start_many(self, items: Sequence[NewOperation]) -> set[str]:
+        inserted: set[str] = set()
+        claim_key = self._insert_idempotency_if_new
+        async with self._tx() as conn:
+            for op, events, keys in items:
+                if keys:
+                    claim = await conn.execute(claim_key, _idem_values(keys[0]))
+                    if claim.first() is None:
+                        continue  # taken: looked at one by one after this commit
+                await conn.execute(INSERT_OPERATION, _op_values(op))
+                await conn.execute(INSERT_EVENTS, [_event_values(e) for e in events])
+                inserted.add(op.id)
+        return inserted
+
+    async def _create_operation_tx(
+        self, op: Operation, events: Sequence[Event], idempotency: Sequence[IdempotencyRecord]
+    ) -> Created:
         claim_key = self._insert_idempotency_if_new
         async with self._tx() as conn:
             for rec in idempotency:
@@ -936,6 +1132,8 @@ class SqlStore:
 
     @_translate
     async def complete_many(self, completions: Sequence[Completion]) -> list[bool]:
+        if self.dialect == "postgresql":
+            return await self._pg_complete_many(completions)
         applied = [False] * len(completions)
         async with self._tx() as conn:
             # Row locks in id order: two replicas' batches never deadlock on each other. Two
