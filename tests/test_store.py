@@ -406,3 +406,50 @@ async def test_batched_starts_insert_the_free_ones_and_answer_duplicates_with_th
             assert await store.list_events(op.id) == []
     finally:
         await store.close()
+
+
+async def test_a_delivery_ack_counts_only_for_the_lease_holder_and_only_once(db_url: str) -> None:
+    now = SystemClock().now()
+    store = SqlStore(db_url)
+    await store.migrate()
+    try:
+        op = new_op(now)
+        await store.create_operation(op, [Event(operation_id=op.id, kind="s", at=now)], [])
+        delivery = CallbackDelivery(
+            id="d-7",
+            operation_id=op.id,
+            url="https://caller.example/cb",
+            headers={},
+            body=b"{}",
+            created_at=now,
+            expires_at=now + timedelta(hours=1),
+            next_attempt_at=now,
+            attempts=1,
+            lease_owner="w1",
+            lease_until=now + timedelta(seconds=30),
+        )
+        closing = Completion(
+            operation_id=op.id,
+            state=OperationState.SUCCEEDED,
+            at=now,
+            result=b"{}",
+            event=Event(operation_id=op.id, kind="operation.succeeded", at=now),
+            callback=delivery,
+        )
+        assert await store.complete(closing)
+        ack = Event(
+            operation_id=op.id, kind="callback.delivered", at=now, data={"delivery_id": "d-7"}
+        )
+        assert await store.callbacks_delivered("w2", [ack]) == 0  # not the lease holder
+        assert await store.callbacks_delivered("w1", [ack]) == 1
+        assert await store.callbacks_delivered("w1", [ack]) == 0  # already delivered
+        (stored,) = await store.list_callbacks(op.id)
+        assert (stored.state.value, stored.delivered_at, stored.lease_owner) == (
+            "delivered",
+            now,
+            None,
+        )
+        kinds = [e.kind for e in await store.list_events(op.id)]
+        assert kinds == ["s", "operation.succeeded", "callback.delivered"]
+    finally:
+        await store.close()

@@ -532,6 +532,30 @@ def _pg_complete_many_sql() -> str:
 
 PG_COMPLETE_MANY = _pg_complete_many_sql()
 
+# Delivered callbacks (a batch of acks): mark them delivered, then lock their operations in
+# id order and write one event each, the events coming FROM the locked rows.
+PG_CALLBACKS_DELIVERED = f"""
+    WITH d AS (
+        SELECT * FROM unnest($1::varchar[], $2::timestamptz[], $3::varchar[], $4::text[])
+            AS d(id, at, kind, data)
+    ), done AS (
+        UPDATE {_cb_t.name} c
+        SET state = '{DeliveryState.DELIVERED.value}', delivered_at = $5::timestamptz,
+            next_attempt_at = $5::timestamptz, last_error = NULL, lease_owner = NULL,
+            lease_until = NULL
+        WHERE c.id IN (SELECT id FROM d) AND c.lease_owner = $6::varchar
+          AND c.state = '{DeliveryState.PENDING.value}'
+        RETURNING c.id, c.operation_id
+    ), locked AS (
+        SELECT o.id FROM {_o.name} o WHERE o.id IN (SELECT operation_id FROM done)
+        ORDER BY o.id FOR UPDATE
+    ), ev AS (
+        INSERT INTO {_e.name} (operation_id, at, kind, data)
+        SELECT done.operation_id, d.at, d.kind, d.data::jsonb
+        FROM d JOIN done ON done.id = d.id JOIN locked ON locked.id = done.operation_id
+    )
+    SELECT count(*) FROM done"""
+
 
 EXTEND_LEASES = (
     update(_o)
@@ -1248,16 +1272,26 @@ class SqlStore:
         if not events:
             return 0
         by_id = {str(e.data["delivery_id"]): e for e in events}
-        params = {"b_ids": list(by_id), "b_owner": owner, "b_at": max(e.at for e in events)}
+        at = max(e.at for e in events)
+        if self.dialect == "postgresql":
+            acks = list(by_id.items())
+            async with self._driver() as pg:
+                marked = await pg.fetchval(
+                    PG_CALLBACKS_DELIVERED,
+                    [i for i, _ in acks],
+                    [e.at for _, e in acks],
+                    [e.kind for _, e in acks],
+                    [json.dumps(e.data) for _, e in acks],
+                    at,
+                    owner,
+                )
+            return int(marked)
+        params = {"b_ids": list(by_id), "b_owner": owner, "b_at": at}
         async with self._tx() as conn:
             rows = (await conn.execute(CALLBACKS_DELIVERED, params)).all()
             if not rows:
                 return 0
             done = [by_id[r.id] for r in rows]
-            if self.dialect == "postgresql":
-                await conn.execute(
-                    LOCK_OPERATIONS, {"b_ids": sorted({e.operation_id for e in done})}
-                )
             await conn.execute(INSERT_EVENTS, [_event_values(e) for e in done])
         return len(rows)
 
