@@ -19,7 +19,7 @@ import math
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from typing import Any, TypeVar
 
@@ -128,7 +128,13 @@ def _forget(tasks: dict[str, asyncio.Task[None]], key: str, _task: asyncio.Task[
 
 
 def http_date(dt: datetime) -> str:
-    return format_datetime(dt, usegmt=True)
+    """IMF-fixdate (whole seconds) of an aware datetime."""
+    return _http_date(int(dt.timestamp()))
+
+
+@functools.lru_cache(maxsize=256)
+def _http_date(seconds: int) -> str:
+    return format_datetime(datetime.fromtimestamp(seconds, UTC), usegmt=True)
 
 
 def rfc3339_ms(dt: datetime) -> str:

@@ -38,6 +38,7 @@ query strings in messages or logs).
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import socket
 from collections.abc import Iterable, Sequence
@@ -241,13 +242,21 @@ def check_url(url: str, policy: OutboundPolicy) -> None:
     pass here; the :class:`ScreeningResolver` in the connector screens them when connecting.
     """
     host, _port = _split_url(url)
-    addr = _parse_ip(host)
-    if addr is not None:
-        if not is_address_allowed(addr, policy):
-            raise BlockedDestination(host, str(addr))
+    verdict = _literal_verdict(host, policy)
+    if verdict is not None:
+        if not verdict:
+            raise BlockedDestination(host, str(_parse_ip(host)))
         return
     if _legacy_ipv4(host):
         raise BlockedDestination(host, None, "numeric IPv4 host must be a dotted quad")
+
+
+@functools.lru_cache(maxsize=4096)
+def _literal_verdict(host: str, policy: OutboundPolicy) -> bool | None:
+    """Whether ``policy`` allows an IP-literal host; None for a host name. Cached: every start
+    with a callback checks its URL, and parsing the address was a visible share of the CPU."""
+    addr = _parse_ip(host)
+    return None if addr is None else is_address_allowed(addr, policy)
 
 
 def _screen_results(host: str, results: Sequence[ResolveResult], policy: OutboundPolicy) -> None:
@@ -327,7 +336,7 @@ async def screen_url(
     """
     host, port = _split_url(url)
     check_url(url, policy)
-    if _parse_ip(host) is not None:
+    if _literal_verdict(host, policy) is not None:
         return
     screening = ScreeningResolver(policy, resolver)
     try:
