@@ -75,6 +75,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--preload", type=int, default=0, help="finished operations inserted before measuring"
     )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="gateway worker processes on the PostgreSQL target (SWARMGATE_WORKERS)",
+    )
     p.add_argument("--max-outstanding", type=int, default=1024, help="open-loop in-flight cap")
     p.add_argument("--op-timeout", type=float, default=30.0, help="per unit of work, seconds")
     p.add_argument("--pg-admin", default=PG_ADMIN, help="admin DSN for throw-away databases")
@@ -116,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         workdir=args.workdir,
         profile_dir=args.profile_dir,
         quiet=args.quiet,
+        workers=max(1, args.workers),
     )
     result = jsonable(asyncio.run(run(opts)))
     text = json.dumps(result, indent=2)

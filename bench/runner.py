@@ -28,7 +28,7 @@ from bench.load import OpFn, RunResult, closed_loop, open_loop
 from bench.procs import ROOT, Child, agent_process, free_port, gateway_process, write_agents_file
 from bench.profile import PySpy
 from bench.scenarios import Receiver, baseline_op, lifecycle_op, start_op
-from bench.stats import CpuMeter, median_of, median_summary, rss_kb
+from bench.stats import CpuMeter, median_of, median_summary, process_tree, tree_rss_kb
 
 TARGET_LIFECYCLE_PER_S = 1500.0
 TARGET_START_P50_MS = 3.0
@@ -57,6 +57,7 @@ class Options:
     workdir: Path | None
     profile_dir: Path | None
     quiet: bool
+    workers: int = 1  # gateway processes (PostgreSQL targets)
 
 
 def targets_for(db: str, sqlite_sync: tuple[str, ...]) -> tuple[dbmod.Target, ...]:
@@ -128,10 +129,14 @@ async def run_scenario(
 ) -> dict[str, Any]:
     o = env.opts
     run_id = f"{env.run_id}-{target}-{scenario}-{mode}-{rep}"
-    pids = {"gateway": gw.pid, "agent": env.agent.pid, "harness": os.getpid()}
+    pids: dict[str, int | list[int]] = {
+        "gateway": process_tree(gw.pid),  # with SWARMGATE_WORKERS: the workers too
+        "agent": env.agent.pid,
+        "harness": os.getpid(),
+    }
     cpu = CpuMeter(pids, postgres=target == "postgresql")
     limit = o.concurrency if mode == "closed" else o.max_outstanding
-    rss_start = rss_kb(gw.pid)
+    rss_start = tree_rss_kb(gw.pid)
     received_before, unexpected_before = env.receiver.received, env.receiver.unexpected
 
     def on_measure() -> None:
@@ -167,7 +172,7 @@ async def run_scenario(
                 on_measure=on_measure,
                 on_end=on_end,
             )
-    rss_end = rss_kb(gw.pid)
+    rss_end = tree_rss_kb(gw.pid)
     summary = result.summary()
     summary["cpu_pct"] = cpu_pct
     summary["gateway_rss_kb"] = {"start": rss_start, "end": rss_end}
@@ -330,13 +335,14 @@ async def run_target(env: Env, target: dbmod.Target) -> dict[str, Any]:
             log=env.workdir / f"gateway-{target.name}.log",
             max_seconds=env.max_child_s,
             sqlite_synchronous=target.sqlite_synchronous,
+            extra_env={"SWARMGATE_WORKERS": str(o.workers)} if target.db == "postgresql" else {},
         )
         out["git_commit_at_spawn"] = _git_commit()  # other work may land during a long run
         gw.spawn()
         try:
             await gw.wait_ready(gw_url + "/readyz", 60.0)
             out["gateway_pid"] = gw.pid
-            out["gateway_rss_kb_ready"] = rss_kb(gw.pid)
+            out["gateway_rss_kb_ready"] = tree_rss_kb(gw.pid)
             runs: dict[str, dict[str, list[dict[str, Any]]]] = {
                 s: {m: [] for m in o.modes} for s in o.scenarios
             }
@@ -366,7 +372,7 @@ async def run_target(env: Env, target: dbmod.Target) -> dict[str, Any]:
                         _log(o, f"{target.name}: {scenario}/{mode}: {_brief(res)}")
                         if not gw.alive():
                             raise RuntimeError(f"gateway died: {gw.tail()}")
-            out["gateway_rss_kb_end"] = rss_kb(gw.pid)
+            out["gateway_rss_kb_end"] = tree_rss_kb(gw.pid)
             if profile is not None:
                 out["profile"] = await profile.result()
         finally:
@@ -457,6 +463,7 @@ def _meta(opts: Options) -> dict[str, Any]:
             "preload": opts.preload,
             "max_outstanding": opts.max_outstanding,
             "profile": opts.profile,
+            "gateway_workers_postgresql": opts.workers,
         },
         "layout": {
             "gateway": "subprocess: python -m bench.gwproc (gateway.cli serve + stdin watchdog)",

@@ -56,6 +56,36 @@ def rss_kb(pid: int) -> int | None:
     return None
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (a gateway with worker processes)."""
+    children: dict[int, list[int]] = {}
+    try:
+        entries = [e for e in os.listdir("/proc") if e.isdigit()]
+    except OSError:
+        return [pid]
+    for entry in entries:
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                raw = f.read()
+        except OSError:
+            continue
+        ppid = int(raw[raw.rindex(")") + 2 :].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def tree_rss_kb(pid: int) -> int | None:
+    """VmRSS summed over a process and its descendants."""
+    sizes = [rss_kb(p) for p in process_tree(pid)]
+    known = [s for s in sizes if s is not None]
+    return sum(known) if known else None
+
+
 def cpu_seconds(pid: int) -> float | None:
     """User + system CPU time of a process (all its threads) in seconds."""
     try:
@@ -106,7 +136,7 @@ class CpuMeter:
     """CPU use of a few processes over an interval, as percent of one core; ``postgres`` is
     all PostgreSQL processes together, ``system`` the whole machine (100 = all cores busy)."""
 
-    def __init__(self, pids: dict[str, int], *, postgres: bool = False) -> None:
+    def __init__(self, pids: dict[str, int | list[int]], *, postgres: bool = False) -> None:
         self.pids = pids
         self.postgres = postgres
         self._start: dict[str, float | None] = {}
@@ -115,7 +145,7 @@ class CpuMeter:
 
     def start(self, now: float) -> None:
         self._t0 = now
-        self._start = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        self._start = {name: _cpu(pids) for name, pids in self.pids.items()}
         if self.postgres:
             self._start["postgres"] = postgres_cpu_seconds()
         self._sys = system_busy()
@@ -123,7 +153,7 @@ class CpuMeter:
     def stop(self, now: float) -> dict[str, float]:
         wall = max(1e-9, now - self._t0)
         out: dict[str, float] = {}
-        after_all = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        after_all = {name: _cpu(pids) for name, pids in self.pids.items()}
         if self.postgres:
             after_all["postgres"] = postgres_cpu_seconds()
         for name, after in after_all.items():
@@ -135,6 +165,12 @@ class CpuMeter:
             busy = (sys_now[0] - self._sys[0]) / (sys_now[1] - self._sys[1])
             out["system"] = round(100.0 * busy, 1)
         return out
+
+
+def _cpu(pids: int | list[int]) -> float | None:
+    secs = [cpu_seconds(p) for p in ([pids] if isinstance(pids, int) else pids)]
+    known = [s for s in secs if s is not None]
+    return sum(known) if known else None
 
 
 def jsonable(value: Any) -> Any:

@@ -149,7 +149,13 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
     gw = await build(settings)
     runner = web.AppRunner(gw.app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
+    site = web.TCPSite(
+        runner,
+        settings.host,
+        settings.port,
+        reuse_address=True,
+        reuse_port=settings.reuse_port or None,  # worker processes share the port
+    )
     await site.start()
     await gw.engine.run()
     log.info("swarmgate %s listening on %s", settings.replica_id, settings.base_url)

@@ -28,6 +28,7 @@ from typing import Any, NoReturn, TextIO
 import aiohttp
 import yaml
 
+from gateway import workers
 from gateway.config import Settings
 from gateway.domain.errors import ConfigError
 from gateway.sdk.client import Client, GatewayError
@@ -436,6 +437,9 @@ def serve_command(args: argparse.Namespace) -> None:
         settings = replace(
             settings, port=args.port or settings.port, host=args.host or settings.host
         )
+    workers.check(settings)
+    if settings.workers > 1:
+        sys.exit(workers.Supervisor(settings, workers.migrate_once).run())
     run_event_loop(serve(settings), settings.event_loop)
 
 
@@ -574,7 +578,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     out = sys.stdout
     if args.cmd == "serve":
-        serve_command(args)
+        try:
+            serve_command(args)
+        except ConfigError as exc:
+            fail(f"configuration: {exc}", EXIT_USAGE)
         return EXIT_OK
     if args.cmd == "migrate":
         migrate_command(out)

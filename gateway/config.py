@@ -55,6 +55,8 @@ class Settings:
     log_level: str = "INFO"
     sqlite_synchronous: str = "FULL"
     db_pool_size: int = 20
+    workers: int = 1
+    reuse_port: bool = False
 
     @property
     def base_url(self) -> str:
@@ -100,6 +102,8 @@ class Settings:
             "log_level": e.get(p + "LOG_LEVEL") or cls.log_level,
             "sqlite_synchronous": e.get(p + "SQLITE_SYNCHRONOUS") or cls.sqlite_synchronous,
             "db_pool_size": int(_f(e, p + "DB_POOL_SIZE", cls.db_pool_size)),
+            "workers": int(_f(e, p + "WORKERS", cls.workers)),
+            "reuse_port": e.get(p + "REUSE_PORT", "") in ("1", "true", "yes"),
         }
         if e.get(p + "REPLICA_ID"):
             kw["replica_id"] = e[p + "REPLICA_ID"]

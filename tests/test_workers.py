@@ -1,0 +1,142 @@
+"""``SWARMGATE_WORKERS``: several gateway processes on one port, supervised."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import aiohttp
+
+from gateway.process import ROOT
+from gateway.sdk.agent import AgentApp, OpContext
+from tests.conftest import free_port, serving_agent
+from tests.procs import GatewayProcess, get_json
+
+
+def children(pid: int) -> set[int]:
+    out = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                raw = f.read()
+        except OSError:
+            continue
+        fields = raw[raw.rindex(")") + 2 :].split()
+        if int(fields[1]) == pid and fields[0] != "Z":
+            out.add(int(entry))
+    return out
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            raw = f.read()
+    except OSError:
+        return False
+    return raw[raw.rindex(")") + 2 :].split()[0] != "Z"
+
+
+async def until(cond: Callable[[], bool], timeout_s: float = 20.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not cond():
+        assert loop.time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.05)
+
+
+def echo_agent() -> AgentApp:
+    agent = AgentApp("echo")
+
+    @agent.operation("say")
+    async def say(ctx: OpContext, payload: object) -> object:
+        return payload
+
+    return agent
+
+
+async def test_workers_share_one_port_and_each_runs_the_starts_it_takes(
+    pg_db: str, tmp_path: Path
+) -> None:
+    agent = echo_agent()
+    gw = GatewayProcess(
+        pg_db,
+        free_port(),
+        log=tmp_path / "gw.log",
+        SWARMGATE_WORKERS="2",
+        SWARMGATE_REPLICA_ID="pool",
+    )
+    async with serving_agent(agent) as agent_url:
+        await gw.start()
+        assert gw.proc is not None
+        supervisor = gw.proc.pid
+        try:
+            await until(lambda: len(children(supervisor)) == 2)
+            workers = children(supervisor)
+            owners: set[str] = set()
+            # A new connection per request: the kernel spreads connections over the workers.
+            fresh = aiohttp.TCPConnector(force_close=True)
+            async with aiohttp.ClientSession(connector=fresh) as http:
+                async with http.post(
+                    f"{gw.url}/api/agents", json=agent.spec(agent_url).to_json()
+                ) as r:
+                    assert r.status == 201
+                for i in range(40):
+                    async with http.post(f"{gw.url}/nexus/echo/say", json={"i": i}) as r:
+                        assert r.status in (200, 201), await r.text()
+                        token = r.headers["Nexus-Operation-Token"]
+                    got = await get_json(http, f"{gw.url}/api/operations/{token}/events")
+                    owners |= {
+                        e["data"]["owner"] for e in got["events"] if e["kind"] == "attempt.started"
+                    }
+                    if owners == {"pool-w0", "pool-w1"}:
+                        break
+            assert owners == {"pool-w0", "pool-w1"}
+        finally:
+            gw.terminate()
+        assert gw.proc.returncode == 0
+        assert not any(alive(p) for p in workers)  # SIGTERM reached every worker
+
+
+async def test_a_worker_that_dies_is_started_again(pg_db: str, tmp_path: Path) -> None:
+    gw = GatewayProcess(pg_db, free_port(), log=tmp_path / "gw.log", SWARMGATE_WORKERS="2")
+    await gw.start()
+    assert gw.proc is not None
+    supervisor = gw.proc.pid
+    try:
+        await until(lambda: len(children(supervisor)) == 2)
+        first = children(supervisor)
+        victim = min(first)
+        os.kill(victim, signal.SIGKILL)
+        await until(
+            lambda: len(children(supervisor) - first) == 1 and victim not in children(supervisor)
+        )
+        async with aiohttp.ClientSession() as http:
+            assert (await get_json(http, f"{gw.url}/readyz"))["status"] == "ready"
+    finally:
+        gw.terminate()
+    assert gw.proc.returncode == 0
+
+
+def test_workers_on_sqlite_are_refused_with_a_clear_message(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "SWARMGATE_DATABASE_URL": f"sqlite:///{tmp_path}/x.db",
+        "SWARMGATE_WORKERS": "2",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "serve"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "SWARMGATE_WORKERS > 1 needs PostgreSQL" in done.stderr
