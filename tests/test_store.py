@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import uuid
 from collections.abc import Sequence
 from dataclasses import replace
@@ -12,7 +13,7 @@ import pytest
 from sqlalchemy.exc import DBAPIError
 
 from gateway.domain.clock import SystemClock
-from gateway.domain.errors import StoreError, StoreUnavailable
+from gateway.domain.errors import StoreError, StoreUnavailable, UniqueViolation
 from gateway.domain.model import (
     CallbackDelivery,
     Completion,
@@ -23,7 +24,7 @@ from gateway.domain.model import (
     Work,
 )
 from gateway.engine.batching import GroupCommit
-from gateway.store.sqlstore import SqlStore, _is_connection_error
+from gateway.store.sqlstore import SqlStore, _is_connection_error, _translate
 from tests.conftest import pg_admin
 
 
@@ -453,3 +454,24 @@ async def test_a_delivery_ack_counts_only_for_the_lease_holder_and_only_once(db_
         assert kinds == ["s", "operation.succeeded", "callback.delivered"]
     finally:
         await store.close()
+
+
+@pytest.mark.parametrize(
+    ("raised", "expected"),
+    [
+        (sqlite3.OperationalError("database is locked"), StoreUnavailable),
+        (sqlite3.OperationalError("disk I/O error"), StoreUnavailable),
+        (sqlite3.IntegrityError("UNIQUE constraint failed: sg_operations.id"), UniqueViolation),
+        (sqlite3.OperationalError("no such table: sg_operations"), StoreError),
+    ],
+)
+async def test_sqlite_driver_errors_on_the_hot_path_become_store_errors(
+    raised: Exception, expected: type[StoreError]
+) -> None:
+    @_translate
+    async def write() -> None:
+        raise raised
+
+    with pytest.raises(expected) as info:
+        await write()
+    assert type(info.value) is expected

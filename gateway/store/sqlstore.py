@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import functools
 import json
+import sqlite3
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import datetime
@@ -43,6 +44,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql as pg_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -110,6 +112,14 @@ def _translate(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine
             raise StoreError(f"{type(exc).__name__}: {exc}") from exc
         except asyncpg.InterfaceError as exc:
             raise StoreUnavailable(type(exc).__name__) from exc
+        except sqlite3.IntegrityError as exc:  # the SQLite hot path, on aiosqlite directly
+            raise UniqueViolation(str(exc)) from exc
+        except sqlite3.OperationalError as exc:
+            if any(s in str(exc).lower() for s in ("locked", "busy", "disk i/o", "unable to open")):
+                raise StoreUnavailable(str(exc)) from exc
+            raise StoreError(f"{type(exc).__name__}: {exc}") from exc
+        except sqlite3.Error as exc:
+            raise StoreError(f"{type(exc).__name__}: {exc}") from exc
         except (OSError, ConnectionError) as exc:
             raise StoreUnavailable(str(exc)) from exc
         except PoolTimeout as exc:
@@ -557,29 +567,95 @@ PG_CALLBACKS_DELIVERED = f"""
     SELECT count(*) FROM done"""
 
 
+# -- SQLite hot path -----------------------------------------------------------------------
+# The group-committed writes (starts, completions, delivery acks) as a handful of driver calls
+# per batch on the pooled aiosqlite connection: BEGIN IMMEDIATE, one multi-row statement or
+# executemany per table, COMMIT. Values get the same conversions SQLAlchemy applies (naive UTC
+# datetimes as text, JSON as text), taken from the column types.
+
+_SQLITE_DIALECT = sqlite_dialect.dialect()
+
+
+class _SqliteRow:
+    def __init__(self, table: Table, names: Sequence[str]) -> None:
+        self.table = table
+        self.names = tuple(names)
+        self.procs = [
+            table.c[n].type.dialect_impl(_SQLITE_DIALECT).bind_processor(_SQLITE_DIALECT)
+            for n in self.names
+        ]
+        self.row = "(" + ", ".join("?" * len(self.names)) + ")"
+        self.insert = f"INSERT INTO {table.name} ({', '.join(self.names)}) VALUES {self.row}"
+
+    def args(self, values: dict[str, Any]) -> tuple[Any, ...]:
+        return tuple(
+            values[n] if proc is None else proc(values[n])
+            for n, proc in zip(self.names, self.procs, strict=True)
+        )
+
+
+_SQ_OP = _SqliteRow(_o, _PG_OP.names)
+_SQ_IDEM = _SqliteRow(_i, _PG_IDEM.names)
+_SQ_CB = _SqliteRow(_cb_t, _PG_CB.names)
+_SQ_EVENT = _SqliteRow(_e, ("operation_id", "at", "kind", "data"))
+_SQ_TS: Callable[[Any], Any] = _SQ_EVENT.procs[1] or (lambda v: v)
+_SQ_JSON: Callable[[Any], Any] = _SQ_EVENT.procs[3] or (lambda v: v)
+
+
+@functools.lru_cache(maxsize=256)
+def _sqlite_claim_keys(n: int) -> str:
+    return (
+        f"INSERT INTO {_i.name} ({', '.join(_SQ_IDEM.names)}) VALUES "
+        + ", ".join([_SQ_IDEM.row] * n)
+        + " ON CONFLICT (scope, key) DO NOTHING RETURNING operation_id"
+    )
+
+
+_SQ_COMPLETE_COLS = (
+    "id",
+    "state",
+    "work",
+    "next_at",
+    "result",
+    "ctype",
+    "failure",
+    "closed_at",
+    "owner",
+)
+
+
+@functools.lru_cache(maxsize=256)
+def _sqlite_complete_many(n: int) -> str:
+    row = "(" + ", ".join("?" * len(_SQ_COMPLETE_COLS)) + ")"
+    return f"""
+    WITH v({", ".join(_SQ_COMPLETE_COLS)}) AS (VALUES {", ".join([row] * n)})
+    UPDATE {_o.name}
+    SET state = v.state, work = v.work, next_attempt_at = v.next_at, lease_owner = NULL,
+        lease_until = NULL, result = v.result, result_content_type = v.ctype,
+        failure = v.failure, closed_at = v.closed_at
+    FROM v
+    WHERE {_o.name}.id = v.id AND {_o.name}.state = '{OperationState.RUNNING.value}'
+      AND (v.owner IS NULL OR {_o.name}.lease_owner = v.owner)
+    RETURNING {_o.name}.id"""
+
+
+@functools.lru_cache(maxsize=256)
+def _sqlite_callbacks_delivered(n: int) -> str:
+    return f"""
+    UPDATE {_cb_t.name}
+    SET state = '{DeliveryState.DELIVERED.value}', delivered_at = ?, next_attempt_at = ?,
+        last_error = NULL, lease_owner = NULL, lease_until = NULL
+    WHERE lease_owner = ? AND state = '{DeliveryState.PENDING.value}'
+      AND id IN ({", ".join("?" * n)})
+    RETURNING id"""
+
+
 EXTEND_LEASES = (
     update(_o)
     .where(
         _o.c.id.in_(bindparam("b_ids", expanding=True)), _o.c.lease_owner == bindparam("b_owner")
     )
     .values(lease_until=bindparam("b_until", type_=_TS))
-)
-CALLBACKS_DELIVERED = (
-    update(_cb_t)
-    .where(
-        _cb_t.c.id.in_(bindparam("b_ids", expanding=True)),
-        _cb_t.c.lease_owner == bindparam("b_owner"),
-        _cb_t.c.state == DeliveryState.PENDING.value,
-    )
-    .values(
-        state=DeliveryState.DELIVERED.value,
-        delivered_at=bindparam("b_at", type_=_TS),
-        next_attempt_at=bindparam("b_at", type_=_TS),
-        last_error=None,
-        lease_owner=None,
-        lease_until=None,
-    )
-    .returning(_cb_t.c.id)
 )
 
 
@@ -698,6 +774,20 @@ class SqlStore:
         async with self.engine.begin() as conn:
             yield conn
 
+    @asynccontextmanager
+    async def _sqlite_tx(self) -> AsyncIterator[Any]:
+        """A write transaction on the pooled aiosqlite connection, driven directly."""
+        async with self.engine.connect() as conn:
+            db: Any = (await conn.get_raw_connection()).driver_connection
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await db.execute("ROLLBACK")
+                raise
+            await db.execute("COMMIT")
+
     def _driver(self) -> AbstractAsyncContextManager[asyncpg.Connection]:
         assert self._lanes is not None
         return self._lanes.connection()
@@ -737,10 +827,14 @@ class SqlStore:
             applied = await conn.fetchval(PG_COMPLETE[c.callback is not None], *args)
         return bool(applied)
 
-    async def _pg_complete_many(self, completions: Sequence[Completion]) -> list[bool]:
-        # The first completion of an operation goes in the batch; a later one of the same
-        # operation is applied after it, as it would be in separate commits (it may still
-        # apply if the first was fenced out).
+    async def _first_per_operation(
+        self,
+        completions: Sequence[Completion],
+        run_batch: Callable[[Sequence[Completion]], Coroutine[Any, Any, set[str]]],
+    ) -> list[bool]:
+        """The first completion of each operation goes in the batch; a later one of the same
+        operation is applied after it, as it would be in separate commits (it may still apply
+        if the first was fenced out)."""
         first: dict[str, int] = {}
         later: list[int] = []
         for i, c in enumerate(completions):
@@ -748,7 +842,15 @@ class SqlStore:
                 later.append(i)
             else:
                 first[c.operation_id] = i
-        batch = [completions[i] for i in first.values()]
+        done = await run_batch([completions[i] for i in first.values()])
+        applied = [False] * len(completions)
+        for op_id, i in first.items():
+            applied[i] = op_id in done
+        for i in later:
+            applied[i] = bool(await run_batch([completions[i]]))
+        return applied
+
+    async def _pg_complete_many(self, batch: Sequence[Completion]) -> set[str]:
         cols: list[list[Any]] = [[] for _ in range(12)]
         cbs: list[list[Any]] = [[] for _ in _PG_CB.names]
         for c in batch:
@@ -773,13 +875,7 @@ class SqlStore:
                 for col, value in zip(cbs, _PG_CB.args(_cb_values(c.callback)), strict=True):
                     col.append(value)
         async with self._driver() as conn:
-            done = {r[0] for r in await conn.fetch(PG_COMPLETE_MANY, *cols, *cbs)}
-        applied = [False] * len(completions)
-        for op_id, i in first.items():
-            applied[i] = op_id in done
-        for i in later:
-            applied[i] = await self._pg_complete(completions[i])
-        return applied
+            return {r[0] for r in await conn.fetch(PG_COMPLETE_MANY, *cols, *cbs)}
 
     def _alembic_config(self) -> Config:
         cfg = Config()
@@ -932,18 +1028,27 @@ class SqlStore:
         return {r[0] for r in rows}
 
     async def _sqlite_start_many(self, items: Sequence[NewOperation]) -> set[str]:
-        inserted: set[str] = set()
-        claim_key = self._insert_idempotency_if_new
-        async with self._tx() as conn:
-            for op, events, keys in items:
-                if keys:
-                    claim = await conn.execute(claim_key, _idem_values(keys[0]))
-                    if claim.first() is None:
-                        continue  # taken: looked at one by one after this commit
-                await conn.execute(INSERT_OPERATION, _op_values(op))
-                await conn.execute(INSERT_EVENTS, [_event_values(e) for e in events])
-                inserted.add(op.id)
-        return inserted
+        if not items:
+            return set()
+        keys = [_SQ_IDEM.args(_idem_values(k[0])) for _, _, k in items if k]
+        async with self._sqlite_tx() as db:
+            claimed: set[str] = set()
+            if keys:
+                flat = [v for row in keys for v in row]
+                rows = await db.execute_fetchall(_sqlite_claim_keys(len(keys)), flat)
+                claimed = {r[0] for r in rows}
+            new = [(op, evs) for op, evs, k in items if not k or op.id in claimed]
+            if new:
+                await db.executemany(_SQ_OP.insert, [_SQ_OP.args(_op_values(op)) for op, _ in new])
+                await db.executemany(
+                    _SQ_EVENT.insert,
+                    [
+                        (op.id, _SQ_TS(e.at), e.kind, _SQ_JSON(e.data))
+                        for op, evs in new
+                        for e in evs
+                    ],
+                )
+        return {op.id for op, _ in new}
 
     async def _create_operation_tx(
         self, op: Operation, events: Sequence[Event], idempotency: Sequence[IdempotencyRecord]
@@ -1157,23 +1262,42 @@ class SqlStore:
     @_translate
     async def complete_many(self, completions: Sequence[Completion]) -> list[bool]:
         if self.dialect == "postgresql":
-            return await self._pg_complete_many(completions)
-        applied = [False] * len(completions)
-        async with self._tx() as conn:
-            # Row locks in id order: two replicas' batches never deadlock on each other. Two
-            # completions of one operation in a batch: the first wins, as in separate commits.
-            order = sorted(range(len(completions)), key=lambda i: completions[i].operation_id)
-            for i in order:
-                c = completions[i]
-                res = await conn.execute(COMPLETE[c.only_if_owner is not None], _complete_params(c))
-                applied[i] = bool(res.rowcount)
-            done = [c for c, ok in zip(completions, applied, strict=True) if ok]
-            if done:
-                await conn.execute(INSERT_EVENTS, [_event_values(c.event) for c in done])
-            deliveries = [_cb_values(c.callback) for c in done if c.callback is not None]
+            return await self._first_per_operation(completions, self._pg_complete_many)
+        return await self._first_per_operation(completions, self._sqlite_complete_many)
+
+    async def _sqlite_complete_many(self, batch: Sequence[Completion]) -> set[str]:
+        rows = []
+        for c in batch:
+            p = _complete_params(c)
+            rows.append(
+                (
+                    p["b_id"],
+                    p["b_state"],
+                    p["b_work"],
+                    _SQ_TS(p["b_next"]),
+                    p["b_result"],
+                    p["b_ctype"],
+                    _SQ_JSON(p["b_failure"]),
+                    _SQ_TS(p["b_at"]),
+                    p["b_owner"],
+                )
+            )
+        async with self._sqlite_tx() as db:
+            flat = [v for row in rows for v in row]
+            done = {r[0] for r in await db.execute_fetchall(_sqlite_complete_many(len(rows)), flat)}
+            closed = [c for c in batch if c.operation_id in done]
+            if closed:
+                await db.executemany(
+                    _SQ_EVENT.insert,
+                    [
+                        (c.operation_id, _SQ_TS(c.event.at), c.event.kind, _SQ_JSON(c.event.data))
+                        for c in closed
+                    ],
+                )
+            deliveries = [_SQ_CB.args(_cb_values(c.callback)) for c in closed if c.callback]
             if deliveries:
-                await conn.execute(INSERT_CALLBACK, deliveries)
-        return applied
+                await db.executemany(_SQ_CB.insert, deliveries)
+        return done
 
     @_translate
     async def redrive(self, op_id: str, now: datetime, event: Event) -> bool:
@@ -1286,14 +1410,18 @@ class SqlStore:
                     owner,
                 )
             return int(marked)
-        params = {"b_ids": list(by_id), "b_owner": owner, "b_at": at}
-        async with self._tx() as conn:
-            rows = (await conn.execute(CALLBACKS_DELIVERED, params)).all()
-            if not rows:
-                return 0
-            done = [by_id[r.id] for r in rows]
-            await conn.execute(INSERT_EVENTS, [_event_values(e) for e in done])
-        return len(rows)
+        ids = list(by_id)
+        async with self._sqlite_tx() as db:
+            rows = await db.execute_fetchall(
+                _sqlite_callbacks_delivered(len(ids)), [_SQ_TS(at), _SQ_TS(at), owner, *ids]
+            )
+            done = [by_id[r[0]] for r in rows]
+            if done:
+                await db.executemany(
+                    _SQ_EVENT.insert,
+                    [(e.operation_id, _SQ_TS(e.at), e.kind, _SQ_JSON(e.data)) for e in done],
+                )
+        return len(done)
 
     @_translate
     async def list_callbacks(self, op_id: str) -> list[CallbackDelivery]:
