@@ -27,7 +27,6 @@ from sqlalchemy import (
     Boolean,
     Column,
     Integer,
-    LargeBinary,
     String,
     Table,
     Text,
@@ -171,7 +170,6 @@ _TS = t.UTCDateTime()
 INSERT_OPERATION = insert(_o)
 INSERT_EVENTS = insert(_e)
 INSERT_IDEMPOTENCY = insert(_i)
-INSERT_CALLBACK = insert(_cb_t)
 SELECT_OPERATION = select(_o).where(_o.c.id == bindparam("b_id"))
 SELECT_IDEMPOTENCY = select(_i).where(
     _i.c.scope == bindparam("b_scope"), _i.c.key == bindparam("b_key")
@@ -259,28 +257,6 @@ def _update_running_statement(fenced: bool) -> Any:
 UPDATE_RUNNING = {True: _update_running_statement(True), False: _update_running_statement(False)}
 
 
-def _complete_statement(fenced: bool) -> Any:
-    conds = [_o.c.id == bindparam("b_id"), _o.c.state == OperationState.RUNNING.value]
-    if fenced:
-        conds.append(_o.c.lease_owner == bindparam("b_owner"))
-    return (
-        update(_o)
-        .where(*conds)
-        .values(
-            state=bindparam("b_state"),
-            work=bindparam("b_work", type_=String()),
-            next_attempt_at=bindparam("b_next", type_=_TS),
-            lease_owner=None,
-            lease_until=None,
-            result=bindparam("b_result", type_=LargeBinary()),
-            result_content_type=bindparam("b_ctype", type_=String()),
-            failure=bindparam("b_failure", type_=t.Json),
-            closed_at=bindparam("b_at", type_=_TS),
-        )
-    )
-
-
-COMPLETE = {True: _complete_statement(True), False: _complete_statement(False)}
 UPDATE_CLOSED = (
     update(_o)
     .where(
@@ -983,8 +959,12 @@ class SqlStore:
     async def create_operation(
         self, op: Operation, events: Sequence[Event], idempotency: Sequence[IdempotencyRecord]
     ) -> tuple[Operation, IdempotencyRecord | None]:
-        if self.dialect == "postgresql" and len(idempotency) <= 1:
-            if await self._pg_start(op, events, idempotency):
+        if len(idempotency) <= 1:
+            if self.dialect == "postgresql":
+                inserted = await self._pg_start(op, events, idempotency)
+            else:
+                inserted = op.id in await self._sqlite_start_many([(op, events, idempotency)])
+            if inserted:
                 return op, None
             # The key was taken: the transaction below finds (or reclaims) its operation.
         return await self._create_operation_tx(op, events, idempotency)
@@ -1250,14 +1230,7 @@ class SqlStore:
     async def complete(self, c: Completion) -> bool:
         if self.dialect == "postgresql":
             return await self._pg_complete(c)
-        async with self._tx() as conn:
-            res = await conn.execute(COMPLETE[c.only_if_owner is not None], _complete_params(c))
-            if not res.rowcount:
-                return False
-            await conn.execute(INSERT_EVENTS, [_event_values(c.event)])
-            if c.callback is not None:
-                await conn.execute(INSERT_CALLBACK, _cb_values(c.callback))
-        return True
+        return c.operation_id in await self._sqlite_complete_many([c])
 
     @_translate
     async def complete_many(self, completions: Sequence[Completion]) -> list[bool]:
