@@ -37,6 +37,7 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    literal_column,
     or_,
     select,
     text,
@@ -52,6 +53,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool
+from sqlalchemy.sql.elements import ColumnElement
 
 from gateway.domain.errors import StoreError, StoreUnavailable, UniqueViolation, WriteConflict
 from gateway.domain.model import (
@@ -165,6 +167,10 @@ def _is_connection_error(exc: DBAPIError) -> bool:
 # parameter dicts.
 
 _o, _e, _cb_t, _i = t.operations, t.events, t.callbacks, t.idempotency
+# Queries served by a partial index (migration 0004) compare with SQL literals, not bound
+# parameters: a generic prepared plan cannot prove a parameter matches the index predicate.
+_RUNNING: ColumnElement[str] = literal_column(f"'{OperationState.RUNNING.value}'")
+_PENDING: ColumnElement[str] = literal_column(f"'{DeliveryState.PENDING.value}'")
 _TS = t.UTCDateTime()
 
 INSERT_OPERATION = insert(_o)
@@ -278,7 +284,7 @@ def _claim_callbacks_statement() -> Any:
     due = (
         select(_cb_t.c.id)
         .where(
-            _cb_t.c.state == DeliveryState.PENDING.value,
+            _cb_t.c.state == _PENDING,  # a literal: the partial index applies
             _cb_t.c.next_attempt_at <= now,
             or_(_cb_t.c.lease_until.is_(None), _cb_t.c.lease_until < now),
         )
@@ -1305,7 +1311,7 @@ class SqlStore:
         o = t.operations
         q = (
             select(o)
-            .where(o.c.state == OperationState.RUNNING.value, o.c.deadline_at <= now)
+            .where(o.c.state == _RUNNING, o.c.deadline_at <= now)
             .order_by(o.c.deadline_at)
             .limit(limit)
         )
