@@ -8,8 +8,11 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import timedelta
+from typing import Any
 
 import pytest
+from alembic import command
+from sqlalchemy import inspect
 from sqlalchemy.exc import DBAPIError
 
 from gateway.domain.clock import SystemClock
@@ -475,3 +478,27 @@ async def test_sqlite_driver_errors_on_the_hot_path_become_store_errors(
     with pytest.raises(expected) as info:
         await write()
     assert type(info.value) is expected
+
+
+async def test_the_migrations_go_down_to_nothing_and_back_up(db_url: str) -> None:
+    store = SqlStore(db_url)
+    try:
+        await store.migrate()
+        cfg = store._alembic_config()
+
+        def downgrade(sync_conn: Any) -> list[str]:
+            cfg.attributes["connection"] = sync_conn
+            command.downgrade(cfg, "base")
+            return [n for n in inspect(sync_conn).get_table_names() if n.startswith("sg_")]
+
+        async with store.engine.begin() as conn:
+            assert await conn.run_sync(downgrade) == []
+        assert not await store.migrations_current()
+        await store.migrate()
+        assert await store.migrations_current()
+        now = SystemClock().now()
+        op = new_op(now)
+        await store.create_operation(op, [Event(operation_id=op.id, kind="s", at=now)], [])
+        assert await store.get_operation(op.id) == op
+    finally:
+        await store.close()
