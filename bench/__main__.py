@@ -81,6 +81,12 @@ def parser() -> argparse.ArgumentParser:
         default=1,
         help="gateway worker processes on the PostgreSQL target (SWARMGATE_WORKERS)",
     )
+    p.add_argument(
+        "--auth",
+        choices=("none", "hs256"),
+        default="none",
+        help="hs256: the gateway verifies a bearer JWT on every request, as in production",
+    )
     p.add_argument("--max-outstanding", type=int, default=1024, help="open-loop in-flight cap")
     p.add_argument("--op-timeout", type=float, default=30.0, help="per unit of work, seconds")
     p.add_argument("--pg-admin", default=PG_ADMIN, help="admin DSN for throw-away databases")
@@ -123,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         profile_dir=args.profile_dir,
         quiet=args.quiet,
         workers=max(1, args.workers),
+        auth=args.auth,
     )
     result = jsonable(asyncio.run(run(opts)))
     text = json.dumps(result, indent=2)

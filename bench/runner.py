@@ -11,12 +11,13 @@ from __future__ import annotations
 import asyncio
 import os
 import platform
+import secrets
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from bench.procs import ROOT, Child, agent_process, free_port, gateway_process, 
 from bench.profile import PySpy
 from bench.scenarios import Receiver, baseline_op, lifecycle_op, start_op
 from bench.stats import CpuMeter, median_of, median_summary, process_tree, tree_rss_kb
+from registry.auth import AuthConfig, mint_token
 
 TARGET_LIFECYCLE_PER_S = 1500.0
 TARGET_START_P50_MS = 3.0
@@ -58,6 +60,7 @@ class Options:
     profile_dir: Path | None
     quiet: bool
     workers: int = 1  # gateway processes (PostgreSQL targets)
+    auth: str = "none"  # "hs256": the gateway checks a JWT on every request
 
 
 def targets_for(db: str, sqlite_sync: tuple[str, ...]) -> tuple[dbmod.Target, ...]:
@@ -85,13 +88,24 @@ class Env:
     run_id: str
     profile_dir: Path
     max_child_s: float
+    auth_headers: dict[str, str] = field(default_factory=dict)  # --auth hs256: a bearer token
 
 
-async def quiesce(gw_url: str, timeout_s: float) -> float:
+def auth_env(env: Env) -> dict[str, str]:
+    """Gateway settings for ``--auth hs256``; the harness's bearer token goes in env."""
+    if env.opts.auth != "hs256":
+        return {}
+    secret = secrets.token_urlsafe(32)
+    cfg = AuthConfig(mode="hs256", secret=secret, issuer="swarmgate", audience="swarmgate")
+    env.auth_headers["Authorization"] = "Bearer " + mint_token(cfg, "bench", ["admin"])
+    return {"SWARMGATE_AUTH_MODE": "hs256", "SWARMGATE_JWT_SECRET": secret}
+
+
+async def quiesce(gw_url: str, timeout_s: float, headers: dict[str, str]) -> float:
     """Wait until the gateway has no running operation left; returns the seconds it took."""
     t0 = time.perf_counter()
     url = f"{gw_url}/api/operations?state=running&limit=1"
-    async with aiohttp.ClientSession() as http:
+    async with aiohttp.ClientSession(headers=headers) as http:
         while time.perf_counter() - t0 < timeout_s:
             try:
                 async with http.get(url, timeout=aiohttp.ClientTimeout(total=10)) as r:
@@ -150,7 +164,7 @@ async def run_scenario(
         cpu_pct.update(cpu.stop(time.perf_counter()))
 
     connector = aiohttp.TCPConnector(limit=limit, limit_per_host=0)
-    async with aiohttp.ClientSession(connector=connector) as http:
+    async with aiohttp.ClientSession(connector=connector, headers=env.auth_headers) as http:
         op = _make_op(env, http, scenario, gw_url, run_id)
         result: RunResult
         if mode == "closed":
@@ -182,7 +196,7 @@ async def run_scenario(
             "unexpected": env.receiver.unexpected - unexpected_before,
         }
     if scenario != "baseline":
-        summary["drain_s"] = await quiesce(gw_url, 120.0)
+        summary["drain_s"] = await quiesce(gw_url, 120.0, env.auth_headers)
     return summary
 
 
@@ -335,7 +349,10 @@ async def run_target(env: Env, target: dbmod.Target) -> dict[str, Any]:
             log=env.workdir / f"gateway-{target.name}.log",
             max_seconds=env.max_child_s,
             sqlite_synchronous=target.sqlite_synchronous,
-            extra_env={"SWARMGATE_WORKERS": str(o.workers)} if target.db == "postgresql" else {},
+            extra_env={
+                **auth_env(env),
+                **({"SWARMGATE_WORKERS": str(o.workers)} if target.db == "postgresql" else {}),
+            },
         )
         out["git_commit_at_spawn"] = _git_commit()  # other work may land during a long run
         gw.spawn()
@@ -464,12 +481,14 @@ def _meta(opts: Options) -> dict[str, Any]:
             "max_outstanding": opts.max_outstanding,
             "profile": opts.profile,
             "gateway_workers_postgresql": opts.workers,
+            "auth": opts.auth,
         },
         "layout": {
             "gateway": "subprocess: python -m bench.gwproc (gateway.cli serve + stdin watchdog)",
             "agent": "subprocess: python -m bench.agent (bare aiohttp echo, answers 200)",
             "harness": "this process: load generator + callback receiver",
-            "gateway_env": "AUTH_MODE=none ALLOW_CIDRS=127.0.0.0/8 SYNC_WAIT_S=0, else defaults",
+            "gateway_env": f"AUTH_MODE={opts.auth} ALLOW_CIDRS=127.0.0.0/8 SYNC_WAIT_S=0, "
+            "else defaults",
         },
     }
 

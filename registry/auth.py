@@ -27,7 +27,8 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Iterable
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
@@ -264,12 +265,22 @@ class _JwksKeys:
             self._next_fetch_at = self._fetched_at + self._min_refetch_s
 
 
+VERIFIED_TTL_S = 60.0
+VERIFIED_MAX = 4096
+
+
 class Verifier:
     """Turns an ``Authorization`` header into a :class:`Principal` (or HandlerError 401)."""
 
-    def __init__(self, config: AuthConfig) -> None:
+    def __init__(self, config: AuthConfig, *, clock: Callable[[], float] = time.time) -> None:
         self.config = config
+        self._clock = clock
         self._jwks = _JwksKeys(config) if config.mode == "jwks" else None
+        # Tokens already verified (a caller sends the same one on every request): the
+        # signature check costs ~50 us, the lookup nothing. An entry lasts until the token's
+        # exp, at most VERIFIED_TTL_S (a key dropped from the JWKS stops working within it).
+        self._verified: OrderedDict[str, tuple[Principal, float]] = OrderedDict()
+        self.decodes = 0
         self._options: Options = {
             "verify_signature": True,
             "require": list(REQUIRED_CLAIMS),
@@ -292,6 +303,22 @@ class Verifier:
         if cfg.mode == "none":
             return ANONYMOUS_ADMIN
         token = self._bearer(authorization_header)
+        now = self._clock()
+        hit = self._verified.get(token)
+        if hit is not None:
+            if now < hit[1]:
+                self._verified.move_to_end(token)
+                return hit[0]
+            del self._verified[token]
+        principal, exp = await self._decode(token)
+        self._verified[token] = (principal, min(exp, now + VERIFIED_TTL_S))
+        if len(self._verified) > VERIFIED_MAX:
+            self._verified.popitem(last=False)
+        return principal
+
+    async def _decode(self, token: str) -> tuple[Principal, float]:
+        cfg = self.config
+        self.decodes += 1
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
@@ -325,7 +352,7 @@ class Verifier:
         sub = claims.get("sub")
         if not isinstance(sub, str) or not sub:
             raise _unauthenticated("token lacks the sub claim")
-        return Principal(sub=sub, scopes=_scopes_from(claims))
+        return Principal(sub=sub, scopes=_scopes_from(claims)), float(claims["exp"])
 
     @staticmethod
     def _bearer(header: str | None) -> str:

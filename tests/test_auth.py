@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from gateway.domain.errors import HandlerError, HandlerErrorType
-from registry.auth import AuthConfig, Principal, Verifier, mint_token
+from registry.auth import VERIFIED_TTL_S, AuthConfig, Principal, Verifier, mint_token
 
 ISSUER = "https://issuer.test"
 AUDIENCE = "swarmgate"
@@ -127,6 +127,26 @@ async def test_a_token_expired_beyond_the_leeway_is_rejected_and_within_it_accep
     assert e.message == "token expired"
     principal = await Verifier(HS).verify(f"Bearer {hs_token(iat=now - 700, exp=now - 10)}")
     assert principal.sub == "alice"
+
+
+async def test_a_verified_token_is_served_from_memory_until_its_exp_or_a_minute() -> None:
+    clock = [time.time()]
+    verifier = Verifier(HS, clock=lambda: clock[0])
+    token = hs_token(exp=int(clock[0]) + 600)
+    first = await verifier.verify(f"Bearer {token}")
+    assert await verifier.verify(f"Bearer {token}") == first
+    assert verifier.decodes == 1
+    clock[0] += VERIFIED_TTL_S + 1  # the minute is over: checked again
+    assert await verifier.verify(f"Bearer {token}") == first
+    assert verifier.decodes == 2
+    short = hs_token(exp=int(clock[0]) + 5)
+    await verifier.verify(f"Bearer {short}")
+    clock[0] += 6  # past this token's exp: never served from memory
+    await verifier.verify(f"Bearer {short}")
+    assert verifier.decodes == 4
+    tampered = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
+    e = await rejected(verifier, f"Bearer {tampered}")
+    assert e.message == "bad token signature"
 
 
 async def test_a_token_issued_in_the_future_beyond_the_leeway_is_rejected() -> None:
