@@ -501,14 +501,15 @@ def _pg_complete_many_sql() -> str:
             AS v(id, state, work, next_at, result, ctype, failure, closed_at, owner,
                  ev_at, ev_kind, ev_data)
     ), locked AS (
-        SELECT o.id FROM {_o.name} o WHERE o.id IN (SELECT id FROM v) ORDER BY o.id FOR UPDATE
+        SELECT o.id FROM {_o.name} o WHERE o.id = ANY($1::varchar[]) ORDER BY o.id FOR UPDATE
     ), upd AS (
         UPDATE {_o.name} o
         SET state = v.state, work = v.work, next_attempt_at = v.next_at, lease_owner = NULL,
             lease_until = NULL, result = v.result, result_content_type = v.ctype,
             failure = v.failure::jsonb, closed_at = v.closed_at
         FROM v JOIN locked l ON l.id = v.id
-        WHERE o.id = v.id AND o.state = '{OperationState.RUNNING.value}'
+        WHERE o.id = ANY($1::varchar[]) AND o.id = v.id
+          AND o.state = '{OperationState.RUNNING.value}'
           AND (v.owner IS NULL OR o.lease_owner = v.owner)
         RETURNING o.id
     ), ev AS (
@@ -535,7 +536,7 @@ PG_CALLBACKS_DELIVERED = f"""
         SET state = '{DeliveryState.DELIVERED.value}', delivered_at = $5::timestamptz,
             next_attempt_at = $5::timestamptz, last_error = NULL, lease_owner = NULL,
             lease_until = NULL
-        WHERE c.id IN (SELECT id FROM d) AND c.lease_owner = $6::varchar
+        WHERE c.id = ANY($1::varchar[]) AND c.lease_owner = $6::varchar
           AND c.state = '{DeliveryState.PENDING.value}'
         RETURNING c.id, c.operation_id
     ), locked AS (
