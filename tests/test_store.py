@@ -10,6 +10,7 @@ from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
+import asyncpg
 import pytest
 from alembic import command
 from sqlalchemy import inspect
@@ -500,5 +501,87 @@ async def test_the_migrations_go_down_to_nothing_and_back_up(db_url: str) -> Non
         op = new_op(now)
         await store.create_operation(op, [Event(operation_id=op.id, kind="s", at=now)], [])
         assert await store.get_operation(op.id) == op
+    finally:
+        await store.close()
+
+
+async def test_hot_batches_stay_key_lookups_after_the_tables_grow_without_analyze(
+    pg_db: str,
+) -> None:
+    # A plan cached while the tables were empty scans them whole once they are big, and with
+    # autovacuum off no ANALYZE ever replaces it: every batch must be planned for what it is.
+    now = SystemClock().now()
+    store = SqlStore(pg_db, pool_size=2)  # one hot-path connection: every batch plans there
+    try:
+
+        async def batch(n: int) -> None:
+            ops = [new_op(now) for _ in range(2)]
+            await store.create_operations(
+                [(op, [Event(operation_id=op.id, kind="s", at=now)], []) for op in ops]
+            )
+            closing = [
+                Completion(
+                    operation_id=op.id,
+                    state=OperationState.SUCCEEDED,
+                    at=now,
+                    result=b"{}",
+                    event=Event(operation_id=op.id, kind="operation.succeeded", at=now),
+                    callback=CallbackDelivery(
+                        id=f"d-{op.id}",
+                        operation_id=op.id,
+                        url="https://caller.example/cb",
+                        headers={},
+                        body=b"{}",
+                        created_at=now,
+                        expires_at=now + timedelta(hours=1),
+                        next_attempt_at=now,
+                        attempts=1,
+                        lease_owner="w1",
+                        lease_until=now + timedelta(seconds=30),
+                    ),
+                )
+                for op in ops
+            ]
+            assert await store.complete_many(closing) == [True, True]
+            acks = [
+                Event(
+                    operation_id=op.id,
+                    kind="callback.delivered",
+                    at=now,
+                    data={"delivery_id": f"d-{op.id}"},
+                )
+                for op in ops
+            ]
+            assert await store.callbacks_delivered("w1", acks) == 2
+
+        for i in range(8):  # more than the 5 executions after which a generic plan may stick
+            await batch(i)
+        conn = await asyncpg.connect(pg_db)
+        try:
+            await conn.execute(
+                "INSERT INTO sg_operations (id, service, operation, state, caller, input,"
+                " callback_headers, links, work, attempts, next_attempt_at, created_at,"
+                " deadline_at) SELECT 'bulk-' || g, 'a', 'b', 'running', 'c', ''::bytea, '{}',"
+                " '[]', 'dispatch', 1, now(), now(), now() + interval '1 hour'"
+                " FROM generate_series(1, 20000) g"
+            )
+            await conn.execute(
+                "INSERT INTO sg_callbacks (id, operation_id, caller, url, headers, body, state,"
+                " attempts, next_attempt_at, expires_at, created_at) SELECT 'bulk-' || g,"
+                " 'bulk-' || g, 'c', 'u', '{}', ''::bytea, 'pending', 0, now(), now(), now()"
+                " FROM generate_series(1, 20000) g"
+            )
+            read = (
+                "SELECT coalesce(sum(seq_tup_read), 0) FROM pg_stat_user_tables"
+                " WHERE relname IN ('sg_operations', 'sg_callbacks')"
+            )
+            before = await conn.fetchval(read)
+            await batch(8)
+            await store.close()  # a backend reports its table statistics when it exits
+            await asyncio.sleep(0.5)
+            after = await conn.fetchval(read)
+        finally:
+            await conn.close()
+        assert after - before < 1000  # not 20,000 rows read to close two operations
     finally:
         await store.close()

@@ -501,16 +501,19 @@ def _pg_complete_many_sql() -> str:
             AS v(id, state, work, next_at, result, ctype, failure, closed_at, owner,
                  ev_at, ev_kind, ev_data)
     ), locked AS (
-        SELECT o.id FROM {_o.name} o WHERE o.id = ANY($1::varchar[]) ORDER BY o.id FOR UPDATE
+        -- by primary key only: a condition on state would let a generic plan pick the partial
+        -- index of running operations and walk all of them for every batch
+        SELECT o.id, o.state, o.lease_owner FROM {_o.name} o
+        WHERE o.id = ANY($1::varchar[]) ORDER BY o.id FOR UPDATE
     ), upd AS (
         UPDATE {_o.name} o
         SET state = v.state, work = v.work, next_attempt_at = v.next_at, lease_owner = NULL,
             lease_until = NULL, result = v.result, result_content_type = v.ctype,
             failure = v.failure::jsonb, closed_at = v.closed_at
         FROM v JOIN locked l ON l.id = v.id
-        WHERE o.id = ANY($1::varchar[]) AND o.id = v.id
-          AND o.state = '{OperationState.RUNNING.value}'
-          AND (v.owner IS NULL OR o.lease_owner = v.owner)
+        WHERE o.id = ANY($1::varchar[]) AND o.id = l.id
+          AND l.state = '{OperationState.RUNNING.value}'
+          AND (v.owner IS NULL OR l.lease_owner = v.owner)
         RETURNING o.id
     ), ev AS (
         INSERT INTO {_e.name} (operation_id, at, kind, data)
@@ -531,13 +534,18 @@ PG_CALLBACKS_DELIVERED = f"""
     WITH d AS (
         SELECT * FROM unnest($1::varchar[], $2::timestamptz[], $3::varchar[], $4::text[])
             AS d(id, at, kind, data)
+    ), mine AS (
+        -- by primary key only (see PG_COMPLETE_MANY), then checked on the locked rows
+        SELECT c.id, c.state, c.lease_owner FROM {_cb_t.name} c
+        WHERE c.id = ANY($1::varchar[]) ORDER BY c.id FOR UPDATE
     ), done AS (
         UPDATE {_cb_t.name} c
         SET state = '{DeliveryState.DELIVERED.value}', delivered_at = $5::timestamptz,
             next_attempt_at = $5::timestamptz, last_error = NULL, lease_owner = NULL,
             lease_until = NULL
-        WHERE c.id = ANY($1::varchar[]) AND c.lease_owner = $6::varchar
-          AND c.state = '{DeliveryState.PENDING.value}'
+        FROM mine m
+        WHERE c.id = ANY($1::varchar[]) AND c.id = m.id AND m.lease_owner = $6::varchar
+          AND m.state = '{DeliveryState.PENDING.value}'
         RETURNING c.id, c.operation_id
     ), locked AS (
         SELECT o.id FROM {_o.name} o WHERE o.id IN (SELECT operation_id FROM done)
@@ -653,6 +661,14 @@ class _PgLanes:
 
     def __init__(self, engine: AsyncEngine, size: int) -> None:
         args, kwargs = engine.dialect.create_connect_args(engine.url)
+        # The hot statements are prepared once per connection and planned at every execution
+        # with their actual arrays: a cached generic plan is made once, possibly while the
+        # tables are still empty and never ANALYZEd (a sequential scan), and is kept until
+        # statistics change, which without autovacuum is never. Seen: acks scanning every
+        # callback row, completions walking every running operation.
+        settings = dict(kwargs.pop("server_settings", None) or {})
+        settings.setdefault("plan_cache_mode", "force_custom_plan")
+        kwargs["server_settings"] = settings
         self._connect_args: tuple[list[Any], dict[str, Any]] = (list(args), dict(kwargs))
         self._idle: list[asyncpg.Connection] = []
         self._slots = asyncio.Semaphore(size)
@@ -712,6 +728,9 @@ class SqlStore:
                 pool_size=max(1, pool_size - lanes),
                 max_overflow=0,
                 pool_recycle=600,
+                # as on the lanes (see _PgLanes): plans from current sizes, never a cached one
+                # made while the queue tables were empty
+                connect_args={"server_settings": {"plan_cache_mode": "force_custom_plan"}},
             )
 
             self._lanes = _PgLanes(self.engine, lanes)
