@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gateway.config import Settings
 from gateway.domain.errors import ConfigError
@@ -69,6 +69,7 @@ class Supervisor:
     settings: Settings
     migrate: Callable[[Settings], None]
     stopping: bool = False
+    children: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     def _spawn(self, index: int) -> subprocess.Popen[bytes]:
         preexec = _die_with_parent if sys.platform.startswith("linux") else None
@@ -86,7 +87,6 @@ class Supervisor:
 
     def run(self) -> int:
         self.migrate(self.settings)
-        self.children: dict[int, subprocess.Popen[bytes]] = {}
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
         for i in range(self.settings.workers):
