@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -60,7 +61,7 @@ class AgentAdapter(Protocol):
 @dataclass(frozen=True, kw_only=True)
 class HttpResponse:
     status: int
-    headers: dict[str, str]
+    headers: Mapping[str, str]  # case-insensitive, as HTTP header names are
     body: bytes
 
 
