@@ -76,3 +76,54 @@ def test_bench_smoke(tmp_path: Path) -> None:
     assert target["store"]["operations"].get("succeeded", 0) > 0
     assert {"callbacks", "events", "callback_attempts"} <= set(target["store"])
     assert set(target["targets"]) and all("met" in c for c in target["targets"].values())
+
+
+def test_bench_runs_several_workers_with_jwt_checks_on_postgresql(
+    pg_template: str, tmp_path: Path
+) -> None:
+    # pg_template: PostgreSQL is reachable (skipped or failed as the other PostgreSQL tests)
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "--db",
+            "postgresql",
+            "--scenarios",
+            "lifecycle",
+            "--modes",
+            "closed",
+            "--duration",
+            "1.5",
+            "--warmup",
+            "0.3",
+            "--concurrency",
+            "8",
+            "--workers",
+            "2",
+            "--auth",
+            "hs256",
+            "--op-timeout",
+            "5",
+            "--quiet",
+            "--json",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    opts = result["meta"]["options"]
+    assert (opts["auth"], opts["gateway_workers_postgresql"]) == ("hs256", 2)
+    (target,) = result["targets"]
+    run = target["scenarios"]["lifecycle"]["closed"]
+    assert run["ok"] > 0 and run["errors"] == 0  # every start carried an accepted token
+    # the gateway's CPU is its workers' (the supervisor itself only waits)
+    assert run["cpu_pct"]["gateway"] > 10, run["cpu_pct"]
+    # the supervisor's and both workers' memory (one gateway process alone is ~90 MB)
+    assert target["gateway_rss_kb_ready"] > 150_000
