@@ -808,21 +808,7 @@ class SqlStore:
         return bool(inserted)
 
     async def _pg_complete(self, c: Completion) -> bool:
-        p = _complete_params(c)
-        args = [
-            p["b_id"],
-            p["b_state"],
-            p["b_work"],
-            p["b_next"],
-            p["b_result"],
-            p["b_ctype"],
-            _pg_json(p["b_failure"]),
-            p["b_at"],
-            p["b_owner"],
-            c.event.at,
-            c.event.kind,
-            json.dumps(c.event.data),
-        ]
+        args = _pg_completion_row(c)
         if c.callback is not None:
             args.extend(_PG_CB.args(_cb_values(c.callback)))
         async with self._driver() as conn:
@@ -856,22 +842,7 @@ class SqlStore:
         cols: list[list[Any]] = [[] for _ in range(12)]
         cbs: list[list[Any]] = [[] for _ in _PG_CB.names]
         for c in batch:
-            p = _complete_params(c)
-            row = [
-                p["b_id"],
-                p["b_state"],
-                p["b_work"],
-                p["b_next"],
-                p["b_result"],
-                p["b_ctype"],
-                _pg_json(p["b_failure"]),
-                p["b_at"],
-                p["b_owner"],
-                c.event.at,
-                c.event.kind,
-                json.dumps(c.event.data),
-            ]
-            for col, value in zip(cols, row, strict=True):
+            for col, value in zip(cols, _pg_completion_row(c), strict=True):
                 col.append(value)
             if c.callback is not None:
                 for col, value in zip(cbs, _PG_CB.args(_cb_values(c.callback)), strict=True):
@@ -1629,6 +1600,25 @@ def _complete_params(c: Completion) -> dict[str, Any]:
         "b_work": Work.CANCEL.value if c.then_cancel_agent else None,
         "b_next": c.at if c.then_cancel_agent else None,
     }
+
+
+def _pg_completion_row(c: Completion) -> list[Any]:
+    """$1..$12 of PG_COMPLETE, and one row of PG_COMPLETE_MANY's arrays."""
+    p = _complete_params(c)
+    return [
+        p["b_id"],
+        p["b_state"],
+        p["b_work"],
+        p["b_next"],
+        p["b_result"],
+        p["b_ctype"],
+        _pg_json(p["b_failure"]),
+        p["b_at"],
+        p["b_owner"],
+        c.event.at,
+        c.event.kind,
+        json.dumps(c.event.data),
+    ]
 
 
 def _op_values(op: Operation) -> dict[str, Any]:
