@@ -7,7 +7,7 @@ import sqlite3
 import uuid
 from collections.abc import Sequence
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -43,6 +43,45 @@ def new_op(now: object) -> Operation:
         created_at=now,  # type: ignore[arg-type]
         work=Work.DISPATCH,
         next_attempt_at=now,  # type: ignore[arg-type]
+    )
+
+
+def key_for(op: Operation, key: str, at: datetime, ttl_s: float = 60) -> IdempotencyRecord:
+    return IdempotencyRecord(
+        scope="alice",
+        key=key,
+        fingerprint="f",
+        operation_id=op.id,
+        created_at=at,
+        expires_at=at + timedelta(seconds=ttl_s),
+    )
+
+
+def leased_delivery(op: Operation, at: datetime, owner: str = "w1") -> CallbackDelivery:
+    """A callback outbox row as the engine inserts it: leased to the closing worker."""
+    return CallbackDelivery(
+        id=f"d-{op.id}",
+        operation_id=op.id,
+        url="https://caller.example/cb",
+        headers={},
+        body=b"{}",
+        created_at=at,
+        expires_at=at + timedelta(hours=1),
+        next_attempt_at=at,
+        attempts=1,
+        lease_owner=owner,
+        lease_until=at + timedelta(seconds=30),
+    )
+
+
+def succeeded(op: Operation, at: datetime, callback: CallbackDelivery | None = None) -> Completion:
+    return Completion(
+        operation_id=op.id,
+        state=OperationState.SUCCEEDED,
+        at=at,
+        result=b"{}",
+        event=Event(operation_id=op.id, kind="operation.succeeded", at=at),
+        callback=callback,
     )
 
 
@@ -206,15 +245,8 @@ async def test_a_taken_key_returns_the_first_operation_and_leaves_no_partial_wri
     store = SqlStore(db_url)
     await store.migrate()
 
-    def rec(key: str, op: Operation, ttl_s: float = 60) -> IdempotencyRecord:
-        return IdempotencyRecord(
-            scope="alice",
-            key=key,
-            fingerprint="f",
-            operation_id=op.id,
-            created_at=now,
-            expires_at=now + timedelta(seconds=ttl_s),
-        )
+    def rec(key: str, op: Operation) -> IdempotencyRecord:
+        return key_for(op, key, now)
 
     try:
         first = new_op(now)
@@ -233,14 +265,7 @@ async def test_a_taken_key_returns_the_first_operation_and_leaves_no_partial_wri
         assert (await store.create_operation(third, evs, [rec("key:new", third)]))[1] is None
         # An expired key is reused by the next start.
         fourth = new_op(now + timedelta(seconds=120))
-        later = IdempotencyRecord(
-            scope="alice",
-            key="rid:1",
-            fingerprint="f",
-            operation_id=fourth.id,
-            created_at=now + timedelta(seconds=120),
-            expires_at=now + timedelta(seconds=180),
-        )
+        later = key_for(fourth, "rid:1", now + timedelta(seconds=120))
         evs = [Event(operation_id=fourth.id, kind="started", at=now)]
         assert (await store.create_operation(fourth, evs, [later]))[1] is None
     finally:
@@ -359,23 +384,13 @@ async def test_batched_starts_insert_the_free_ones_and_answer_duplicates_with_th
     store = SqlStore(db_url)
     await store.migrate()
 
-    def key(name: str, op: Operation) -> IdempotencyRecord:
-        return IdempotencyRecord(
-            scope="alice",
-            key=name,
-            fingerprint="f",
-            operation_id=op.id,
-            created_at=now,
-            expires_at=now + timedelta(seconds=60),
-        )
-
     def start(*keys: str) -> tuple[Operation, list[Event], list[IdempotencyRecord]]:
         op = new_op(now)
         evs = [
             Event(operation_id=op.id, kind="operation.started", at=now),
             Event(operation_id=op.id, kind="attempt.started", at=now, data={"attempt": 1}),
         ]
-        return op, evs, [key(k, op) for k in keys]
+        return op, evs, [key_for(op, k, now) for k in keys]
 
     try:
         earlier = start("rid:old")
@@ -420,30 +435,13 @@ async def test_a_delivery_ack_counts_only_for_the_lease_holder_and_only_once(db_
     try:
         op = new_op(now)
         await store.create_operation(op, [Event(operation_id=op.id, kind="s", at=now)], [])
-        delivery = CallbackDelivery(
-            id="d-7",
-            operation_id=op.id,
-            url="https://caller.example/cb",
-            headers={},
-            body=b"{}",
-            created_at=now,
-            expires_at=now + timedelta(hours=1),
-            next_attempt_at=now,
-            attempts=1,
-            lease_owner="w1",
-            lease_until=now + timedelta(seconds=30),
-        )
-        closing = Completion(
-            operation_id=op.id,
-            state=OperationState.SUCCEEDED,
-            at=now,
-            result=b"{}",
-            event=Event(operation_id=op.id, kind="operation.succeeded", at=now),
-            callback=delivery,
-        )
-        assert await store.complete(closing)
+        delivery = leased_delivery(op, now, owner="w1")
+        assert await store.complete(succeeded(op, now, delivery))
         ack = Event(
-            operation_id=op.id, kind="callback.delivered", at=now, data={"delivery_id": "d-7"}
+            operation_id=op.id,
+            kind="callback.delivered",
+            at=now,
+            data={"delivery_id": delivery.id},
         )
         assert await store.callbacks_delivered("w2", [ack]) == 0  # not the lease holder
         assert await store.callbacks_delivered("w1", [ack]) == 1
@@ -514,34 +512,12 @@ async def test_hot_batches_stay_key_lookups_after_the_tables_grow_without_analyz
     store = SqlStore(pg_db, pool_size=2)  # one hot-path connection: every batch plans there
     try:
 
-        async def batch(n: int) -> None:
+        async def batch() -> None:
             ops = [new_op(now) for _ in range(2)]
             await store.create_operations(
                 [(op, [Event(operation_id=op.id, kind="s", at=now)], []) for op in ops]
             )
-            closing = [
-                Completion(
-                    operation_id=op.id,
-                    state=OperationState.SUCCEEDED,
-                    at=now,
-                    result=b"{}",
-                    event=Event(operation_id=op.id, kind="operation.succeeded", at=now),
-                    callback=CallbackDelivery(
-                        id=f"d-{op.id}",
-                        operation_id=op.id,
-                        url="https://caller.example/cb",
-                        headers={},
-                        body=b"{}",
-                        created_at=now,
-                        expires_at=now + timedelta(hours=1),
-                        next_attempt_at=now,
-                        attempts=1,
-                        lease_owner="w1",
-                        lease_until=now + timedelta(seconds=30),
-                    ),
-                )
-                for op in ops
-            ]
+            closing = [succeeded(op, now, leased_delivery(op, now)) for op in ops]
             assert await store.complete_many(closing) == [True, True]
             acks = [
                 Event(
@@ -554,8 +530,8 @@ async def test_hot_batches_stay_key_lookups_after_the_tables_grow_without_analyz
             ]
             assert await store.callbacks_delivered("w1", acks) == 2
 
-        for i in range(8):  # more than the 5 executions after which a generic plan may stick
-            await batch(i)
+        for _ in range(8):  # more than the 5 executions after which a generic plan may stick
+            await batch()
         conn = await asyncpg.connect(pg_db)
         try:
             await conn.execute(
@@ -576,7 +552,7 @@ async def test_hot_batches_stay_key_lookups_after_the_tables_grow_without_analyz
                 " WHERE relname IN ('sg_operations', 'sg_callbacks')"
             )
             before = await conn.fetchval(read)
-            await batch(8)
+            await batch()
             await store.close()  # a backend reports its table statistics when it exits
             await asyncio.sleep(0.5)
             after = await conn.fetchval(read)
