@@ -7,50 +7,52 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from bench.scenarios import SCENARIOS
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_bench_smoke(tmp_path: Path) -> None:
+def run_bench(tmp_path: Path, *args: str, timeout_s: float) -> tuple[str, dict[str, Any]]:
+    """``python -m bench ARGS --quiet --json F``; its table (stdout) and its JSON."""
     out = tmp_path / "bench.json"
-    t0 = time.monotonic()
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench",
-            "--db",
-            "sqlite",
-            "--sqlite-sync",
-            "NORMAL",
-            "--duration",
-            "1",
-            "--warmup",
-            "0.2",
-            "--concurrency",
-            "4",
-            "--rate",
-            "20",
-            "--op-timeout",
-            "5",
-            "--quiet",
-            "--json",
-            str(out),
-        ],
+        [sys.executable, "-m", "bench", *args, "--quiet", "--json", str(out)],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=timeout_s,
         check=False,
     )
-    elapsed = time.monotonic() - t0
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert elapsed < 30, f"smoke run took {elapsed:.1f}s"
-    assert "ratios durable/baseline" in proc.stdout  # the readable table
+    return proc.stdout, json.loads(out.read_text())
 
-    result = json.loads(out.read_text())
+
+def test_bench_smoke(tmp_path: Path) -> None:
+    t0 = time.monotonic()
+    table, result = run_bench(
+        tmp_path,
+        "--db",
+        "sqlite",
+        "--sqlite-sync",
+        "NORMAL",
+        "--duration",
+        "1",
+        "--warmup",
+        "0.2",
+        "--concurrency",
+        "4",
+        "--rate",
+        "20",
+        "--op-timeout",
+        "5",
+        timeout_s=60,
+    )
+    elapsed = time.monotonic() - t0
+    assert elapsed < 30, f"smoke run took {elapsed:.1f}s"
+    assert "ratios durable/baseline" in table  # the readable table
+
     assert result["meta"]["options"]["scenarios"] == list(SCENARIOS)
     (target,) = result["targets"]
     assert target["name"] == "sqlite-normal"
@@ -82,42 +84,28 @@ def test_bench_runs_several_workers_with_jwt_checks_on_postgresql(
     pg_template: str, tmp_path: Path
 ) -> None:
     # pg_template: PostgreSQL is reachable (skipped or failed as the other PostgreSQL tests)
-    out = tmp_path / "bench.json"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench",
-            "--db",
-            "postgresql",
-            "--scenarios",
-            "lifecycle",
-            "--modes",
-            "closed",
-            "--duration",
-            "1.5",
-            "--warmup",
-            "0.3",
-            "--concurrency",
-            "8",
-            "--workers",
-            "2",
-            "--auth",
-            "hs256",
-            "--op-timeout",
-            "5",
-            "--quiet",
-            "--json",
-            str(out),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=90,
-        check=False,
+    _, result = run_bench(
+        tmp_path,
+        "--db",
+        "postgresql",
+        "--scenarios",
+        "lifecycle",
+        "--modes",
+        "closed",
+        "--duration",
+        "1.5",
+        "--warmup",
+        "0.3",
+        "--concurrency",
+        "8",
+        "--workers",
+        "2",
+        "--auth",
+        "hs256",
+        "--op-timeout",
+        "5",
+        timeout_s=90,
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(out.read_text())
     opts = result["meta"]["options"]
     assert (opts["auth"], opts["gateway_workers_postgresql"]) == ("hs256", 2)
     (target,) = result["targets"]
