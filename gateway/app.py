@@ -66,6 +66,8 @@ async def build(settings: Settings, *, clock: Clock | None = None) -> Gateway:
         sqlite_synchronous=settings.sqlite_synchronous,
     )
     await store.migrate()
+    for warning in await store.maintenance_warnings():
+        log.warning(warning)
     secret = settings.secret or await store.get_or_create_setting(
         "completion_secret", secrets.token_urlsafe(32)
     )

@@ -561,3 +561,21 @@ async def test_hot_batches_stay_key_lookups_after_the_tables_grow_without_analyz
         assert after - before < 1000  # not 20,000 rows read to close two operations
     finally:
         await store.close()
+
+
+async def test_postgresql_without_autovacuum_is_reported_at_start(db_url: str) -> None:
+    store = SqlStore(db_url)
+    try:
+        warnings = await store.maintenance_warnings()
+        if store.dialect == "sqlite":
+            assert warnings == []
+            return
+        conn = await asyncpg.connect(db_url)
+        try:
+            autovacuum = await conn.fetchval("SELECT current_setting('autovacuum')")
+        finally:
+            await conn.close()
+        assert bool(warnings) is (autovacuum == "off")
+        assert all("VACUUM ANALYZE" in w for w in warnings)
+    finally:
+        await store.close()

@@ -886,6 +886,20 @@ class SqlStore:
         async with self.engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
 
+    @_translate
+    async def maintenance_warnings(self) -> list[str]:
+        """What in the database's own settings will hurt a long-running gateway."""
+        if self.dialect != "postgresql":
+            return []
+        async with self.engine.connect() as conn:
+            autovacuum = (await conn.execute(text("SELECT current_setting('autovacuum')"))).scalar()
+        if autovacuum == "off":
+            return [
+                "PostgreSQL autovacuum is off: every closed operation and delivered callback "
+                "leaves dead rows behind; run VACUUM ANALYZE on the sg_* tables regularly"
+            ]
+        return []
+
     async def close(self) -> None:
         if self._lanes is not None:
             await self._lanes.close()
