@@ -201,34 +201,40 @@ LOCK_OPERATIONS = (
 )
 
 
-def _claim_work_statement() -> Any:
+def _lease_due_statement(table: Table, pending: Any, **values: Any) -> Any:
+    """Lease up to ``b_limit`` rows of ``table`` that are pending and due, with no live lease,
+    oldest first, skipping rows another claimer holds; returns the leased rows."""
     now = bindparam("b_now", type_=_TS)
     due = (
-        select(_o.c.id)
+        select(table.c.id)
         .where(
-            _o.c.work.is_not(None),
-            _o.c.next_attempt_at <= now,
-            or_(_o.c.lease_until.is_(None), _o.c.lease_until < now),
+            pending,
+            table.c.next_attempt_at <= now,
+            or_(table.c.lease_until.is_(None), table.c.lease_until < now),
         )
-        .order_by(_o.c.next_attempt_at)
+        .order_by(table.c.next_attempt_at)
         .limit(bindparam("b_limit", type_=Integer()))
         .with_for_update(skip_locked=True)
     )
-    counts = and_(_o.c.work == Work.DISPATCH.value, _o.c.cancel_requested_at.is_(None))
     return (
-        update(_o)
-        .where(_o.c.id.in_(due.scalar_subquery()))
+        update(table)
+        .where(table.c.id.in_(due.scalar_subquery()))
         .values(
             lease_owner=bindparam("b_owner"),
             lease_until=bindparam("b_until", type_=_TS),
-            prev_lease_owner=_o.c.lease_owner,
-            attempts=_o.c.attempts + case((counts, 1), else_=0),
+            **values,
         )
-        .returning(*_o.c)
+        .returning(*table.c)
     )
 
 
-CLAIM_WORK = _claim_work_statement()
+_COUNTS_AS_ATTEMPT = and_(_o.c.work == Work.DISPATCH.value, _o.c.cancel_requested_at.is_(None))
+CLAIM_WORK = _lease_due_statement(
+    _o,
+    _o.c.work.is_not(None),
+    prev_lease_owner=_o.c.lease_owner,
+    attempts=_o.c.attempts + case((_COUNTS_AS_ATTEMPT, 1), else_=0),
+)
 
 
 def _update_running_statement(fenced: bool) -> Any:
@@ -279,32 +285,11 @@ UPDATE_CLOSED = (
 )
 
 
-def _claim_callbacks_statement() -> Any:
-    now = bindparam("b_now", type_=_TS)
-    due = (
-        select(_cb_t.c.id)
-        .where(
-            _cb_t.c.state == _PENDING,  # a literal: the partial index applies
-            _cb_t.c.next_attempt_at <= now,
-            or_(_cb_t.c.lease_until.is_(None), _cb_t.c.lease_until < now),
-        )
-        .order_by(_cb_t.c.next_attempt_at)
-        .limit(bindparam("b_limit", type_=Integer()))
-        .with_for_update(skip_locked=True)
-    )
-    return (
-        update(_cb_t)
-        .where(_cb_t.c.id.in_(due.scalar_subquery()))
-        .values(
-            lease_owner=bindparam("b_owner"),
-            lease_until=bindparam("b_until", type_=_TS),
-            attempts=_cb_t.c.attempts + 1,
-        )
-        .returning(*_cb_t.c)
-    )
-
-
-CLAIM_CALLBACKS = _claim_callbacks_statement()
+CLAIM_CALLBACKS = _lease_due_statement(
+    _cb_t,
+    _cb_t.c.state == _PENDING,  # a literal: the partial index applies
+    attempts=_cb_t.c.attempts + 1,
+)
 FINISH_CALLBACK = (
     update(_cb_t)
     .where(
