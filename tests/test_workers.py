@@ -7,7 +7,8 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiohttp
@@ -61,56 +62,55 @@ def echo_agent() -> AgentApp:
     return agent
 
 
-async def test_workers_share_one_port_and_each_runs_the_starts_it_takes(
-    pg_db: str, tmp_path: Path
-) -> None:
-    agent = echo_agent()
-    gw = GatewayProcess(
-        pg_db,
-        free_port(),
-        log=tmp_path / "gw.log",
-        SWARMGATE_WORKERS="2",
-        SWARMGATE_REPLICA_ID="pool",
-    )
-    async with serving_agent(agent) as agent_url:
-        await gw.start()
-        assert gw.proc is not None
-        supervisor = gw.proc.pid
-        try:
-            await until(lambda: len(children(supervisor)) == 2)
-            workers = children(supervisor)
-            owners: set[str] = set()
-            # A new connection per request: the kernel spreads connections over the workers.
-            fresh = aiohttp.TCPConnector(force_close=True)
-            async with aiohttp.ClientSession(connector=fresh) as http:
-                async with http.post(
-                    f"{gw.url}/api/agents", json=agent.spec(agent_url).to_json()
-                ) as r:
-                    assert r.status == 201
-                for i in range(40):
-                    async with http.post(f"{gw.url}/nexus/echo/say", json={"i": i}) as r:
-                        assert r.status in (200, 201), await r.text()
-                        token = r.headers["Nexus-Operation-Token"]
-                    got = await get_json(http, f"{gw.url}/api/operations/{token}/events")
-                    owners |= {
-                        e["data"]["owner"] for e in got["events"] if e["kind"] == "attempt.started"
-                    }
-                    if owners == {"pool-w0", "pool-w1"}:
-                        break
-            assert owners == {"pool-w0", "pool-w1"}
-        finally:
-            gw.terminate()
-        assert gw.proc.returncode == 0
-        assert not any(alive(p) for p in workers)  # SIGTERM reached every worker
-
-
-async def test_a_worker_that_dies_is_started_again(pg_db: str, tmp_path: Path) -> None:
-    gw = GatewayProcess(pg_db, free_port(), log=tmp_path / "gw.log", SWARMGATE_WORKERS="2")
+@asynccontextmanager
+async def two_workers(
+    pg_db: str, tmp_path: Path, **env: str
+) -> AsyncIterator[tuple[GatewayProcess, int]]:
+    """A gateway with SWARMGATE_WORKERS=2, once both workers run (and the supervisor's pid);
+    SIGTERM to the supervisor at the end."""
+    gw = GatewayProcess(pg_db, free_port(), log=tmp_path / "gw.log", SWARMGATE_WORKERS="2", **env)
     await gw.start()
     assert gw.proc is not None
     supervisor = gw.proc.pid
     try:
         await until(lambda: len(children(supervisor)) == 2)
+        yield gw, supervisor
+    finally:
+        gw.terminate()
+
+
+async def test_workers_share_one_port_and_each_runs_the_starts_it_takes(
+    pg_db: str, tmp_path: Path
+) -> None:
+    agent = echo_agent()
+    async with (
+        serving_agent(agent) as agent_url,
+        two_workers(pg_db, tmp_path, SWARMGATE_REPLICA_ID="pool") as (gw, supervisor),
+    ):
+        workers = children(supervisor)
+        owners: set[str] = set()
+        # A new connection per request: the kernel spreads connections over the workers.
+        fresh = aiohttp.TCPConnector(force_close=True)
+        async with aiohttp.ClientSession(connector=fresh) as http:
+            async with http.post(f"{gw.url}/api/agents", json=agent.spec(agent_url).to_json()) as r:
+                assert r.status == 201
+            for i in range(40):
+                async with http.post(f"{gw.url}/nexus/echo/say", json={"i": i}) as r:
+                    assert r.status in (200, 201), await r.text()
+                    token = r.headers["Nexus-Operation-Token"]
+                got = await get_json(http, f"{gw.url}/api/operations/{token}/events")
+                owners |= {
+                    e["data"]["owner"] for e in got["events"] if e["kind"] == "attempt.started"
+                }
+                if owners == {"pool-w0", "pool-w1"}:
+                    break
+        assert owners == {"pool-w0", "pool-w1"}
+    assert gw.proc is not None and gw.proc.returncode == 0
+    assert not any(alive(p) for p in workers)  # SIGTERM reached every worker
+
+
+async def test_a_worker_that_dies_is_started_again(pg_db: str, tmp_path: Path) -> None:
+    async with two_workers(pg_db, tmp_path) as (gw, supervisor):
         first = children(supervisor)
         victim = min(first)
         os.kill(victim, signal.SIGKILL)
@@ -119,9 +119,7 @@ async def test_a_worker_that_dies_is_started_again(pg_db: str, tmp_path: Path) -
         )
         async with aiohttp.ClientSession() as http:
             assert (await get_json(http, f"{gw.url}/readyz"))["status"] == "ready"
-    finally:
-        gw.terminate()
-    assert gw.proc.returncode == 0
+    assert gw.proc is not None and gw.proc.returncode == 0
 
 
 def test_workers_on_sqlite_are_refused_with_a_clear_message(tmp_path: Path) -> None:
