@@ -17,7 +17,7 @@ from aiohttp import web
 from adapters import a2a_facade
 from adapters.a2a import A2AAgentAdapter
 from adapters.http import HttpAgentAdapter
-from adapters.transport import AiohttpTransport
+from adapters.transport import HttpTransport
 from gateway import logs
 from gateway.config import Settings
 from gateway.domain.clock import Clock, SystemClock
@@ -48,7 +48,7 @@ class Gateway:
     store: SqlStore
     registry: Registry
     engine: Engine
-    transport: AiohttpTransport
+    transport: HttpTransport
     app: web.Application
     verifier: Verifier
 
@@ -72,7 +72,7 @@ async def build(settings: Settings, *, clock: Clock | None = None) -> Gateway:
         "completion_secret", secrets.token_urlsafe(32)
     )
     outbound = OutboundPolicy.from_strings(list(settings.allow_cidrs))
-    transport = AiohttpTransport(outbound)
+    transport = HttpTransport(outbound)
     registry = Registry(store, clock)
     if settings.agents_file:
         for spec in load_agents_file(settings.agents_file):

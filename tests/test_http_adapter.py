@@ -11,7 +11,7 @@ from aiohttp import web
 
 from adapters.base import DispatchRequest, OutcomeKind
 from adapters.http import HttpAgentAdapter
-from adapters.transport import AiohttpTransport
+from adapters.transport import HttpTransport
 from gateway.domain.model import Operation, OperationState, Work
 from gateway.security.netguard import OutboundPolicy
 from registry.model import AgentSpec, OperationSpec
@@ -45,7 +45,7 @@ def request(endpoint: str, timeout_s: float = 5.0) -> DispatchRequest:
 
 @pytest.fixture
 async def adapter() -> AsyncIterator[HttpAgentAdapter]:
-    transport = AiohttpTransport(OutboundPolicy.from_strings(["127.0.0.0/8"]))
+    transport = HttpTransport(OutboundPolicy.from_strings(["127.0.0.0/8"]))
     yield HttpAgentAdapter(transport)
     await transport.close()
 

@@ -9,23 +9,14 @@ land on a public address unless an operator allow-listed the range:
   metadata at 169.254.169.254), CGNAT 100.64.0.0/10, ULA fc00::/7, ``0.0.0.0`` and multicast
   are refused by default. Tests and the demo allow loopback explicitly
   (:meth:`OutboundPolicy.loopback_allowed`).
-- Names are resolved once, by :class:`ScreeningResolver`, inside aiohttp's connector. If any
-  resolved address is refused the whole name is refused (fail closed), and a DNS failure is an
-  error too. aiohttp connects to exactly the addresses the resolver returned, so the address
-  that was checked is the address that is connected to (no DNS-rebinding window).
-- aiohttp does not call the resolver for IP-literal hosts; :func:`check_url` screens those
-  (and refuses non-http(s) URLs and legacy numeric IPv4 spellings such as ``2130706433``).
+- Names are resolved once per new connection by :class:`ScreeningResolver`. If any resolved
+  address is refused the whole name is refused (fail closed), and a DNS failure is an error too.
+  The transport (:mod:`adapters.transport`) connects to exactly the addresses the resolver
+  returned, so the address that was checked is the address that is connected to (no
+  DNS-rebinding window).
+- :func:`check_url` screens IP-literal hosts without DNS (and refuses non-http(s) URLs and
+  legacy numeric IPv4 spellings such as ``2130706433``).
 - Redirects are never followed: a redirect would be a new request to a URL nobody screened.
-
-Putting it together, outbound HTTP goes through one of:
-
-- :class:`GuardedSession` (recommended): owns a session with the screening connector, runs
-  :func:`check_url` on every request and forces ``allow_redirects=False``; passing
-  ``allow_redirects=True`` or a ``proxy`` is a ``ValueError``.
-- :func:`guarded_request` on a session from :func:`make_session` / a connector from
-  :func:`make_connector`: the same checks for code that manages its own session.
-- Raw use of :func:`make_connector` (as ``adapters.transport`` does): the caller must itself
-  call :func:`check_url` before each request and pass ``allow_redirects=False``.
 
 :func:`screen_url` does the literal check plus a resolution for names; use it to reject a bad
 URL early (at registration, or when an operation is started with a callback URL). It does not
@@ -43,28 +34,19 @@ import ipaddress
 import socket
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import Any
 
-import aiohttp
 import yarl
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import ThreadedResolver
 
-if TYPE_CHECKING:
-    from aiohttp.client import _RequestContextManager
-
 __all__ = [
     "BlockedDestination",
-    "GuardedSession",
     "OutboundPolicy",
     "ScreeningResolver",
     "UnresolvableDestination",
     "check_url",
-    "guarded_request",
     "is_address_allowed",
-    "make_connector",
-    "make_session",
     "screen_url",
 ]
 
@@ -344,107 +326,3 @@ async def screen_url(
     finally:
         if resolver is None:
             await screening.close()
-
-
-def make_connector(policy: OutboundPolicy, **kwargs: Any) -> aiohttp.TCPConnector:
-    """A TCPConnector whose name resolution goes through a :class:`ScreeningResolver`.
-
-    This screens host names only: IP-literal URLs never reach a resolver, so callers must also
-    run :func:`check_url` on every URL and pass ``allow_redirects=False`` (or use
-    :class:`GuardedSession` / :func:`guarded_request`, which do both).
-    """
-    if "resolver" in kwargs:
-        raise ValueError("make_connector sets its own resolver")
-    return aiohttp.TCPConnector(resolver=ScreeningResolver(policy), **kwargs)
-
-
-def make_session(policy: OutboundPolicy, **kwargs: Any) -> aiohttp.ClientSession:
-    """A ClientSession on :func:`make_connector`, with ``trust_env=False``.
-
-    Environment proxies are ignored because a proxy would make the resolver screen the proxy's
-    address instead of the destination's. Send requests with :func:`guarded_request` (or
-    otherwise call :func:`check_url` and pass ``allow_redirects=False`` yourself).
-    ``connector_kwargs`` (a dict) is passed to the connector; other kwargs go to the session.
-    """
-    if "connector" in kwargs:
-        raise ValueError("make_session builds its own connector")
-    if kwargs.pop("trust_env", False):
-        raise ValueError("trust_env=True would route requests through unscreened proxies")
-    connector_kwargs: dict[str, Any] = kwargs.pop("connector_kwargs", None) or {}
-    return aiohttp.ClientSession(
-        connector=make_connector(policy, **connector_kwargs), trust_env=False, **kwargs
-    )
-
-
-def _guard_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
-    if kwargs.pop("allow_redirects", False):
-        raise ValueError("redirects are never followed for screened requests")
-    if kwargs.get("proxy") is not None:
-        raise ValueError("screened requests cannot go through a proxy")
-    kwargs["allow_redirects"] = False
-    return kwargs
-
-
-async def guarded_request(
-    session: aiohttp.ClientSession,
-    method: str,
-    url: str,
-    policy: OutboundPolicy,
-    **kwargs: Any,
-) -> aiohttp.ClientResponse:
-    """Send one screened request: :func:`check_url`, then ``allow_redirects=False``.
-
-    ``session`` must use a connector from :func:`make_connector` with the same policy (host
-    names are screened there). A 3xx answer is returned as is. The caller releases the
-    response (``async with await guarded_request(...) as resp:``).
-    """
-    check_url(url, policy)
-    return await session.request(method, url, **_guard_kwargs(kwargs))
-
-
-class GuardedSession:
-    """A ClientSession that only talks to screened destinations and never follows redirects.
-
-    ::
-
-        async with GuardedSession(policy, timeout=aiohttp.ClientTimeout(total=10)) as http:
-            async with http.request("POST", url, data=body) as resp:
-                ...
-
-    ``request``/``get``/``post`` raise BlockedDestination / ValueError before sending for a
-    refused IP-literal URL; for a host name aiohttp raises ``ClientConnectorDNSError`` whose
-    ``os_error`` is the BlockedDestination or UnresolvableDestination.
-    """
-
-    def __init__(self, policy: OutboundPolicy, **session_kwargs: Any) -> None:
-        self.policy = policy
-        self._session = make_session(policy, **session_kwargs)
-
-    @property
-    def closed(self) -> bool:
-        return self._session.closed
-
-    def request(self, method: str, url: str, **kwargs: Any) -> _RequestContextManager:
-        """Like ``ClientSession.request`` (usable with ``async with`` or ``await``)."""
-        check_url(url, self.policy)
-        return self._session.request(method, url, **_guard_kwargs(kwargs))
-
-    def get(self, url: str, **kwargs: Any) -> _RequestContextManager:
-        return self.request("GET", url, **kwargs)
-
-    def post(self, url: str, **kwargs: Any) -> _RequestContextManager:
-        return self.request("POST", url, **kwargs)
-
-    async def close(self) -> None:
-        await self._session.close()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
