@@ -24,12 +24,14 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from adapters.transport import HttpTransport
 from bench import db as dbmod
 from bench.load import OpFn, RunResult, closed_loop, open_loop
 from bench.procs import ROOT, Child, agent_process, free_port, gateway_process, write_agents_file
 from bench.profile import PySpy
 from bench.scenarios import Receiver, baseline_op, lifecycle_op, start_op
 from bench.stats import CpuMeter, median_of, median_summary, process_tree, tree_rss_kb
+from gateway.security.netguard import OutboundPolicy
 from registry.auth import AuthConfig, mint_token
 
 TARGET_LIFECYCLE_PER_S = 1500.0
@@ -117,17 +119,15 @@ async def quiesce(gw_url: str, timeout_s: float, headers: dict[str, str]) -> flo
     return -1.0
 
 
-def _make_op(
-    env: Env, http: aiohttp.ClientSession, scenario: str, gw_url: str, run_id: str
-) -> OpFn:
+def _make_op(env: Env, http: HttpTransport, scenario: str, gw_url: str, run_id: str) -> OpFn:
     o = env.opts
+    size, timeout_s, auth = o.payload_bytes, o.op_timeout_s, env.auth_headers
     if scenario == "baseline":
-        return baseline_op(http, env.agent_url, o.payload_bytes, o.op_timeout_s)
+        return baseline_op(http, env.agent_url, size, timeout_s)
     if scenario == "start":
-        return start_op(http, gw_url, run_id, o.payload_bytes, o.op_timeout_s)
-    return lifecycle_op(
-        http, gw_url, env.receiver, env.receiver_url, run_id, o.payload_bytes, o.op_timeout_s
-    )
+        return start_op(http, gw_url, run_id, size, timeout_s, auth)
+    receiver, receiver_url = env.receiver, env.receiver_url
+    return lifecycle_op(http, gw_url, receiver, receiver_url, run_id, size, timeout_s, auth)
 
 
 async def run_scenario(
@@ -163,8 +163,10 @@ async def run_scenario(
     def on_end() -> None:
         cpu_pct.update(cpu.stop(time.perf_counter()))
 
-    connector = aiohttp.TCPConnector(limit=limit, limit_per_host=0)
-    async with aiohttp.ClientSession(connector=connector, headers=env.auth_headers) as http:
+    # The caller's requests go through the gateway's own lean transport: a load generator on
+    # the same two cores should take as little CPU from the system under test as it can.
+    http = HttpTransport(OutboundPolicy.loopback_allowed(), limit=limit)
+    try:
         op = _make_op(env, http, scenario, gw_url, run_id)
         result: RunResult
         if mode == "closed":
@@ -186,6 +188,8 @@ async def run_scenario(
                 on_measure=on_measure,
                 on_end=on_end,
             )
+    finally:
+        await http.close()
     rss_end = tree_rss_kb(gw.pid)
     summary = result.summary()
     summary["cpu_pct"] = cpu_pct

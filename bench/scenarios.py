@@ -16,9 +16,9 @@ import time
 from dataclasses import dataclass, field
 from urllib.parse import quote
 
-import aiohttp
 from aiohttp import web
 
+from adapters.base import Transport, TransportError
 from bench.load import OpFn, Sample
 
 SCENARIOS = ("baseline", "start", "lifecycle")
@@ -65,19 +65,17 @@ def _fail(intended: float, error: str) -> Sample:
     return Sample(intended=intended, done=time.perf_counter(), ok=False, error=error)
 
 
-def baseline_op(http: aiohttp.ClientSession, agent_url: str, size: int, timeout_s: float) -> OpFn:
+def baseline_op(http: Transport, agent_url: str, size: int, timeout_s: float) -> OpFn:
     url = f"{agent_url}/echo"
     headers = {"Content-Type": "application/json"}
-    timeout = aiohttp.ClientTimeout(total=timeout_s)
 
     async def op(seq: int, intended: float) -> Sample:
         try:
-            async with http.post(
-                url, data=payload(size, seq), headers=headers, timeout=timeout
-            ) as r:
-                await r.read()
-                status = r.status
-        except (aiohttp.ClientError, TimeoutError) as exc:
+            r = await http.request(
+                "POST", url, headers=headers, body=payload(size, seq), timeout_s=timeout_s
+            )
+            status = r.status
+        except TransportError as exc:
             return _fail(intended, f"{type(exc).__name__}: {exc}")
         done = time.perf_counter()
         if status != 200:
@@ -88,20 +86,27 @@ def baseline_op(http: aiohttp.ClientSession, agent_url: str, size: int, timeout_
 
 
 def start_op(
-    http: aiohttp.ClientSession, gw_url: str, run_id: str, size: int, timeout_s: float
+    http: Transport,
+    gw_url: str,
+    run_id: str,
+    size: int,
+    timeout_s: float,
+    auth: dict[str, str],
 ) -> OpFn:
     url = f"{gw_url}/nexus/{SERVICE}/{OPERATION}"
-    timeout = aiohttp.ClientTimeout(total=timeout_s)
 
     async def op(seq: int, intended: float) -> Sample:
-        headers = {"Content-Type": "application/json", "Nexus-Request-Id": f"{run_id}-{seq}"}
+        headers = {
+            "Content-Type": "application/json",
+            "Nexus-Request-Id": f"{run_id}-{seq}",
+            **auth,
+        }
         try:
-            async with http.post(
-                url, data=payload(size, seq), headers=headers, timeout=timeout
-            ) as r:
-                await r.read()
-                status = r.status
-        except (aiohttp.ClientError, TimeoutError) as exc:
+            r = await http.request(
+                "POST", url, headers=headers, body=payload(size, seq), timeout_s=timeout_s
+            )
+            status = r.status
+        except TransportError as exc:
             return _fail(intended, f"{type(exc).__name__}: {exc}")
         done = time.perf_counter()
         if status not in (200, 201):
@@ -112,32 +117,32 @@ def start_op(
 
 
 def lifecycle_op(
-    http: aiohttp.ClientSession,
+    http: Transport,
     gw_url: str,
     receiver: Receiver,
     receiver_url: str,
     run_id: str,
     size: int,
     timeout_s: float,
+    auth: dict[str, str],
 ) -> OpFn:
     url = f"{gw_url}/nexus/{SERVICE}/{OPERATION}"
-    timeout = aiohttp.ClientTimeout(total=timeout_s)
 
     async def op(seq: int, intended: float) -> Sample:
         rid = f"{run_id}-{seq}"
-        headers = {"Content-Type": "application/json", "Nexus-Request-Id": rid}
+        headers = {"Content-Type": "application/json", "Nexus-Request-Id": rid, **auth}
         callback = quote(f"{receiver_url}/cb/{rid}", safe="")
         fut = receiver.expect(rid)
         try:
-            async with http.post(
+            r = await http.request(
+                "POST",
                 f"{url}?callback={callback}",
-                data=payload(size, seq),
                 headers=headers,
-                timeout=timeout,
-            ) as r:
-                await r.read()
-                status = r.status
-        except (aiohttp.ClientError, TimeoutError) as exc:
+                body=payload(size, seq),
+                timeout_s=timeout_s,
+            )
+            status = r.status
+        except TransportError as exc:
             receiver.pending.pop(rid, None)
             return _fail(intended, f"start {type(exc).__name__}: {exc}")
         started = time.perf_counter()
