@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 import time
 from typing import Any
@@ -109,6 +111,9 @@ class Registry:
         self.clock = clock
         self.ttl_s = ttl_s
         self._cache: dict[str, tuple[float, AgentSpec, int]] = {}
+        # One store read per name at a time: when a hot agent's entry expires, the requests
+        # that arrive meanwhile share the read instead of each making one.
+        self._reading: dict[str, asyncio.Task[tuple[AgentSpec, int] | None]] = {}
 
     async def register(self, spec: AgentSpec) -> int:
         validate_spec(spec)
@@ -128,6 +133,20 @@ class Registry:
         hit = self._cache.get(name)
         if hit is not None and time.monotonic() - hit[0] < self.ttl_s:
             return hit[1], hit[2]
+        reading = self._reading.get(name)
+        if reading is None:
+            # its own task: a caller that gives up does not cancel the read the others share
+            reading = asyncio.create_task(self._read(name), name=f"sg-registry-{name}")
+            self._reading[name] = reading
+            reading.add_done_callback(functools.partial(self._read_done, name))
+        return await asyncio.shield(reading)
+
+    def _read_done(self, name: str, task: asyncio.Task[tuple[AgentSpec, int] | None]) -> None:
+        self._reading.pop(name, None)
+        if not task.cancelled():
+            task.exception()  # retrieved here too, in case every waiter gave up
+
+    async def _read(self, name: str) -> tuple[AgentSpec, int] | None:
         found = await self.store.get_agent(name)
         if found is not None:  # misses are not cached: a new agent is visible at once
             self._cache[name] = (time.monotonic(), found[0], found[1])

@@ -9,7 +9,10 @@ from typing import Any
 
 import yaml
 
+from gateway.domain.clock import SystemClock
 from gateway.sdk.agent import AgentApp, OpContext
+from gateway.store.sqlstore import SqlStore
+from registry.service import Registry
 from tests.conftest import make_settings, running_gateway, serving_agent
 
 SCHEMA = {
@@ -150,3 +153,41 @@ async def test_an_idempotency_key_in_flight_is_409_and_expired_keys_are_purged(
         assert await gw.gw.store.purge_idempotency(far) == 1
         async with gw.http.post(f"{gw.url}/nexus/slow/work", json={}, headers=headers) as r:
             assert r.headers["Nexus-Operation-Token"] != token
+
+
+class CountingStore:
+    """The real store, with its agent reads counted."""
+
+    def __init__(self, store: SqlStore) -> None:
+        self.store = store
+        self.agent_reads = 0
+
+    async def get_agent(self, name: str) -> Any:
+        self.agent_reads += 1
+        await asyncio.sleep(0.05)  # a read that takes a while, so lookups pile up behind it
+        return await self.store.get_agent(name)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+
+async def test_lookups_of_an_expired_agent_share_one_store_read(db_url: str) -> None:
+    store = SqlStore(db_url)
+    await store.migrate()
+    counting = CountingStore(store)
+    registry = Registry(counting, SystemClock(), ttl_s=0.0)  # type: ignore[arg-type]
+    try:
+        await registry.register(typed_agent().spec("http://127.0.0.1:1"))
+        found = await asyncio.gather(*(registry.get("typed") for _ in range(20)))
+        assert [a.name if a else None for a in found] == ["typed"] * 20
+        assert counting.agent_reads == 1
+        # a caller that gives up does not take the shared read down with it
+        first = asyncio.ensure_future(registry.get("typed"))
+        second = asyncio.ensure_future(registry.get("typed"))
+        await asyncio.sleep(0.01)
+        first.cancel()
+        assert (await second) is not None
+        assert counting.agent_reads == 2
+        assert await registry.get("nobody") is None
+    finally:
+        await store.close()

@@ -238,6 +238,35 @@ async def test_group_commit_shares_transactions_and_answers_every_writer(db_url:
         await store.close()
 
 
+async def test_a_writer_that_stops_waiting_does_not_cancel_the_batch_others_wait_for(
+    db_url: str,
+) -> None:
+    now = SystemClock().now()
+    store = SqlStore(db_url)
+    await store.migrate()
+    committing = asyncio.Event()
+
+    async def slow_many(items: Sequence[Completion]) -> list[bool]:
+        committing.set()
+        await asyncio.sleep(0.1)  # the commit is under way when one writer gives up
+        return await store.complete_many(items)
+
+    try:
+        ops = [new_op(now) for _ in range(3)]
+        for op in ops:
+            await store.create_operation(op, [], [])
+        group: GroupCommit[Completion, bool] = GroupCommit(slow_many, store.complete)
+        writers = [asyncio.ensure_future(group.submit(succeeded(op, now))) for op in ops]
+        await committing.wait()
+        writers[0].cancel()
+        assert await asyncio.gather(*writers[1:]) == [True, True]
+        assert writers[0].cancelled()
+        # the writer that gave up was in the batch: its operation closed all the same
+        assert await store.count_operations() == {"succeeded": 3}
+    finally:
+        await store.close()
+
+
 async def test_a_taken_key_returns_the_first_operation_and_leaves_no_partial_write(
     db_url: str,
 ) -> None:

@@ -42,8 +42,9 @@ class GroupCommit(Generic[T, R]):
             task = asyncio.create_task(self._flush(), name="sg-group-commit")
             self._flushers.add(task)
             task.add_done_callback(self._flushers.discard)
-        # shield: a caller that gives up waiting must not cancel a commit others wait for
-        return await asyncio.shield(fut)
+        # A caller that gives up waiting cancels only its own future: the batch is committed by
+        # the flusher task, which nobody's cancellation reaches.
+        return await fut
 
     async def _flush(self) -> None:
         while self._queue:

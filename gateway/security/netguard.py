@@ -224,6 +224,10 @@ def check_url(url: str, policy: OutboundPolicy) -> None:
     pass here; the :class:`ScreeningResolver` in the connector screens them when connecting.
     """
     host, _port = _split_url(url)
+    _check_host(host, policy)
+
+
+def _check_host(host: str, policy: OutboundPolicy) -> None:
     verdict = _literal_verdict(host, policy)
     if verdict is not None:
         if not verdict:
@@ -317,7 +321,7 @@ async def screen_url(
     results are screened here. Raises ValueError, BlockedDestination or UnresolvableDestination.
     """
     host, port = _split_url(url)
-    check_url(url, policy)
+    _check_host(host, policy)
     if _literal_verdict(host, policy) is not None:
         return
     screening = ScreeningResolver(policy, resolver)
