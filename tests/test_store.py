@@ -238,6 +238,26 @@ async def test_group_commit_shares_transactions_and_answers_every_writer(db_url:
         await store.close()
 
 
+async def test_a_write_queued_just_as_the_flusher_finishes_is_still_committed() -> None:
+    done: list[int] = []
+
+    async def one(item: int) -> int:
+        done.append(item)
+        return item
+
+    async def many(items: Sequence[int]) -> list[int]:
+        done.extend(items)
+        return list(items)
+
+    group: GroupCommit[int, int] = GroupCommit(many, one)
+    assert await group.submit(1) == 1
+    # This writer woke up before the finished flusher's task was tidied away; no other writer
+    # comes after it, so nobody else would start a flusher for it.
+    async with asyncio.timeout(2.0):  # not wait_for: the write must be queued in this task
+        assert await group.submit(2) == 2
+    assert done == [1, 2]
+
+
 async def test_a_writer_that_stops_waiting_does_not_cancel_the_batch_others_wait_for(
     db_url: str,
 ) -> None:

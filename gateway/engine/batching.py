@@ -33,12 +33,17 @@ class GroupCommit(Generic[T, R]):
         self._max = max_batch
         self._concurrency = max(1, concurrency)  # batches committing at once
         self._queue: list[tuple[T, asyncio.Future[R]]] = []
-        self._flushers: set[asyncio.Task[None]] = set()
+        self._flushers: set[asyncio.Task[None]] = set()  # kept referenced while they run
+        self._flushing = 0  # flushers still inside their loop
 
     async def submit(self, item: T) -> R:
         fut: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._queue.append((item, fut))
-        if len(self._flushers) < self._concurrency:
+        # Counted by the flusher itself, not by its task's done-callback: that callback runs a
+        # loop iteration after the flusher saw an empty queue, and a write queued in between
+        # would wait for the next writer to start a flusher.
+        if self._flushing < self._concurrency:
+            self._flushing += 1
             task = asyncio.create_task(self._flush(), name="sg-group-commit")
             self._flushers.add(task)
             task.add_done_callback(self._flushers.discard)
@@ -47,6 +52,12 @@ class GroupCommit(Generic[T, R]):
         return await fut
 
     async def _flush(self) -> None:
+        try:
+            await self._drain()
+        finally:
+            self._flushing -= 1  # no await between the empty-queue check and this
+
+    async def _drain(self) -> None:
         while self._queue:
             batch, self._queue = self._queue[: self._max], self._queue[self._max :]
             if len(batch) == 1:
@@ -64,6 +75,11 @@ class GroupCommit(Generic[T, R]):
                     _fail(fut, exc)
                 if isinstance(exc, asyncio.CancelledError):
                     raise
+                continue
+            if len(results) != len(batch):  # a broken batch function must not strand writers
+                broken = RuntimeError(f"batch of {len(batch)} answered {len(results)} results")
+                for _, fut in batch:
+                    _fail(fut, broken)
                 continue
             for (_, fut), result in zip(batch, results, strict=True):
                 if not fut.done():
