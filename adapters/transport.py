@@ -68,6 +68,21 @@ def _is_header_name(name: str) -> bool:
     return _HEADER_NAME.fullmatch(name) is not None
 
 
+class _Progress:
+    """How far an exchange got, for the message when it times out."""
+
+    __slots__ = ("conn", "stage")
+
+    def __init__(self) -> None:
+        self.stage = "waiting for a free connection slot"
+        self.conn: _Connection | None = None
+
+    def __str__(self) -> str:
+        if self.conn is not None and self.conn.got_bytes:
+            return "(reading the answer)"
+        return f"({self.stage} connection)" if self.conn else f"({self.stage})"
+
+
 class _Origin:
     __slots__ = ("authorization", "host", "host_header", "key", "port", "tls")
 
@@ -107,7 +122,7 @@ class _Connection(asyncio.Protocol):
         self._headers: CIMultiDict[str] = CIMultiDict()
         self._chunks: list[bytes] = []
         self._size = 0
-        self._got_bytes = False
+        self.got_bytes = False
         self._headers_done = False
         self._framed = False
         self._error: TransportError | None = None
@@ -125,7 +140,7 @@ class _Connection(asyncio.Protocol):
         if self._waiter is None or self._waiter.done():
             self.close()  # nothing was asked: a confused or hostile peer
             return
-        self._got_bytes = True
+        self.got_bytes = True
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
@@ -143,7 +158,7 @@ class _Connection(asyncio.Protocol):
         if self._headers_done and not self._framed:  # the body ran until the connection closed
             self.keep_alive = False
             waiter.set_result((self._status, self._headers, b"".join(self._chunks)))
-        elif not self._got_bytes:
+        elif not self.got_bytes:
             waiter.set_exception(_ClosedEarly())
         else:
             waiter.set_exception(TransportError("connection closed mid-response"))
@@ -207,7 +222,7 @@ class _Connection(asyncio.Protocol):
     ) -> asyncio.Future[tuple[int, CIMultiDict[str], bytes]]:
         assert self._transport is not None
         self._reset()
-        self._got_bytes = False
+        self.got_bytes = False
         self._error = None
         self._waiter = asyncio.get_running_loop().create_future()
         if not body:
@@ -262,11 +277,13 @@ class HttpTransport:
     ) -> HttpResponse:
         origin, target = self._split(url)
         head = self._head(method, origin, target, headers, body)
+        progress = _Progress()
         try:
-            async with asyncio.timeout(timeout_s), self._slots:
-                status, resp_headers, data = await self._exchange(origin, head, body)
+            async with asyncio.timeout(timeout_s):
+                async with self._slots:
+                    status, resp_headers, data = await self._exchange(origin, head, body, progress)
         except TimeoutError as exc:
-            raise TransportError(f"timed out after {timeout_s:g}s") from exc
+            raise TransportError(f"timed out after {timeout_s:g}s {progress}") from exc
         if "Content-Encoding" in resp_headers:
             data = self._decoded(resp_headers["Content-Encoding"], data)
         return HttpResponse(status=status, headers=CIMultiDictProxy(resp_headers), body=data)
@@ -330,13 +347,16 @@ class HttpTransport:
         return "".join(lines).encode()
 
     async def _exchange(
-        self, origin: _Origin, head: bytes, body: bytes | None
+        self, origin: _Origin, head: bytes, body: bytes | None, progress: _Progress
     ) -> tuple[int, CIMultiDict[str], bytes]:
         for fresh_only in (False, True):
             conn = None if fresh_only else self._take_idle(origin.key)
             reused = conn is not None
             if conn is None:
+                progress.stage = "connecting"
                 conn = await self._connect(origin)
+            progress.stage = "waiting for the answer on a " + ("reused" if reused else "new")
+            progress.conn = conn
             try:
                 status, headers, data = await conn.send(head, body)
             except _ClosedEarly:

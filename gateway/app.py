@@ -72,7 +72,7 @@ async def build(settings: Settings, *, clock: Clock | None = None) -> Gateway:
         "completion_secret", secrets.token_urlsafe(32)
     )
     outbound = OutboundPolicy.from_strings(list(settings.allow_cidrs))
-    transport = HttpTransport(outbound)
+    transport = HttpTransport(outbound, max_response_bytes=settings.max_response_bytes)
     registry = Registry(store, clock)
     if settings.agents_file:
         for spec in load_agents_file(settings.agents_file):

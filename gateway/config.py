@@ -45,6 +45,7 @@ class Settings:
     jwt_audience: str = "swarmgate"
     secret: str | None = None
     max_body_bytes: int = 2 * 1024 * 1024
+    max_response_bytes: int = 16 * 1024 * 1024  # an agent's or receiver's answer
     max_pending_starts: int = 1000
     breaker_threshold: int = 5
     breaker_cooldown_s: float = 60.0
@@ -92,6 +93,7 @@ class Settings:
             "jwt_audience": e.get(p + "JWT_AUDIENCE") or cls.jwt_audience,
             "secret": e.get(p + "SECRET") or None,
             "max_body_bytes": int(_f(e, p + "MAX_BODY_BYTES", cls.max_body_bytes)),
+            "max_response_bytes": int(_f(e, p + "MAX_RESPONSE_BYTES", cls.max_response_bytes)),
             "max_pending_starts": int(_f(e, p + "MAX_PENDING_STARTS", cls.max_pending_starts)),
             "breaker_threshold": int(_f(e, p + "BREAKER_THRESHOLD", cls.breaker_threshold)),
             "breaker_cooldown_s": _f(e, p + "BREAKER_COOLDOWN_S", cls.breaker_cooldown_s),
