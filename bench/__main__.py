@@ -13,12 +13,13 @@ Prints a table (stdout) and writes JSON (``--json PATH``, or ``--json -`` for st
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+
+import uvloop
 
 from bench.report import render
 from bench.runner import Options, run, targets_for
@@ -131,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         workers=max(1, args.workers),
         auth=args.auth,
     )
-    result = jsonable(asyncio.run(run(opts)))
+    result = jsonable(uvloop.run(run(opts)))
     text = json.dumps(result, indent=2)
     if args.json_path == "-":
         print(text)

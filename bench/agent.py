@@ -16,6 +16,7 @@ import asyncio
 import sys
 import threading
 
+import uvloop
 from aiohttp import web
 
 
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--max-seconds", type=float, default=3600.0)
     args = parser.parse_args(argv)
-    asyncio.run(serve(args.port, args.max_seconds))
+    uvloop.run(serve(args.port, args.max_seconds))
     return 0
 
 
