@@ -138,7 +138,8 @@ def _http_date(seconds: int) -> str:
 
 
 def rfc3339_ms(dt: datetime) -> str:
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+    """UTC with milliseconds and ``Z`` (isoformat: strftime was a visible share per close)."""
+    return dt.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
 
 
 class Engine:
@@ -328,7 +329,7 @@ class Engine:
                 replay=existing,
                 idempotency_keys=tuple((r.scope, r.key) for r in idem),
             )
-        self.metrics.started.labels(req.service).inc()
+        self.metrics.child(self.metrics.started, req.service).inc()
         self._spawn(stored, agent, spec)
         return StartResult(
             operation=stored, created=True, idempotency_keys=tuple((r.scope, r.key) for r in idem)
@@ -562,8 +563,8 @@ class Engine:
         except TimeoutError:
             outcome = Outcome(kind=OutcomeKind.RETRYABLE, error="attempt timed out")
         elapsed = (self.now() - started).total_seconds()
-        self.metrics.attempts.labels(agent.name, outcome.kind.value).inc()
-        self.metrics.dispatch_seconds.labels(agent.name).observe(max(0.0, elapsed))
+        self.metrics.child(self.metrics.attempts, agent.name, outcome.kind.value).inc()
+        self.metrics.child(self.metrics.dispatch_seconds, agent.name).observe(max(0.0, elapsed))
         if outcome.kind is OutcomeKind.RETRYABLE:
             if self.breaker.failure(agent.name, self.now()):
                 self.metrics.breaker_open.labels(agent.name).set(1)
@@ -688,7 +689,7 @@ class Engine:
                     elapsed_ms=elapsed_ms,
                 )
                 return
-            self.metrics.retries.labels(op.service).inc()
+            self.metrics.child(self.metrics.retries, op.service).inc()
             nxt = backoff.next_attempt_at(
                 spec.retry, op.attempts, self.now(), outcome.retry_after_s
             )
@@ -871,8 +872,8 @@ class Engine:
                 "operation closed",
                 extra={"operation_id": op.id, "state": state.value, "event": kind},
             )
-            self.metrics.closed.labels(op.service, state.value).inc()
-            self.metrics.operation_seconds.labels(op.service, state.value).observe(
+            self.metrics.child(self.metrics.closed, op.service, state.value).inc()
+            self.metrics.child(self.metrics.operation_seconds, op.service, state.value).observe(
                 max(0.0, (now - op.created_at).total_seconds())
             )
             self._notify(op.id)
@@ -1143,7 +1144,7 @@ class Engine:
         now = self.now()
         self.metrics.callback_seconds.observe(max(0.0, (now - sent_at).total_seconds()))
         if error is None:
-            self.metrics.callbacks.labels("delivered").inc()
+            self.metrics.child(self.metrics.callbacks, "delivered").inc()
             await self._acks.submit(
                 Event(
                     operation_id=d.operation_id,
@@ -1153,7 +1154,7 @@ class Engine:
                 )
             )
             return
-        self.metrics.callbacks.labels("failed").inc()
+        self.metrics.child(self.metrics.callbacks, "failed").inc()
         nxt = backoff.next_attempt_at(self.config.callback_retry, d.attempts, now, retry_after)
         if status == 410 or permanent:
             state, kind = DeliveryState.DISABLED, "callback.disabled"
