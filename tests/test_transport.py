@@ -175,7 +175,8 @@ async def test_a_timeout_fails_retryably_and_the_late_connection_is_not_reused(
     app = web.Application()
     app.router.add_post("/{name}", slow)
     async with serving(app) as url:
-        with pytest.raises(TransportError, match=r"timed out after 0\.2s") as info:
+        stage = r"timed out after 0\.2s \(waiting for the answer on a new connection\)"
+        with pytest.raises(TransportError, match=stage) as info:
             await http.request("POST", f"{url}/slow", headers={}, body=b"", timeout_s=0.2)
         fast = await post(http, f"{url}/fast")
     assert info.value.retryable
