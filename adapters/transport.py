@@ -264,6 +264,7 @@ class HttpTransport:
         self._user_agent = user_agent
         self._origins: dict[str, _Origin] = {}
         self._idle: dict[str, list[_Connection]] = {}
+        self._next_sweep = 0.0
         self.connections_opened = 0  # for tests and metrics
 
     async def request(
@@ -393,9 +394,25 @@ class HttpTransport:
         if len(pool) >= self._max_idle:
             conn.close()
             return
-        conn.idle_since = asyncio.get_running_loop().time()
+        now = asyncio.get_running_loop().time()
+        conn.idle_since = now
         conn.pool = pool
         pool.append(conn)
+        if now >= self._next_sweep:
+            self._sweep(now)
+
+    def _sweep(self, now: float) -> None:
+        """Close connections idle longer than ``idle_s`` in every pool and forget empty pools:
+        callbacks go to many origins, most of which are never asked again."""
+        self._next_sweep = now + self._idle_s
+        oldest = now - self._idle_s
+        for key, pool in list(self._idle.items()):
+            for conn in [c for c in pool if c.idle_since < oldest or c.closed]:
+                pool.remove(conn)
+                conn.pool = None
+                conn.close()
+            if not pool:
+                del self._idle[key]
 
     async def _connect(self, origin: _Origin) -> _Connection:
         loop = asyncio.get_running_loop()

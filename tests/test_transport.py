@@ -322,3 +322,35 @@ async def test_https_checks_the_certificate_and_works_with_a_trusted_one(tmp_pat
         await untrusting.close()
         await trusting.close()
         await runner.cleanup()
+
+
+async def test_connections_idle_too_long_are_closed_and_their_pools_forgotten() -> None:
+    closed: list[str] = []
+
+    def answer_then_watch(name: str) -> Exchange:
+        async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await read_request(reader, [])
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+            if await read_request(reader, []) is None:  # the client hung up
+                closed.append(name)
+
+        return exchange
+
+    http = HttpTransport(LOOPBACK, idle_s=0.2)
+    try:
+        async with (
+            raw_server(answer_then_watch("a")) as (a, _),
+            raw_server(answer_then_watch("b")) as (b, _),
+        ):
+            await post(http, a + "/")
+            await asyncio.sleep(0.3)
+            await post(http, b + "/")  # putting this connection back sweeps the pools
+            for _ in range(50):
+                if closed:
+                    break
+                await asyncio.sleep(0.02)
+            assert closed == ["a"]
+            assert list(http._idle) == [b]
+    finally:
+        await http.close()
