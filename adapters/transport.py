@@ -80,7 +80,7 @@ class _Progress:
     def __str__(self) -> str:
         if self.conn is not None and self.conn.got_bytes:
             return "(reading the answer)"
-        return f"({self.stage} connection)" if self.conn else f"({self.stage})"
+        return f"({self.stage})"
 
 
 class _Origin:
@@ -91,9 +91,7 @@ class _Origin:
             check_url(key, policy)
             url = yarl.URL(key)
             port = url.port
-        except BlockedDestination as exc:
-            raise TransportError(f"destination refused: {exc}", retryable=False) from None
-        except ValueError as exc:
+        except (BlockedDestination, ValueError) as exc:
             raise TransportError(f"destination refused: {exc}", retryable=False) from None
         host = url.raw_host or ""
         if port is None or not host:
@@ -356,7 +354,8 @@ class HttpTransport:
             if conn is None:
                 progress.stage = "connecting"
                 conn = await self._connect(origin)
-            progress.stage = "waiting for the answer on a " + ("reused" if reused else "new")
+            kind = "reused" if reused else "new"
+            progress.stage = f"waiting for the answer on a {kind} connection"
             progress.conn = conn
             try:
                 status, headers, data = await conn.send(head, body)

@@ -33,20 +33,13 @@ class GroupCommit(Generic[T, R]):
         self._max = max_batch
         self._concurrency = max(1, concurrency)  # batches committing at once
         self._queue: list[tuple[T, asyncio.Future[R]]] = []
-        self._flushers: set[asyncio.Task[None]] = set()  # kept referenced while they run
-        self._flushing = 0  # flushers still inside their loop
+        self._flushers: set[asyncio.Task[None]] = set()  # running; also keeps them referenced
 
     async def submit(self, item: T) -> R:
         fut: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._queue.append((item, fut))
-        # Counted by the flusher itself, not by its task's done-callback: that callback runs a
-        # loop iteration after the flusher saw an empty queue, and a write queued in between
-        # would wait for the next writer to start a flusher.
-        if self._flushing < self._concurrency:
-            self._flushing += 1
-            task = asyncio.create_task(self._flush(), name="sg-group-commit")
-            self._flushers.add(task)
-            task.add_done_callback(self._flushers.discard)
+        if len(self._flushers) < self._concurrency:
+            self._flushers.add(asyncio.create_task(self._flush(), name="sg-group-commit"))
         # A caller that gives up waiting cancels only its own future: the batch is committed by
         # the flusher task, which nobody's cancellation reaches.
         return await fut
@@ -55,7 +48,12 @@ class GroupCommit(Generic[T, R]):
         try:
             await self._drain()
         finally:
-            self._flushing -= 1  # no await between the empty-queue check and this
+            # The flusher takes itself off the set, with no await after its empty-queue check:
+            # a done-callback would run a loop iteration later, and a write queued in between
+            # would see a finished flusher still counted and wait for the next writer.
+            task = asyncio.current_task()
+            if task is not None:
+                self._flushers.discard(task)
 
     async def _drain(self) -> None:
         while self._queue:
