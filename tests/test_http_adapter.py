@@ -88,5 +88,5 @@ async def test_an_agent_slower_than_the_attempt_timeout_is_a_retryable_timeout(
         outcome = await adapter.start(request(url + "/slow", timeout_s=0.3))
         took = loop.time() - t0
     assert outcome.kind is OutcomeKind.RETRYABLE
-    assert outcome.error == "timed out after 0.3s"
+    assert outcome.error == "timed out after 0.3s (waiting for the answer on a new connection)"
     assert took < 2.0
