@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 
 from gateway.sdk.agent import AgentApp, OpContext
-from tests.conftest import free_port, serving_agent
+from tests.conftest import free_port, make_settings, running_gateway, serving_agent
 from tests.helpers import FAST_RETRY
 from tests.procs import GatewayProcess, get_json
 
@@ -90,3 +90,34 @@ async def test_two_replicas_never_run_one_attempt_twice_and_take_over_a_dead_one
         finally:
             a.kill()
             b.kill()
+
+
+async def test_a_long_poll_wakes_when_another_replica_closes_the_operation(pg_db: str) -> None:
+    agent = AgentApp("slowish")
+
+    @agent.operation("work")
+    async def work(ctx: OpContext, payload: Any) -> Any:
+        await asyncio.sleep(0.5)
+        return {"done": True}
+
+    # The waiting replica re-reads the store only every 10 s: without the closure
+    # notification its long-poll would answer after 10 s, not right after the close.
+    waiting_settings = make_settings(pg_db, poll_interval_s=10.0, replica_id="waiter")
+    async with (
+        serving_agent(agent) as url,
+        running_gateway(make_settings(pg_db, sync_wait_s=0.0, replica_id="worker")) as worker,
+        running_gateway(waiting_settings) as waiter,
+    ):
+        await worker.gw.registry.register(agent.spec(url))
+        async with worker.http.post(worker.nexus("slowish", "work"), json={}) as r:
+            assert r.status == 201
+            token = (await r.json())["token"]
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        async with waiter.http.get(
+            waiter.nexus("slowish", "work") + "/result", params={"token": token, "wait": "20s"}
+        ) as r:
+            assert r.status == 200
+            assert await r.json() == {"done": True}
+        waited = loop.time() - t0
+    assert 0.3 < waited < 3.0  # the agent's 0.5 s, plus little; never the 10 s re-read

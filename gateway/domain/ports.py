@@ -6,7 +6,7 @@ Every method is one transaction. Implementations translate driver errors into
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -116,6 +116,12 @@ class Store(Protocol):
 
     async def complete_many(self, completions: Sequence[Completion]) -> list[bool]:
         """Several terminal transitions in one transaction (group commit); one result each."""
+        ...
+
+    async def listen_closed(self, on_closed: Callable[[list[str]], None]) -> None:
+        """Call ``on_closed`` with the ids of operations any replica closes, as they commit,
+        until the subscription drops (returns) or the caller is cancelled. A hint: a
+        notification may be lost, so waiters also re-read the store now and then."""
         ...
 
     async def redrive(self, op_id: str, now: datetime, event: Event) -> bool: ...

@@ -368,6 +368,7 @@ class Engine:
             asyncio.create_task(self._timeout_loop(), name="sg-timeouts"),
             asyncio.create_task(self._lease_loop(), name="sg-leases"),
             asyncio.create_task(self._housekeeping_loop(), name="sg-housekeeping"),
+            asyncio.create_task(self._closures_loop(), name="sg-closures"),
         ]
 
     async def stop(self, grace_s: float | None = None) -> None:
@@ -469,6 +470,18 @@ class Engine:
         while not self._stopping:
             await self._guarded("timeouts", self.expire_timeouts())
             await asyncio.sleep(self.config.poll_interval_s)
+
+    async def _closures_loop(self) -> None:
+        """Wake long-polls here when another replica closes their operation (a hint: they
+        re-read the store every poll interval anyway); resubscribe when the listener drops."""
+        while not self._stopping:
+            await self._guarded("closures", self.store.listen_closed(self._notify_many))
+            await asyncio.sleep(self.config.poll_interval_s)
+
+    def _notify_many(self, op_ids: Sequence[str]) -> None:
+        for op_id in op_ids:
+            if op_id in self._waiters:
+                self._notify(op_id)
 
     async def _housekeeping_loop(self) -> None:
         while not self._stopping:
@@ -940,7 +953,8 @@ class Engine:
             remaining = deadline - loop.time()
             if op is None or op.state.terminal or remaining <= 0:
                 return op
-            # Completions made by other replicas are seen by re-reading now and then.
+            # Completions by other replicas wake this through _closures_loop; re-reading now
+            # and then covers a lost notification.
             await self.wait_change(op_id, min(remaining, max(0.05, self.config.poll_interval_s)))
 
     async def wait_change(self, op_id: str, timeout_s: float) -> None:

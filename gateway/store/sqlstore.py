@@ -382,6 +382,17 @@ def _pg_start_sql(with_key: bool) -> str:
 PG_START = {False: _pg_start_sql(False), True: _pg_start_sql(True)}
 
 
+# Closing statements tell every listening replica which operations they closed, at commit
+# (NOTIFY is transactional): a long-poll waiting in another process wakes at once instead of
+# at its next re-read. One notification per statement; ids are comma-separated (a batch of
+# 128 completions is ~4.7 kB, under PostgreSQL's 8 kB payload limit). A hint only: waiters
+# still re-read the store now and then, so a lost notification costs latency, not results.
+CLOSED_CHANNEL = "swarmgate_closed"
+_NOTIFY_CLOSED = (
+    f"CASE WHEN count(*) > 0 THEN pg_notify('{CLOSED_CHANNEL}', string_agg(id, ',')) END"
+)
+
+
 def _pg_complete_sql(with_callback: bool) -> str:
     # $1 id, $2 state, $3 work, $4 next_attempt_at, $5 result, $6 content type, $7 failure,
     # $8 closed_at, $9 fence owner (NULL: unfenced), $10..$12 the event, then the callback.
@@ -410,7 +421,7 @@ def _pg_complete_sql(with_callback: bool) -> str:
         INSERT INTO {_e.name} (operation_id, at, kind, data)
         SELECT upd.id, $10::timestamptz, $11::varchar, $12::jsonb FROM upd
     )
-    SELECT count(*) FROM upd"""
+    SELECT count(*), {_NOTIFY_CLOSED} FROM upd"""
 
 
 PG_COMPLETE = {False: _pg_complete_sql(False), True: _pg_complete_sql(True)}
@@ -508,7 +519,7 @@ def _pg_complete_many_sql() -> str:
         SELECT {_select_list(_PG_CB, "c")} FROM {_unnest(_PG_CB, cb, "c")}
         JOIN upd ON upd.id = c.operation_id
     )
-    SELECT id FROM upd"""
+    SELECT array_agg(id), {_NOTIFY_CLOSED} FROM upd"""
 
 
 PG_COMPLETE_MANY = _pg_complete_many_sql()
@@ -682,6 +693,19 @@ class _PgLanes:
             with contextlib.suppress(Exception):
                 await conn.close(timeout=2)
 
+    async def listen(self, channel: str, on_payload: Callable[[str], None]) -> None:
+        """LISTEN on a connection of its own (outside the lanes' budget) until it drops or the
+        caller is cancelled; each notification's payload goes to ``on_payload``."""
+        args, kwargs = self._connect_args
+        conn = await asyncpg.connect(*args, **kwargs)
+        lost = asyncio.Event()
+        try:
+            conn.add_termination_listener(lambda _conn: lost.set())
+            await conn.add_listener(channel, lambda _c, _pid, _ch, payload: on_payload(payload))
+            await lost.wait()
+        finally:
+            conn.terminate()
+
 
 class SqlStore:
     """The Store port on SQLAlchemy Core (async)."""
@@ -833,7 +857,7 @@ class SqlStore:
                 for col, value in zip(cbs, _PG_CB.args(_cb_values(c.callback)), strict=True):
                     col.append(value)
         async with self._driver() as conn:
-            return {r[0] for r in await conn.fetch(PG_COMPLETE_MANY, *cols, *cbs)}
+            return set(await conn.fetchval(PG_COMPLETE_MANY, *cols, *cbs) or ())
 
     def _alembic_config(self) -> Config:
         cfg = Config()
@@ -889,6 +913,14 @@ class SqlStore:
         if self._lanes is not None:
             await self._lanes.close()
         await self.engine.dispose()
+
+    @_translate
+    async def listen_closed(self, on_closed: Callable[[list[str]], None]) -> None:
+        if self._lanes is None:
+            # SQLite: every writer is this process, which wakes its own waiters.
+            await asyncio.Event().wait()
+            return
+        await self._lanes.listen(CLOSED_CHANNEL, lambda payload: on_closed(payload.split(",")))
 
     @_translate
     async def get_or_create_setting(self, name: str, value: str) -> str:
