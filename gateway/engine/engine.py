@@ -480,8 +480,7 @@ class Engine:
 
     def _notify_many(self, op_ids: Sequence[str]) -> None:
         for op_id in op_ids:
-            if op_id in self._waiters:
-                self._notify(op_id)
+            self._notify(op_id)
 
     async def _housekeeping_loop(self) -> None:
         while not self._stopping:

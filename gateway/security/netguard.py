@@ -227,14 +227,17 @@ def check_url(url: str, policy: OutboundPolicy) -> None:
     _check_host(host, policy)
 
 
-def _check_host(host: str, policy: OutboundPolicy) -> None:
+def _check_host(host: str, policy: OutboundPolicy) -> bool:
+    """Raise for a refused IP literal or legacy numeric spelling; True iff ``host`` is an IP
+    literal (then nothing is left to resolve)."""
     verdict = _literal_verdict(host, policy)
     if verdict is not None:
         if not verdict:
             raise BlockedDestination(host, str(_parse_ip(host)))
-        return
+        return True
     if _legacy_ipv4(host):
         raise BlockedDestination(host, None, "numeric IPv4 host must be a dotted quad")
+    return False
 
 
 @functools.lru_cache(maxsize=4096)
@@ -321,8 +324,7 @@ async def screen_url(
     results are screened here. Raises ValueError, BlockedDestination or UnresolvableDestination.
     """
     host, port = _split_url(url)
-    _check_host(host, policy)
-    if _literal_verdict(host, policy) is not None:
+    if _check_host(host, policy):
         return
     screening = ScreeningResolver(policy, resolver)
     try:
