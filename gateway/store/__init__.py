@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.domain.ports import Store
 from gateway.store.base import SqlStore, normalize_url
 from gateway.store.memory import MemoryStore
 from gateway.store.postgres import PostgresStore
@@ -38,6 +39,11 @@ def open_store(url: str, **options: Any) -> SqlStore | MemoryStore:
     if url.startswith("memory:"):
         return MemoryStore()
     return SqlStore(url, **options)
+
+
+def _conforms(memory: MemoryStore, sql: SqlStore) -> tuple[Store, Store]:
+    """Never called: mypy checks here that both implementations satisfy the port."""
+    return memory, sql
 
 
 __all__ = [

@@ -7,6 +7,7 @@ fast unit tests must keep exactly the promises the databases keep.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -25,7 +26,7 @@ from gateway.domain.model import (
     Work,
 )
 from gateway.domain.ports import Store
-from gateway.store import MemoryStore
+from gateway.store import MemoryStore, PostgresStore, SqliteStore
 from registry.model import AgentSpec, OperationSpec
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
@@ -119,9 +120,22 @@ async def kinds(store: Store, op: Operation) -> list[str]:
 # -- the implementations ----------------------------------------------------------------------
 
 
-def test_the_memory_store_is_a_store_by_its_type() -> None:
-    store: Store = MemoryStore()  # mypy checks every method signature against the port
-    assert store is not None
+PORT_METHODS = sorted(
+    name for name, value in vars(Store).items() if inspect.iscoroutinefunction(value)
+)
+
+
+@pytest.mark.parametrize("impl", [MemoryStore, SqliteStore, PostgresStore])
+def test_every_store_has_every_port_method_with_its_signature(impl: type[Any]) -> None:
+    assert len(PORT_METHODS) > 30
+    for name in PORT_METHODS:
+        method = getattr(impl, name)
+        assert inspect.iscoroutinefunction(method), name
+        port = inspect.signature(getattr(Store, name))
+        mine = inspect.signature(method)
+        assert [(p.name, p.kind, p.default) for p in mine.parameters.values()] == [
+            (p.name, p.kind, p.default) for p in port.parameters.values()
+        ], name
 
 
 # -- lifecycle, settings, registry ------------------------------------------------------------
