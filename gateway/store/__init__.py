@@ -8,7 +8,8 @@ Where things are:
 - ``postgres.PostgresStore``: asyncpg lanes for the hot path, NOTIFY/LISTEN on closing, the
   batch (unnest) statements, the advisory-locked migration.
 - ``sqlite.SqliteStore``: WAL, ``BEGIN IMMEDIATE``, the aiosqlite batch path.
-- ``memory.MemoryStore``: the same semantics in a process, for fast unit tests.
+- ``memory.MemoryStore``: the same semantics in a process, for fast unit tests (its
+  tables and small-table methods in ``memory_records``).
 - ``rows``: row <-> dataclass mapping, generated from ``gateway.domain.model``.
 - ``errors``: driver errors -> ``gateway.domain.errors.StoreError`` subclasses.
 - ``schema``: the table definitions; ``migrations/``: the DDL history (alembic).
