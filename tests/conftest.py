@@ -165,3 +165,22 @@ async def serving(app: web.Application) -> AsyncIterator[str]:
 async def serving_agent(agent: AgentApp) -> AsyncIterator[str]:
     async with serving(agent.app) as url:
         yield url
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgresql"])
+async def port_store(request: pytest.FixtureRequest, tmp_path: Any) -> AsyncIterator[Any]:
+    """A migrated, empty store of each kind (the Store port-conformance suite runs on all)."""
+    from gateway.store import open_store
+
+    if request.param == "memory":
+        url = "memory://"
+    elif request.param == "sqlite":
+        url = f"sqlite:///{tmp_path}/swarmgate.db"
+    else:
+        url = str(request.getfixturevalue("pg_db"))
+    store = open_store(url)
+    await store.migrate()
+    try:
+        yield store
+    finally:
+        await store.close()

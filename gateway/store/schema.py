@@ -157,7 +157,19 @@ caller_secrets = Table(
     Column("rotated_at", UTCDateTime),
 )
 
+# A2A facade: durable push-notification configs (delivery reuses the callback outbox).
+a2a_push_configs = Table(
+    "sg_a2a_push_configs",
+    metadata,
+    Column("operation_id", String(64), primary_key=True),
+    Column("config_id", String(200), primary_key=True),
+    Column("config", Json, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("delivery_id", String(64)),
+)
+
 __all__ = [
+    "a2a_push_configs",
     "agents",
     "callbacks",
     "caller_secrets",

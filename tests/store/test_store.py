@@ -28,7 +28,9 @@ from gateway.domain.model import (
     Work,
 )
 from gateway.engine.batching import GroupCommit
-from gateway.store.sqlstore import SqlStore, _is_connection_error, _translate
+from gateway.store import SqlStore
+from gateway.store.errors import is_connection_error as _is_connection_error
+from gateway.store.errors import translate as _translate
 from tests.conftest import pg_admin
 
 

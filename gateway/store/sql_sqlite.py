@@ -1,0 +1,111 @@
+"""SQLite's raw SQL: connection pragmas and the group-committed batch statements.
+
+The group-committed writes (starts, completions, delivery acks) run as a handful of driver
+calls per batch on the pooled aiosqlite connection: BEGIN IMMEDIATE, one multi-row statement
+or executemany per table, COMMIT. Values get the same conversions SQLAlchemy applies (naive
+UTC datetimes as text, JSON as text), taken from the column types.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from sqlalchemy import Table
+from sqlalchemy.dialects import sqlite as sqlite_dialect
+
+from gateway.domain.model import DeliveryState, OperationState
+from gateway.store import schema as t
+
+_o, _e, _cb_t, _i = t.operations, t.events, t.callbacks, t.idempotency
+
+
+def pragmas(synchronous: str) -> list[str]:
+    """Run on every new connection (we issue BEGIN ourselves)."""
+    return [
+        "PRAGMA journal_mode=WAL",
+        f"PRAGMA synchronous={synchronous}",
+        "PRAGMA busy_timeout=30000",
+    ]
+
+
+BEGIN = "BEGIN IMMEDIATE"
+COMMIT = "COMMIT"
+ROLLBACK = "ROLLBACK"
+
+SQLITE_DIALECT = sqlite_dialect.dialect()
+
+
+class SqliteRow:
+    def __init__(self, table: Table, names: Sequence[str]) -> None:
+        self.table = table
+        self.names = tuple(names)
+        self.procs = [
+            table.c[n].type.dialect_impl(SQLITE_DIALECT).bind_processor(SQLITE_DIALECT)
+            for n in self.names
+        ]
+        self.row = "(" + ", ".join("?" * len(self.names)) + ")"
+        self.insert = f"INSERT INTO {table.name} ({', '.join(self.names)}) VALUES {self.row}"
+
+    def args(self, values: dict[str, Any]) -> tuple[Any, ...]:
+        return tuple(
+            values[n] if proc is None else proc(values[n])
+            for n, proc in zip(self.names, self.procs, strict=True)
+        )
+
+
+SQ_OP = SqliteRow(_o, [c.name for c in _o.c if c.name != "prev_lease_owner"])
+SQ_IDEM = SqliteRow(_i, [c.name for c in _i.c])
+SQ_CB = SqliteRow(_cb_t, [c.name for c in _cb_t.c])
+SQ_EVENT = SqliteRow(_e, ("operation_id", "at", "kind", "data"))
+SQ_TS: Callable[[Any], Any] = SQ_EVENT.procs[1] or (lambda v: v)
+SQ_JSON: Callable[[Any], Any] = SQ_EVENT.procs[3] or (lambda v: v)
+
+
+@functools.lru_cache(maxsize=256)
+def claim_keys(n: int) -> str:
+    return (
+        f"INSERT INTO {_i.name} ({', '.join(SQ_IDEM.names)}) VALUES "
+        + ", ".join([SQ_IDEM.row] * n)
+        + " ON CONFLICT (scope, key) DO NOTHING RETURNING operation_id"
+    )
+
+
+SQ_COMPLETE_COLS = (
+    "id",
+    "state",
+    "work",
+    "next_at",
+    "result",
+    "ctype",
+    "failure",
+    "closed_at",
+    "owner",
+)
+
+
+@functools.lru_cache(maxsize=256)
+def complete_many(n: int) -> str:
+    row = "(" + ", ".join("?" * len(SQ_COMPLETE_COLS)) + ")"
+    return f"""
+    WITH v({", ".join(SQ_COMPLETE_COLS)}) AS (VALUES {", ".join([row] * n)})
+    UPDATE {_o.name}
+    SET state = v.state, work = v.work, next_attempt_at = v.next_at, lease_owner = NULL,
+        lease_until = NULL, result = v.result, result_content_type = v.ctype,
+        failure = v.failure, closed_at = v.closed_at
+    FROM v
+    WHERE {_o.name}.id = v.id AND {_o.name}.state = '{OperationState.RUNNING.value}'
+      AND (v.owner IS NULL OR {_o.name}.lease_owner = v.owner)
+    RETURNING {_o.name}.id"""
+
+
+@functools.lru_cache(maxsize=256)
+def callbacks_delivered(n: int) -> str:
+    return f"""
+    UPDATE {_cb_t.name}
+    SET state = '{DeliveryState.DELIVERED.value}', delivered_at = ?, next_attempt_at = ?,
+        last_error = NULL, lease_owner = NULL, lease_until = NULL
+    WHERE lease_owner = ? AND state = '{DeliveryState.PENDING.value}'
+      AND id IN ({", ".join("?" * n)})
+    RETURNING id"""

@@ -1,0 +1,174 @@
+"""SQLite (aiosqlite): the embedded default. One connection in WAL mode, every write
+transaction ``BEGIN IMMEDIATE`` (writers are serialized, so no row locks are needed), and the
+group-committed writes driven on the aiosqlite connection directly. Its SQL is in
+``sql_sqlite``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Column, Insert, Table, event
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import AsyncAdaptedQueuePool
+
+from gateway.domain.model import Completion, Event
+from gateway.domain.ports import NewOperation
+from gateway.store import rows
+from gateway.store import sql_sqlite as sql
+from gateway.store.base import SqlStore
+from gateway.store.errors import translate
+
+
+class SqliteStore(SqlStore):
+    """The Store port on one SQLite file."""
+
+    dialect = "sqlite"
+
+    def __init__(self, url: str, *, pool_size: int = 20, sqlite_synchronous: str = "FULL") -> None:
+        super().__init__(url)
+        self._prepare_path()
+        self.engine = create_async_engine(
+            self.url,
+            poolclass=AsyncAdaptedQueuePool,
+            pool_size=1,
+            max_overflow=0,
+            pool_timeout=60,
+            connect_args={"timeout": 30},
+        )
+        self._install_hooks(sqlite_synchronous)
+
+    def _prepare_path(self) -> None:
+        path = self.url.split(":///", 1)[1] if ":///" in self.url else ""
+        if path and path != ":memory:":
+            Path(path).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
+
+    def _install_hooks(self, synchronous: str) -> None:
+        @event.listens_for(self.engine.sync_engine, "connect")
+        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
+            cur = dbapi_conn.cursor()
+            for pragma in sql.pragmas(synchronous):
+                cur.execute(pragma)
+            cur.close()
+
+        @event.listens_for(self.engine.sync_engine, "begin")
+        def _on_begin(conn: Connection) -> None:
+            conn.exec_driver_sql(sql.BEGIN)
+
+    def _insert_if_new(self, table: Table, keys: list[Column[Any]]) -> Insert:
+        return sqlite_insert(table).on_conflict_do_nothing(index_elements=keys)
+
+    @asynccontextmanager
+    async def _sqlite_tx(self) -> AsyncIterator[Any]:
+        """A write transaction on the pooled aiosqlite connection, driven directly."""
+        async with self.engine.connect() as conn:
+            db: Any = (await conn.get_raw_connection()).driver_connection
+            await db.execute(sql.BEGIN)
+            try:
+                yield db
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await db.execute(sql.ROLLBACK)
+                raise
+            await db.execute(sql.COMMIT)
+
+    @translate
+    async def listen_closed(self, on_closed: Callable[[list[str]], None]) -> None:
+        # Every writer is this process, which wakes its own waiters.
+        await asyncio.Event().wait()
+
+    # -- the batch path on the aiosqlite connection ------------------------------------------
+
+    async def _start_batch(self, items: Sequence[NewOperation]) -> set[str]:
+        if not items:
+            return set()
+        keys = [sql.SQ_IDEM.args(rows.IDEMPOTENCY.values(k[0])) for _, _, k in items if k]
+        async with self._sqlite_tx() as db:
+            claimed: set[str] = set()
+            if keys:
+                flat = [v for row in keys for v in row]
+                found = await db.execute_fetchall(sql.claim_keys(len(keys)), flat)
+                claimed = {r[0] for r in found}
+            new = [(op, evs) for op, evs, k in items if not k or op.id in claimed]
+            if new:
+                await db.executemany(
+                    sql.SQ_OP.insert, [sql.SQ_OP.args(rows.OPERATION.values(op)) for op, _ in new]
+                )
+                await db.executemany(
+                    sql.SQ_EVENT.insert,
+                    [
+                        (op.id, sql.SQ_TS(e.at), e.kind, sql.SQ_JSON(e.data))
+                        for op, evs in new
+                        for e in evs
+                    ],
+                )
+        return {op.id for op, _ in new}
+
+    async def _complete_batch(self, batch: Sequence[Completion]) -> set[str]:
+        values = []
+        for c in batch:
+            p = rows.completion_params(c)
+            values.append(
+                (
+                    p["b_id"],
+                    p["b_state"],
+                    p["b_work"],
+                    sql.SQ_TS(p["b_next"]),
+                    p["b_result"],
+                    p["b_ctype"],
+                    sql.SQ_JSON(p["b_failure"]),
+                    sql.SQ_TS(p["b_at"]),
+                    p["b_owner"],
+                )
+            )
+        async with self._sqlite_tx() as db:
+            flat = [v for row in values for v in row]
+            found = await db.execute_fetchall(sql.complete_many(len(values)), flat)
+            done = {r[0] for r in found}
+            closed = [c for c in batch if c.operation_id in done]
+            if closed:
+                await db.executemany(
+                    sql.SQ_EVENT.insert,
+                    [
+                        (
+                            c.operation_id,
+                            sql.SQ_TS(c.event.at),
+                            c.event.kind,
+                            sql.SQ_JSON(c.event.data),
+                        )
+                        for c in closed
+                    ],
+                )
+            deliveries = [
+                sql.SQ_CB.args(rows.CALLBACK.values(c.callback)) for c in closed if c.callback
+            ]
+            if deliveries:
+                await db.executemany(sql.SQ_CB.insert, deliveries)
+        return done
+
+    @translate
+    async def callbacks_delivered(self, owner: str, events: Sequence[Event]) -> int:
+        if not events:
+            return 0
+        by_id = {str(e.data["delivery_id"]): e for e in events}
+        at = sql.SQ_TS(max(e.at for e in events))
+        ids = list(by_id)
+        async with self._sqlite_tx() as db:
+            found = await db.execute_fetchall(
+                sql.callbacks_delivered(len(ids)), [at, at, owner, *ids]
+            )
+            done = [by_id[r[0]] for r in found]
+            if done:
+                await db.executemany(
+                    sql.SQ_EVENT.insert,
+                    [(e.operation_id, sql.SQ_TS(e.at), e.kind, sql.SQ_JSON(e.data)) for e in done],
+                )
+        return len(done)
