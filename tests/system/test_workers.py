@@ -13,8 +13,8 @@ from pathlib import Path
 
 import aiohttp
 
-from gateway.process import ROOT
 from gateway.sdk.agent import AgentApp, OpContext
+from gateway.testing import ROOT
 from tests.conftest import free_port, serving_agent
 from tests.procs import GatewayProcess, get_json
 

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
-from gateway.process import ROOT
 from gateway.sdk.client import Client
+from gateway.testing import ROOT
 from tests.conftest import free_port, serving, serving_agent
 from tests.helpers import Receiver, make_test_agent
 from tests.procs import GatewayProcess
