@@ -448,6 +448,8 @@ async def test_a_rotated_in_key_is_picked_up_once_the_rate_limit_allows(idp: Idp
     for _ in range(10):  # too soon: no refetch, the new kid is unknown
         await rejected(verifier, fresh)
     assert idp.fetches == 1
+    # The stimulus: the 0.3 s refetch limit runs out. The verifier measures it on
+    # time.monotonic (not an injectable clock), so this wait is real time.
     await asyncio.sleep(0.35)
     results = await asyncio.gather(*(verifier.verify(fresh) for _ in range(10)))
     assert {p.sub for p in results} == {"alice"}

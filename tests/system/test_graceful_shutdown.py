@@ -9,6 +9,7 @@ from typing import Any
 import aiohttp
 
 from gateway.sdk.agent import AgentApp, OpContext
+from gateway.testing import eventually
 from tests.conftest import free_port, serving_agent
 from tests.helpers import FAST_RETRY
 from tests.procs import GatewayProcess, get_json
@@ -18,10 +19,13 @@ async def test_sigterm_releases_the_leases_so_a_restart_resumes_at_once(
     db_url: str, tmp_path: Path
 ) -> None:
     agent = AgentApp("slowpoke")
+    in_flight = asyncio.Event()
 
     @agent.operation("work", retry=FAST_RETRY, attempt_timeout_s=30)
     async def work(ctx: OpContext, payload: Any) -> Any:
-        await asyncio.sleep(2.0 if ctx.attempt == 1 else 0.0)
+        if ctx.attempt == 1:
+            in_flight.set()
+            await asyncio.sleep(2.0)  # the stimulus: the first attempt is still running at SIGTERM
         return {"attempt": ctx.attempt}
 
     port = free_port()
@@ -34,17 +38,17 @@ async def test_sigterm_releases_the_leases_so_a_restart_resumes_at_once(
                 assert r.status == 201
             async with http.post(f"{gw.url}/nexus/slowpoke/work", json={}) as r:
                 token = r.headers["Nexus-Operation-Token"]
-            await asyncio.sleep(0.3)  # the first attempt is in flight at the agent
+            await asyncio.wait_for(in_flight.wait(), 10)  # the first attempt is at the agent
             gw.terminate()  # SIGTERM: stop taking work, release the lease after the grace
             assert gw.proc is not None and gw.proc.returncode == 0
             loop = asyncio.get_running_loop()
             t0 = loop.time()
             await gw.start()
-            while True:
-                op = await get_json(http, f"{gw.url}/api/operations/{token}")
-                if op["state"] != "running" or loop.time() - t0 > 20:
-                    break
-                await asyncio.sleep(0.05)
+            op = await eventually(
+                lambda: get_json(http, f"{gw.url}/api/operations/{token}"),
+                until=lambda o: o["state"] != "running",
+                timeout=20,
+            )
             assert op["state"] == "succeeded"
             assert loop.time() - t0 < 20  # far below the 60 s lease
         finally:
