@@ -23,7 +23,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import aiohttp
 
@@ -81,15 +81,39 @@ def _timed_out(
     )
 
 
+@overload
 async def eventually(
-    check: Callable[[], T | Awaitable[T]],
+    check: Callable[[], Awaitable[T]],
     *,
     until: Callable[[T], object] | None = None,
     timeout: float = 10.0,
     interval: float = 0.02,
     what: str | None = None,
     retry_on: tuple[type[BaseException], ...] = (Exception,),
-) -> T:
+) -> T: ...
+
+
+@overload
+async def eventually(
+    check: Callable[[], T],
+    *,
+    until: Callable[[T], object] | None = None,
+    timeout: float = 10.0,
+    interval: float = 0.02,
+    what: str | None = None,
+    retry_on: tuple[type[BaseException], ...] = (Exception,),
+) -> T: ...
+
+
+async def eventually(
+    check: Callable[[], Any],
+    *,
+    until: Callable[[Any], object] | None = None,
+    timeout: float = 10.0,
+    interval: float = 0.02,
+    what: str | None = None,
+    retry_on: tuple[type[BaseException], ...] = (Exception,),
+) -> Any:
     """Call ``check`` until it reports the state; return the value that did.
 
     ``check`` is a plain function or one that returns an awaitable (an ``async def`` or a
@@ -114,7 +138,7 @@ async def eventually(
                 value = await value
             last, error = value, None
             if _accepts(value, until):
-                return value  # type: ignore[return-value]
+                return value
         except retry_on as exc:
             error = exc
         if loop.time() >= deadline:
