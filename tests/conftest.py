@@ -1,5 +1,9 @@
 """Shared fixtures: throw-away databases (SQLite file or PostgreSQL cloned from a migrated
-template), a real gateway on loopback, real agents on loopback."""
+template), a real gateway on loopback, real agents on loopback.
+
+Tests live in tiers, one directory each (``tests/unit``, ``tests/store``, ``tests/integration``,
+``tests/system``); every test is marked with its tier's name, so ``pytest -m unit`` runs only
+the fast tier and ``pytest`` runs them all."""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -19,13 +24,27 @@ from aiohttp import web
 
 from gateway.app import Gateway, build
 from gateway.config import Settings
-from gateway.process import free_port
+from gateway.domain.clock import Clock
 from gateway.sdk.agent import AgentApp
 from gateway.store.sqlstore import SqlStore
+from gateway.testing import free_port
 
 PG_ADMIN = os.environ.get("SWARMGATE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 IN_CI = os.environ.get("CI", "").lower() == "true"
 LOOPBACK = ("127.0.0.0/8", "::1/128")
+TIERS = ("unit", "store", "integration", "system")
+TESTS_DIR = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test with the tier of the directory it lives in (``tests/<tier>/...``)."""
+    for item in items:
+        try:
+            parts = item.path.resolve().relative_to(TESTS_DIR).parts
+        except ValueError:
+            continue
+        if len(parts) > 1 and parts[0] in TIERS:
+            item.add_marker(getattr(pytest.mark, parts[0]))
 
 
 def _run(coro: Any) -> Any:
@@ -130,8 +149,14 @@ class Running:
 
 
 @asynccontextmanager
-async def running_gateway(settings: Settings) -> AsyncIterator[Running]:
-    gw = await build(settings)
+async def running_gateway(
+    settings: Settings, *, clock: Clock | None = None
+) -> AsyncIterator[Running]:
+    """A gateway built from ``settings`` served on loopback, its engine loops running.
+
+    ``clock`` (e.g. a ``gateway.testing.ManualClock``) replaces the system clock the engine
+    takes its decisions from: retry and breaker schedules, timeouts, leases."""
+    gw = await build(settings, clock=clock)
     runner = web.AppRunner(gw.app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port)

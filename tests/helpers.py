@@ -24,12 +24,12 @@ def make_test_agent(name: str = "worker") -> AgentApp:
 
     @agent.operation("later", mode="async", retry=FAST_RETRY)
     async def later(ctx: OpContext, payload: Any) -> Any:
-        await asyncio.sleep(float((payload or {}).get("sleep", 0.05)))
+        await asyncio.sleep(float((payload or {}).get("sleep", 0.05)))  # work that takes a while
         return {"done": payload}
 
     @agent.operation("hang", mode="async", retry=FAST_RETRY)
     async def hang(ctx: OpContext, payload: Any) -> Any:
-        await asyncio.sleep(3600)
+        await asyncio.sleep(3600)  # never finishes by itself: ended by a cancel or a timeout
         return None
 
     @agent.operation("flaky", retry=FAST_RETRY)

@@ -8,7 +8,7 @@ from typing import Any
 
 import aiohttp
 
-from gateway.process import GatewayProcess as _GatewayProcess
+from gateway.testing import GatewayProcess as _GatewayProcess
 
 
 class GatewayProcess(_GatewayProcess):

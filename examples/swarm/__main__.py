@@ -26,9 +26,9 @@ from examples.swarm.agents import (
     research_agent,
     summariser_agent,
 )
-from gateway.process import GatewayProcess, free_port
 from gateway.sdk.agent import AgentApp
 from gateway.sdk.client import Client
+from gateway.testing import GatewayProcess, free_port
 from registry.auth import AuthConfig, mint_token
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -12,6 +12,7 @@ import yaml
 from gateway.domain.clock import SystemClock
 from gateway.sdk.agent import AgentApp, OpContext
 from gateway.store.sqlstore import SqlStore
+from gateway.testing import eventually
 from registry.service import Registry
 from tests.conftest import make_settings, running_gateway, serving_agent
 
@@ -126,7 +127,7 @@ async def test_an_idempotency_key_in_flight_is_409_and_expired_keys_are_purged(
 
     @agent.operation("work")
     async def work(ctx: OpContext, payload: Any) -> Any:
-        await asyncio.sleep(0.4)
+        await asyncio.sleep(0.4)  # the stimulus: the key stays in flight meanwhile
         return {"done": True}
 
     async with (
@@ -138,8 +139,7 @@ async def test_an_idempotency_key_in_flight_is_409_and_expired_keys_are_purged(
         first = asyncio.create_task(
             gw.http.post(f"{gw.url}/nexus/slow/work", json={}, headers=headers)
         )
-        while not await gw.gw.store.list_operations():
-            await asyncio.sleep(0.01)
+        await eventually(gw.gw.store.list_operations)  # the first start holds the key
         async with gw.http.post(f"{gw.url}/nexus/slow/work", json={}, headers=headers) as r:
             assert r.status == 409
         resp = await first
@@ -184,7 +184,7 @@ async def test_lookups_of_an_expired_agent_share_one_store_read(db_url: str) -> 
         # a caller that gives up does not take the shared read down with it
         first = asyncio.ensure_future(registry.get("typed"))
         second = asyncio.ensure_future(registry.get("typed"))
-        await asyncio.sleep(0.01)
+        await eventually(lambda: counting.agent_reads == 2)  # the shared read is under way
         first.cancel()
         assert (await second) is not None
         assert counting.agent_reads == 2

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
-from gateway.process import ROOT
 from gateway.sdk.client import Client
+from gateway.testing import ROOT, eventually
 from tests.conftest import free_port, serving, serving_agent
 from tests.helpers import Receiver, make_test_agent
 from tests.procs import GatewayProcess
@@ -86,15 +86,14 @@ class Swarm:
 
     async def wait_state(self, op_id: str, states: Iterable[str], timeout: float = 15.0) -> Any:
         wanted = set(states)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
         async with self.client() as gw:
-            while True:
-                op = await gw.operation(op_id)
-                if op["state"] in wanted:
-                    return op
-                assert loop.time() < deadline, f"operation stuck in {op['state']}: {op}"
-                await asyncio.sleep(0.05)
+            return await eventually(
+                lambda: gw.operation(op_id),
+                until=lambda op: op["state"] in wanted,
+                timeout=timeout,
+                interval=0.05,
+                what=f"operation {op_id} in {sorted(wanted)}",
+            )
 
     async def start(self, operation: str, payload: Any = None, **kw: Any) -> str:
         async with self.client() as gw:
@@ -240,10 +239,10 @@ async def test_ops_list_show_and_history_describe_a_finished_operation(swarm: Sw
 async def test_ops_cancel_cancels_a_hanging_operation(swarm: Swarm) -> None:
     op_id = await swarm.start("hang")
     async with swarm.client() as gw:  # wait until the agent has accepted it
-        for _ in range(200):
-            if any(e["kind"] == "attempt.accepted" for e in await gw.history(op_id)):
-                break
-            await asyncio.sleep(0.05)
+        await eventually(
+            lambda: gw.history(op_id),
+            until=lambda events: any(e["kind"] == "attempt.accepted" for e in events),
+        )
     res = ok(await swarm.run("ops", "cancel", op_id))
     assert f"cancel requested for {op_id}" in res.out
     op = await swarm.wait_state(op_id, TERMINAL)
@@ -298,11 +297,11 @@ async def test_ops_redrive_with_callback_resends_a_disabled_callback(swarm: Swar
         op_id = await swarm.start("echo", {"n": 1}, callback=f"{cb_url}/cb")
         await swarm.wait_state(op_id, {"succeeded"})
         async with swarm.client() as gw:
-            for _ in range(300):
-                deliveries = await gw.callbacks(op_id)
-                if deliveries and deliveries[0]["state"] == "disabled":
-                    break
-                await asyncio.sleep(0.05)
+            deliveries = await eventually(
+                lambda: gw.callbacks(op_id),
+                until=lambda found: found and found[0]["state"] == "disabled",
+                timeout=15,
+            )
         assert deliveries[0]["state"] == "disabled", deliveries
         delivery_id = deliveries[0]["id"]
         shown = ok(await swarm.run("ops", "show", op_id))
@@ -312,10 +311,9 @@ async def test_ops_redrive_with_callback_resends_a_disabled_callback(swarm: Swar
         assert f"callback {delivery_id} of {op_id} redriven" in res.out
         await receiver.wait(10)
         async with swarm.client() as gw:
-            for _ in range(200):
-                if (await gw.callbacks(op_id))[0]["state"] == "delivered":
-                    break
-                await asyncio.sleep(0.05)
+            await eventually(
+                lambda: gw.callbacks(op_id), until=lambda found: found[0]["state"] == "delivered"
+            )
         kinds = [
             e["kind"]
             for e in ok(await swarm.run("ops", "history", op_id, "--json")).json()["events"]

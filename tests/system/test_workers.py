@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiohttp
 
-from gateway.process import ROOT
 from gateway.sdk.agent import AgentApp, OpContext
+from gateway.testing import ROOT, eventually
 from tests.conftest import free_port, serving_agent
 from tests.procs import GatewayProcess, get_json
 
@@ -44,14 +43,6 @@ def alive(pid: int) -> bool:
     return raw[raw.rindex(")") + 2 :].split()[0] != "Z"
 
 
-async def until(cond: Callable[[], bool], timeout_s: float = 20.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not cond():
-        assert loop.time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.05)
-
-
 def echo_agent() -> AgentApp:
     agent = AgentApp("echo")
 
@@ -73,7 +64,7 @@ async def two_workers(
     assert gw.proc is not None
     supervisor = gw.proc.pid
     try:
-        await until(lambda: len(children(supervisor)) == 2)
+        await eventually(lambda: len(children(supervisor)) == 2, timeout=20, what="2 workers")
         yield gw, supervisor
     finally:
         gw.terminate()
@@ -114,8 +105,10 @@ async def test_a_worker_that_dies_is_started_again(pg_db: str, tmp_path: Path) -
         first = children(supervisor)
         victim = min(first)
         os.kill(victim, signal.SIGKILL)
-        await until(
-            lambda: len(children(supervisor) - first) == 1 and victim not in children(supervisor)
+        await eventually(
+            lambda: len(children(supervisor) - first) == 1 and victim not in children(supervisor),
+            timeout=20,
+            what="the killed worker replaced",
         )
         async with aiohttp.ClientSession() as http:
             assert (await get_json(http, f"{gw.url}/readyz"))["status"] == "ready"

@@ -10,6 +10,7 @@ from typing import Any
 import aiohttp
 
 from gateway.sdk.agent import AgentApp, OpContext
+from gateway.testing import eventually
 from tests.conftest import free_port, serving, serving_agent
 from tests.helpers import FAST_RETRY, Receiver
 from tests.procs import GatewayProcess, get_json
@@ -17,20 +18,26 @@ from tests.procs import GatewayProcess, get_json
 N_OPS = 24
 
 
-def crash_agent() -> AgentApp:
+def crash_agent() -> tuple[AgentApp, set[str]]:
+    """The agent, and the keys of the "book" calls it is working on right now."""
     agent = AgentApp("travel")
+    booking: set[str] = set()
 
     @agent.operation("book", retry=FAST_RETRY, attempt_timeout_s=5)
     async def book(ctx: OpContext, payload: Any) -> Any:
-        await asyncio.sleep(0.4)  # long enough for the kill to land mid-dispatch
+        booking.add(ctx.key)
+        try:
+            await asyncio.sleep(0.4)  # the stimulus: long enough for the kill to land mid-dispatch
+        finally:
+            booking.discard(ctx.key)
         return {"booked": payload["n"]}
 
     @agent.operation("plan", mode="async", retry=FAST_RETRY)
     async def plan(ctx: OpContext, payload: Any) -> Any:
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.3)  # the stimulus: async work that outlives the dispatch
         return {"planned": payload["n"]}
 
-    return agent
+    return agent, booking
 
 
 async def start_all(http: aiohttp.ClientSession, base: str, cb: str) -> dict[str, str]:
@@ -76,35 +83,35 @@ async def retry_missing_starts(
 
 
 async def wait_all_terminal(http: aiohttp.ClientSession, base: str, timeout: float) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while loop.time() < deadline:
-        running = await get_json(http, f"{base}/api/operations", params={"state": "running"})
-        if not running["operations"]:
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"operations still running: {running}")
+    await eventually(
+        lambda: get_json(http, f"{base}/api/operations", params={"state": "running"}),
+        until=lambda running: not running["operations"],
+        timeout=timeout,
+        interval=0.1,
+        what="no operation running",
+    )
 
 
 async def wait_all_delivered(http: aiohttp.ClientSession, base: str, timeout: float) -> None:
     """Every operation's callback is recorded as delivered by the gateway itself."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
     ops = (await get_json(http, f"{base}/api/operations", params={"limit": 1000}))["operations"]
     pending = {o["id"] for o in ops}
-    while pending and loop.time() < deadline:
+
+    async def undelivered() -> set[str]:
         for op_id in list(pending):
             cbs = (await get_json(http, f"{base}/api/operations/{op_id}/callbacks"))["callbacks"]
             if len(cbs) == 1 and cbs[0]["state"] == "delivered":
                 pending.discard(op_id)
-        await asyncio.sleep(0.1)
+        return pending
+
+    await eventually(undelivered, until=lambda left: not left, timeout=timeout, interval=0.1)
     assert not pending, f"callbacks not delivered for {pending}"
 
 
 async def test_sigkill_mid_dispatch_and_mid_callback_loses_nothing_and_repeats_no_effect(
     db_url: str, tmp_path: Path
 ) -> None:
-    agent = crash_agent()
+    agent, booking = crash_agent()
     receiver = SlowReceiver()
     port = free_port()
     log = tmp_path / "gateway.log"
@@ -118,7 +125,9 @@ async def test_sigkill_mid_dispatch_and_mid_callback_loses_nothing_and_repeats_n
                 ) as r:
                     assert r.status == 201, await r.text()
                 tokens = await start_all(http, gw.url, cb_url)
-                await asyncio.sleep(0.2)  # sync "book" calls are in flight at the agent
+                # "book" calls are in flight at the agent (was a fixed 0.2 s sleep, which only
+                # hoped for it)
+                await eventually(lambda: booking, what="a book call in flight")
                 gw.kill()  # crash 1: mid-dispatch
                 await gw.start()
                 await retry_missing_starts(http, gw.url, cb_url, tokens)
@@ -172,7 +181,7 @@ class SlowReceiver(Receiver):
         self.by_op.setdefault(op, set()).add(request.headers.get("webhook-id", ""))
         self.counts[op] = self.counts.get(op, 0) + 1  # counted on arrival
         self.first.set()
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.3)  # the stimulus: a kill can land while the callback is held
         self.requests.append({"path": request.path, "headers": dict(request.headers), "body": body})
         assert json.loads(body)
         return web.Response(status=200)
@@ -184,8 +193,5 @@ class SlowReceiver(Receiver):
         return self.by_op.get(op_id, set())
 
     async def wait_for(self, n_ops: int, timeout: float) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while len(self.by_op) < n_ops and loop.time() < deadline:
-            await asyncio.sleep(0.05)
+        await eventually(lambda: len(self.by_op) >= n_ops, timeout=timeout, interval=0.05)
         assert len(self.by_op) >= n_ops, f"callbacks for {len(self.by_op)} of {n_ops} operations"

@@ -54,9 +54,9 @@ class Calculator(AgentExecutor):
             )
         await updater.start_work()
         if skill == "hang":
-            await asyncio.sleep(3600)
+            await asyncio.sleep(3600)  # the stimulus: works until canceled
             return
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.2)  # the stimulus: the task is "working" for a while
         part = Part()
         part.data.struct_value.update({"doubled": data["n"] * 2})
         await updater.add_artifact([part], name="answer")

@@ -22,6 +22,7 @@ from cryptography.x509.oid import NameOID
 from adapters.base import HttpResponse, TransportError
 from adapters.transport import HttpTransport
 from gateway.security.netguard import OutboundPolicy
+from gateway.testing import eventually
 from tests.conftest import free_port, serving
 
 LOOPBACK = OutboundPolicy.from_strings(["127.0.0.0/8"])
@@ -169,7 +170,7 @@ async def test_a_timeout_fails_retryably_and_the_late_connection_is_not_reused(
 ) -> None:
     async def slow(request: web.Request) -> web.Response:
         if request.path == "/slow":
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(1.0)  # the stimulus: slower than the 0.2 s timeout
         return web.Response(text="late" if request.path == "/slow" else "fast")
 
     app = web.Application()
@@ -344,12 +345,11 @@ async def test_connections_idle_too_long_are_closed_and_their_pools_forgotten() 
             raw_server(answer_then_watch("b")) as (b, _),
         ):
             await post(http, a + "/")
+            # The stimulus: a's connection idles past idle_s. The transport measures idleness
+            # on the event loop's own clock, so this wait is real time.
             await asyncio.sleep(0.3)
             await post(http, b + "/")  # putting this connection back sweeps the pools
-            for _ in range(50):
-                if closed:
-                    break
-                await asyncio.sleep(0.02)
+            await eventually(lambda: closed)
             assert closed == ["a"]
             assert list(http._idle) == [b]
     finally:

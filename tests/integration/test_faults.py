@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from gateway.domain.errors import StoreUnavailable
 from gateway.domain.ports import Store
+from gateway.testing import eventually
 from tests.conftest import make_settings, running_gateway, serving, serving_agent
 from tests.helpers import Receiver, make_test_agent
 
@@ -94,10 +94,8 @@ async def test_a_completion_whose_commit_reply_is_lost_does_not_close_the_operat
         assert closes == ["operation.succeeded"]
         callbacks = await gw.gw.store.list_callbacks(token)
         assert len(callbacks) == 1
-        for _ in range(200):  # the agent retries its completion after the 503
-            if agent.completions_sent.get(token):
-                break
-            await asyncio.sleep(0.02)
+        # the agent retries its completion after the 503
+        await eventually(lambda: agent.completions_sent.get(token))
         assert agent.completions_sent[token] == 1
         events = await gw.gw.store.list_events(token)
         assert [e.kind for e in events].count("operation.succeeded") == 1

@@ -10,6 +10,7 @@ from typing import Any
 import aiohttp
 
 from gateway.sdk.agent import AgentApp, OpContext
+from gateway.testing import eventually
 from tests.conftest import free_port, make_settings, running_gateway, serving_agent
 from tests.helpers import FAST_RETRY
 from tests.procs import GatewayProcess, get_json
@@ -25,7 +26,7 @@ def counting_agent() -> tuple[AgentApp, dict[str, Any]]:
             seen["overlaps"] += 1
         seen["inflight"].add(ctx.key)
         try:
-            await asyncio.sleep(float(payload["sleep"]))
+            await asyncio.sleep(float(payload["sleep"]))  # the stimulus: attempts take a while
         finally:
             seen["inflight"].discard(ctx.key)
         return {"n": payload["n"]}
@@ -61,17 +62,16 @@ async def test_two_replicas_never_run_one_attempt_twice_and_take_over_a_dead_one
                     f"{a.url}/nexus/counter/slow", json={"n": i, "sleep": 1.0}
                 ) as r:
                     long_tokens.append(r.headers["Nexus-Operation-Token"])
-            await asyncio.sleep(0.3)
+            # Kill A once a long attempt is in flight at the agent (was a fixed 0.3 s sleep,
+            # which only hoped for it).
+            await eventually(lambda: seen["inflight"] & set(long_tokens), what="a long attempt")
             a.kill()
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + 30
-            while loop.time() < deadline:
-                running = await get_json(
-                    http, f"{b.url}/api/operations", params={"state": "running"}
-                )
-                if not running["operations"]:
-                    break
-                await asyncio.sleep(0.1)
+            await eventually(
+                lambda: get_json(http, f"{b.url}/api/operations", params={"state": "running"}),
+                until=lambda running: not running["operations"],
+                timeout=30,
+                interval=0.1,
+            )
             ops = (await get_json(http, f"{b.url}/api/operations", params={"limit": 100}))[
                 "operations"
             ]
@@ -97,7 +97,7 @@ async def test_a_long_poll_wakes_when_another_replica_closes_the_operation(pg_db
 
     @agent.operation("work")
     async def work(ctx: OpContext, payload: Any) -> Any:
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.5)  # the stimulus: the long-poll waits while the agent works
         return {"done": True}
 
     # The waiting replica re-reads the store only every 10 s: without the closure

@@ -10,8 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.scenarios import SCENARIOS
-
-ROOT = Path(__file__).resolve().parents[1]
+from gateway.testing import ROOT
 
 
 def run_bench(tmp_path: Path, *args: str, timeout_s: float) -> tuple[str, dict[str, Any]]:

@@ -77,7 +77,7 @@ async def test_an_agent_slower_than_the_attempt_timeout_is_a_retryable_timeout(
     adapter: HttpAgentAdapter,
 ) -> None:
     async def slow(_: web.Request) -> web.Response:
-        await asyncio.sleep(2)
+        await asyncio.sleep(2)  # the stimulus: slower than the 0.3 s attempt timeout
         return web.Response(body=b"{}")
 
     app = web.Application()

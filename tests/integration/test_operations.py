@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 from gateway.security.webhooks import verify
+from gateway.testing import ManualClock, eventually
 from registry.model import OperationSpec, RetryPolicy
 from tests.conftest import Running, make_settings, running_gateway, serving, serving_agent
 from tests.helpers import FAST_RETRY, Receiver, make_test_agent, spec_with
@@ -17,10 +17,12 @@ JSON = {"Content-Type": "application/json"}
 
 
 @asynccontextmanager
-async def swarm(db_url: str, **settings: Any) -> AsyncIterator[tuple[Running, Any]]:
+async def swarm(
+    db_url: str, *, clock: ManualClock | None = None, **settings: Any
+) -> AsyncIterator[tuple[Running, Any]]:
     agent = make_test_agent()
     async with serving_agent(agent) as agent_url:
-        async with running_gateway(make_settings(db_url, **settings)) as gw:
+        async with running_gateway(make_settings(db_url, **settings), clock=clock) as gw:
             await gw.gw.registry.register(
                 spec_with(
                     agent,
@@ -36,6 +38,10 @@ async def history(gw: Running, op_id: str) -> list[dict[str, Any]]:
     async with gw.http.get(f"{gw.url}/api/operations/{op_id}/events") as r:
         assert r.status == 200
         return list((await r.json())["events"])
+
+
+async def history_kinds(gw: Running, op_id: str) -> list[str]:
+    return [e["kind"] for e in await history(gw, op_id)]
 
 
 async def test_a_sync_agent_answer_comes_back_as_200_within_the_start_request(db_url: str) -> None:
@@ -242,11 +248,9 @@ async def test_a_refused_callback_is_retried_with_the_same_delivery_id(db_url: s
         await receiver.wait()
         ids = {req["headers"]["webhook-id"] for req in receiver.requests}
         assert len(receiver.requests) == 3 and len(ids) == 1
-        for _ in range(100):  # the delivered event is written right after the 200
-            kinds = [e["kind"] for e in await history(gw, token)]
-            if "callback.delivered" in kinds:
-                break
-            await asyncio.sleep(0.02)
+        kinds = await eventually(  # the delivered event is written right after the 200
+            lambda: history_kinds(gw, token), until=lambda k: "callback.delivered" in k
+        )
         assert kinds.count("callback.failed") == 2
         assert kinds[-1] == "callback.delivered"
 
@@ -254,7 +258,8 @@ async def test_a_refused_callback_is_retried_with_the_same_delivery_id(db_url: s
 async def test_a_schedule_to_close_timeout_fails_the_operation_with_a_timeout_failure(
     db_url: str,
 ) -> None:
-    async with swarm(db_url) as (gw, _agent):
+    clock = ManualClock()  # the deadline is computed from the engine's clock: moved by hand
+    async with swarm(db_url, clock=clock) as (gw, _agent):
         await gw.gw.registry.register(
             spec_with(
                 _agent,
@@ -267,6 +272,10 @@ async def test_a_schedule_to_close_timeout_fails_the_operation_with_a_timeout_fa
         ) as r:
             assert r.status == 201
             token = (await r.json())["token"]
+        # On the real clock the 300 ms deadline raced the agent's acceptance; here the
+        # deadline passes only once the agent holds the work.
+        await eventually(lambda: history_kinds(gw, token), until=lambda k: "attempt.accepted" in k)
+        clock.advance(0.5)
         async with gw.http.get(
             gw.nexus("worker", "hang") + "/result", params={"token": token, "wait": "5s"}
         ) as r:
@@ -275,11 +284,9 @@ async def test_a_schedule_to_close_timeout_fails_the_operation_with_a_timeout_fa
         assert "timed out" in failure["message"]
         assert failure["cause"]["metadata"]["type"] == "TimeoutError"
         # The agent had accepted the work: it is told to stop, so it spends nothing more.
-        for _ in range(200):
-            kinds = [e["kind"] for e in await history(gw, token)]
-            if "cancel.sent" in kinds:
-                break
-            await asyncio.sleep(0.02)
+        kinds = await eventually(
+            lambda: history_kinds(gw, token), until=lambda k: "cancel.sent" in k
+        )
         assert kinds[-2:] == ["operation.timed_out", "cancel.sent"]
         assert _agent.canceled == [token]
         op = await gw.gw.store.get_operation(token)

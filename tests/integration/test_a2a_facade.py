@@ -3,7 +3,6 @@ JSON-RPC, against a real gateway with a real AgentApp agent behind it."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -28,6 +27,7 @@ from google.protobuf.json_format import MessageToDict
 from google.protobuf.struct_pb2 import Struct
 
 from gateway.config import Settings
+from gateway.testing import eventually
 from tests.conftest import (
     Running,
     make_settings,
@@ -77,13 +77,12 @@ async def send(
 
 
 async def until_final(client: Client, task_id: str, timeout: float = 10.0) -> Task:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        task = await client.get_task(GetTaskRequest(id=task_id))
-        if task.status.state in TERMINAL or loop.time() > deadline:
-            return task
-        await asyncio.sleep(0.05)
+    return await eventually(
+        lambda: client.get_task(GetTaskRequest(id=task_id)),
+        until=lambda task: task.status.state in TERMINAL,
+        timeout=timeout,
+        interval=0.05,
+    )
 
 
 def artifact_data(task: Task) -> Any:
@@ -205,10 +204,7 @@ async def test_a_push_config_is_stored_and_the_final_task_is_pushed_with_retries
             created = await client.create_task_push_notification_config(cfg)
             assert created.id and created.task_id == task.id
             await until_final(client, task.id)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 10
-        while len({r["path"] for r in receiver.requests[1:]}) < 2 and loop.time() < deadline:
-            await asyncio.sleep(0.05)
+        await eventually(lambda: len({r["path"] for r in receiver.requests[1:]}) >= 2)
         delivered = {r["path"]: r for r in receiver.requests[1:]}
         assert set(delivered) == {"/a2a", "/second"}
         assert delivered["/a2a"]["headers"]["X-A2A-Notification-Token"] == "tok-1"

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from gateway.testing import ROOT
 from tests.chaos.pg import find_pg_bin
 
-ROOT = Path(__file__).resolve().parents[1]
 IN_CI = os.environ.get("CI", "").lower() == "true"
 LIMIT_S = 90
 
