@@ -18,8 +18,8 @@ and one object per concern, and forwards each public method to its room:
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any
 
@@ -55,6 +55,8 @@ __all__ = [
 
 
 class Engine:
+    """One replica's engine: the public face of the rooms below it (see the module doc)."""
+
     def __init__(
         self,
         *,
@@ -159,11 +161,9 @@ class Engine:
 
     # -- start ------------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def admit(self) -> Iterator[None]:
+    def admit(self) -> AbstractContextManager[None]:
         """Bound the start requests in progress; beyond it the caller gets 429 + Retry-After."""
-        with self._starts.admit():
-            yield
+        return self._starts.admit()
 
     async def start(self, req: StartRequest) -> StartResult:
         return await self._starts.start(req)
