@@ -1,0 +1,179 @@
+"""Terminal transitions: the one path by which an operation closes.
+
+This room owns ``finish`` (one group-committed transaction with the state, the result or
+failure, the closing event and the callback outbox row; then metrics, waking long-polls and
+starting the callback), the failure shorthands, and completions reported by an agent
+(``complete_from_agent``, checked against the output schema).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from datetime import timedelta
+from typing import Any
+
+from gateway.domain.errors import HandlerError, HandlerErrorType, StoreError
+from gateway.domain.model import (
+    Completion,
+    Event,
+    Operation,
+    OperationState,
+    failure,
+    operation_error,
+)
+from gateway.engine.batching import GroupCommit
+from gateway.engine.core import EngineCore
+from gateway.engine.outbox import Outbox
+from gateway.engine.waiters import Waiters
+from registry.service import check_payload
+
+log = logging.getLogger("swarmgate.engine")
+
+
+class Closer:
+    def __init__(self, core: EngineCore, outbox: Outbox, waiters: Waiters) -> None:
+        self._core = core
+        self._outbox = outbox
+        self._waiters = waiters
+        # Through core.store at call time, so a wrapped store (fault injection) sees the calls.
+        self._completions: GroupCommit[Completion, bool] = GroupCommit(
+            lambda batch: core.store.complete_many(batch),
+            lambda one: core.store.complete(one),
+        )
+
+    async def finish(
+        self,
+        op: Operation,
+        state: OperationState,
+        *,
+        kind: str,
+        result: bytes | None = None,
+        content_type: str | None = None,
+        failure: dict[str, Any] | None = None,
+        owner: str | None = None,
+        then_cancel_agent: bool = False,
+        **data: Any,
+    ) -> bool:
+        core, outbox = self._core, self._outbox
+        now = core.now()
+        callback = outbox.row_for(op, state, now, result, content_type, failure)
+        direct = callback is not None and outbox.has_room()
+        if callback is not None and direct:  # leased to us in the same transaction
+            callback = replace(
+                callback,
+                attempts=1,
+                lease_owner=core.config.owner,
+                lease_until=now + timedelta(seconds=outbox.lease_s()),
+            )
+        data = {k: v for k, v in data.items() if v is not None}
+        if failure is not None:
+            data.setdefault("message", failure.get("message"))
+        completion = Completion(
+            operation_id=op.id,
+            state=state,
+            at=now,
+            result=result,
+            result_content_type=content_type,
+            failure=failure,
+            event=Event(operation_id=op.id, kind=kind, at=now, data=data),
+            callback=callback,
+            only_if_owner=owner,
+            then_cancel_agent=then_cancel_agent,
+        )
+        try:
+            if core.config.group_commit:
+                applied = await self._completions.submit(completion)
+            else:
+                applied = await core.store.complete(completion)
+        except StoreError:
+            if callback is not None and direct:
+                # The commit may have happened with the callback leased to us: look again
+                # soon rather than leave it until that lease runs out.
+                outbox.spawn_recheck(op.id)
+            raise
+        if applied:
+            log.debug(
+                "operation closed",
+                extra={"operation_id": op.id, "state": state.value, "event": kind},
+            )
+            metrics = core.metrics
+            metrics.child(metrics.closed, op.service, state.value).inc()
+            metrics.child(metrics.operation_seconds, op.service, state.value).observe(
+                max(0.0, (now - op.created_at).total_seconds())
+            )
+            self._waiters.notify(op.id)
+            if callback is not None and direct:
+                outbox.start_delivery(callback)  # no claim round trip
+            elif callback is not None:
+                core.wake_callbacks.set()
+        return applied
+
+    async def fail(
+        self,
+        op: Operation,
+        message: str,
+        *,
+        cause: dict[str, Any] | None = None,
+        kind: str = "operation.failed",
+        **data: Any,
+    ) -> bool:
+        """Close the operation as failed, with an OperationError Failure."""
+        return await self.finish(
+            op,
+            OperationState.FAILED,
+            failure=operation_error(OperationState.FAILED, message, cause=cause),
+            kind=kind,
+            **data,
+        )
+
+    async def fail_output_schema(
+        self, op: Operation, errors: list[dict[str, str]], **data: Any
+    ) -> bool:
+        return await self.fail(
+            op,
+            "agent result does not match the output schema",
+            cause=failure("output schema violation", details={"errors": errors}),
+            **data,
+        )
+
+    async def complete_from_agent(
+        self,
+        op_id: str,
+        state: OperationState,
+        *,
+        result: bytes | None = None,
+        content_type: str | None = None,
+        fail: dict[str, Any] | None = None,
+    ) -> tuple[Operation, bool]:
+        core = self._core
+        op = await core.store.get_operation(op_id)
+        if op is None:
+            raise HandlerError(HandlerErrorType.NOT_FOUND, "no such operation")
+        if op.state.terminal:
+            return op, False
+        if state is OperationState.SUCCEEDED:
+            found = await core.registry.get(op.service)
+            spec = found.operations.get(op.operation) if found else None
+            errors = check_payload(
+                spec.output_schema if spec else None, result or b"", content_type, "result"
+            )
+            if errors:
+                applied = await self.fail_output_schema(op, errors, via="completion")
+                return op, applied
+            applied = await self.finish(
+                op,
+                state,
+                result=result or b"",
+                content_type=content_type,
+                kind="operation.succeeded",
+                via="completion",
+            )
+        else:
+            body = fail or {"message": f"operation {state.value}"}
+            if (body.get("metadata") or {}).get("type") != "nexus.OperationError":
+                body = operation_error(state, str(body.get("message") or state.value), cause=body)
+            applied = await self.finish(
+                op, state, failure=body, kind=f"operation.{state.value}", via="completion"
+            )
+        return op, applied

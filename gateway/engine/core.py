@@ -1,0 +1,97 @@
+"""The state every engine room shares, in one small object handed to each of them.
+
+This room owns what is common to all concerns: the ports (store, registry, adapters,
+transport, clock), the settings, the metrics, the per-replica breaker and limits, the two
+wake-up events of the claim loops, the two maps of in-flight tasks, and the few helpers
+that only read that state (the clock, event construction, tracked tasks, one claim round).
+No room reaches into the :class:`~gateway.engine.engine.Engine` facade; they all receive
+this object instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+from adapters.base import AgentAdapter, Transport
+from gateway.domain.clock import Clock
+from gateway.domain.model import Event
+from gateway.domain.ports import Store
+from gateway.engine.breaker import CircuitBreaker, Limits
+from gateway.engine.config import EngineConfig
+from gateway.engine.metrics import Metrics
+from gateway.engine.signing import CallbackSigner
+from registry.model import AdapterKind
+from registry.service import Registry
+
+T = TypeVar("T")
+Tasks = dict[str, asyncio.Task[None]]
+
+
+def _forget(tasks: Tasks, key: str, _task: asyncio.Task[None]) -> None:
+    tasks.pop(key, None)
+
+
+@dataclass(kw_only=True, eq=False)
+class EngineCore:
+    """Shared engine state. Every field is set once at construction, except ``store``, which
+    may be swapped for a wrapper (fault injection); the rooms read it at call time."""
+
+    store: Store
+    registry: Registry
+    adapters: Mapping[AdapterKind, AgentAdapter]
+    transport: Transport
+    clock: Clock
+    config: EngineConfig
+    metrics: Metrics
+    signer: CallbackSigner | None = None
+    breaker: CircuitBreaker = field(init=False)
+    limits: Limits = field(default_factory=Limits)
+    wake_work: asyncio.Event = field(default_factory=asyncio.Event)
+    wake_callbacks: asyncio.Event = field(default_factory=asyncio.Event)
+    inflight: Tasks = field(default_factory=dict)  # operation id -> its task
+    cb_inflight: Tasks = field(default_factory=dict)  # delivery id (or recheck-<op>) -> task
+
+    def __post_init__(self) -> None:
+        self.breaker = CircuitBreaker(
+            threshold=self.config.breaker_threshold, cooldown_s=self.config.breaker_cooldown_s
+        )
+
+    def now(self) -> datetime:
+        return self.clock.now()
+
+    def event(self, op_id: str, kind: str, **data: Any) -> Event:
+        return Event(operation_id=op_id, kind=kind, at=self.now(), data=data)
+
+
+def spawn(tasks: Tasks, key: str, coro: Coroutine[Any, Any, None], name: str) -> None:
+    """Run ``coro`` as a task kept in ``tasks`` under ``key`` until it ends."""
+    task = asyncio.create_task(coro, name=name)
+    tasks[key] = task
+    task.add_done_callback(functools.partial(_forget, tasks, key))
+
+
+async def claim_round(
+    core: EngineCore,
+    inflight: Tasks,
+    wake: asyncio.Event,
+    lease_s: float,
+    claim: Callable[[str, datetime, datetime, int], Awaitable[Sequence[T]]],
+    start: Callable[[T], None],
+) -> int:
+    """Lease as much due work as there is room for and start it; a full batch means more
+    may be due, so the loop goes round again at once."""
+    limit = min(core.config.max_inflight - len(inflight), core.config.claim_batch)
+    if limit <= 0:
+        return 0
+    now = core.now()
+    items = await claim(core.config.owner, now, now + timedelta(seconds=lease_s), limit)
+    for item in items:
+        start(item)
+    if len(items) == limit:
+        wake.set()
+    return len(items)

@@ -1,0 +1,343 @@
+"""Dispatch: running one claimed unit of work against its agent and recording the outcome.
+
+This room owns the work claim round and the in-flight operation tasks, what an agent is
+given (``dispatch_request``, the completion URL and its HMAC token), routing a claimed
+operation (dispatch, poll, cancel, cancel-after-close), one attempt through the circuit
+breaker and the concurrency limits, durable polling of accepted tasks, ``apply_outcome``
+(success, accepted, failure, retry with backoff), and the operator's redrive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import logging
+from datetime import timedelta
+
+from adapters.base import AgentAdapter, DispatchRequest, Outcome, OutcomeKind
+from gateway.domain.errors import StoreError
+from gateway.domain.model import Operation, OperationState, Work, operation_error
+from gateway.engine import backoff
+from gateway.engine.cancel import Cancels
+from gateway.engine.closing import Closer
+from gateway.engine.core import EngineCore, claim_round, spawn
+from registry.model import AgentSpec, OperationSpec
+from registry.service import check_payload
+
+log = logging.getLogger("swarmgate.engine")
+
+
+class Dispatcher:
+    def __init__(self, core: EngineCore, closer: Closer, cancels: Cancels, secret: bytes) -> None:
+        self._core = core
+        self._closer = closer
+        self._cancels = cancels
+        self._secret = secret
+
+    # -- what the agent is given --------------------------------------------------------------
+
+    def completion_token(self, op_id: str) -> str:
+        mac = hmac.new(self._secret, b"completion:" + op_id.encode(), hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
+
+    def check_completion_token(self, op_id: str, token: str) -> bool:
+        return hmac.compare_digest(self.completion_token(op_id), token)
+
+    def completion_url(self, op_id: str) -> str:
+        return f"{self._core.config.public_url.rstrip('/')}/api/completions/{op_id}"
+
+    def dispatch_request(
+        self, op: Operation, agent: AgentSpec, spec: OperationSpec, timeout_s: float | None = None
+    ) -> DispatchRequest:
+        """What an adapter needs to call (or poll) the agent for this operation."""
+        return DispatchRequest(
+            operation=op,
+            agent=agent,
+            spec=spec,
+            attempt=op.attempts,
+            completion_url=self.completion_url(op.id),
+            completion_token=self.completion_token(op.id),
+            timeout_s=spec.attempt_timeout_s if timeout_s is None else timeout_s,
+            deadline=op.deadline_at,
+        )
+
+    # -- claiming and spawning ----------------------------------------------------------------
+
+    async def claim_and_run(self) -> int:
+        core = self._core
+        return await claim_round(
+            core,
+            core.inflight,
+            core.wake_work,
+            core.config.lease_s,
+            core.store.claim_work,
+            lambda op: self.spawn(op, None, None),
+        )
+
+    def spawn(self, op: Operation, agent: AgentSpec | None, spec: OperationSpec | None) -> None:
+        spawn(self._core.inflight, op.id, self._handle_claimed(op, agent, spec), f"op-{op.id}")
+
+    async def redrive(self, op_id: str, by: str) -> bool:
+        core = self._core
+        ok = await core.store.redrive(
+            op_id, core.now(), core.event(op_id, "operation.redriven", by=by)
+        )
+        if ok:
+            core.wake_work.set()
+        return ok
+
+    # -- one claimed unit of work -------------------------------------------------------------
+
+    async def _handle_claimed(
+        self, op: Operation, agent: AgentSpec | None, spec: OperationSpec | None
+    ) -> None:
+        core = self._core
+        try:
+            if agent is None or spec is None:
+                found = await core.registry.get(op.service)
+                agent = found
+                spec = found.operations.get(op.operation) if found else None
+            if op.state.terminal:  # closed under the agent (timeout): tell it to stop
+                await self._cancels.after_close(op, agent)
+                return
+            if agent is None or spec is None:
+                await self._closer.fail(
+                    op,
+                    f"agent {op.service}/{op.operation} is no longer registered",
+                    owner=core.config.owner,
+                )
+                return
+            if op.cancel_requested_at is not None and op.work is Work.DISPATCH:
+                await self._closer.finish(
+                    op,
+                    OperationState.CANCELED,
+                    failure=operation_error(OperationState.CANCELED, "operation canceled"),
+                    kind="operation.canceled",
+                    owner=core.config.owner,
+                    before_dispatch=True,
+                )
+                return
+            if op.work is Work.CANCEL:
+                await self._cancels.propagate(op, agent)
+                return
+            if op.work is Work.POLL:
+                await self._poll(op, agent, spec)
+                return
+            await self._dispatch(op, agent, spec)
+        except asyncio.CancelledError:
+            raise
+        except StoreError as exc:
+            # The lease runs out and another attempt happens later; nothing is lost.
+            log.warning("store error, lease left to expire: %s", exc, extra={"operation_id": op.id})
+        except Exception:
+            log.exception("unexpected error; lease left to expire", extra={"operation_id": op.id})
+
+    async def _dispatch(self, op: Operation, agent: AgentSpec, spec: OperationSpec) -> None:
+        core = self._core
+        adapter = core.adapters.get(agent.adapter)
+        if adapter is None:
+            await self._closer.fail(op, f"no adapter for {agent.adapter}", owner=core.config.owner)
+            return
+        if op.prev_lease_owner and op.prev_lease_owner != core.config.owner:
+            core.metrics.takeovers.inc()
+        retry_at = core.breaker.allow(agent.name, core.now())
+        if retry_at is not None and op.deadline_at is not None:
+            retry_at = min(retry_at, op.deadline_at)
+        if retry_at is not None:  # circuit open: defer without calling the agent
+            core.metrics.deferred.labels(agent.name).inc()
+            await core.store.update_running(
+                op.id,
+                core.config.owner,
+                work=Work.DISPATCH,
+                next_attempt_at=retry_at,
+                refund_attempt=True,
+                last_error=op.last_error,
+                event=core.event(
+                    op.id, "attempt.deferred", reason="circuit open", until=retry_at.isoformat()
+                ),
+            )
+            return
+        if spec.concurrency:
+            async with core.limits.semaphore(agent.name, spec.name, spec.concurrency):
+                await self._call_agent(op, agent, spec, adapter)
+        else:
+            await self._call_agent(op, agent, spec, adapter)
+
+    async def _call_agent(
+        self, op: Operation, agent: AgentSpec, spec: OperationSpec, adapter: AgentAdapter
+    ) -> None:
+        core = self._core
+        metrics, breaker = core.metrics, core.breaker
+        started = core.now()
+        req = self.dispatch_request(op, agent, spec)
+        try:
+            # asyncio.timeout, not wait_for: no extra task per attempt (3.11's wait_for wraps
+            # the coroutine in one)
+            async with asyncio.timeout(spec.attempt_timeout_s + 1.0):
+                outcome = await adapter.start(req)
+        except TimeoutError:
+            outcome = Outcome(kind=OutcomeKind.RETRYABLE, error="attempt timed out")
+        elapsed = (core.now() - started).total_seconds()
+        metrics.child(metrics.attempts, agent.name, outcome.kind.value).inc()
+        metrics.child(metrics.dispatch_seconds, agent.name).observe(max(0.0, elapsed))
+        if outcome.kind is OutcomeKind.RETRYABLE:
+            if breaker.failure(agent.name, core.now()):
+                metrics.breaker_open.labels(agent.name).set(1)
+        else:  # any other outcome closes the circuit (and ends a half-open trial)
+            if breaker.is_open(agent.name):
+                metrics.breaker_open.labels(agent.name).set(0)
+            breaker.success(agent.name)
+        await self.apply_outcome(
+            op, spec, outcome, round(elapsed * 1000, 1), pollable=hasattr(adapter, "poll")
+        )
+
+    async def _poll(self, op: Operation, agent: AgentSpec, spec: OperationSpec) -> None:
+        """One durable poll of an accepted task; the next one is persisted as next_attempt_at."""
+        core = self._core
+        adapter = core.adapters.get(agent.adapter)
+        poll = getattr(adapter, "poll", None)
+        if poll is None:  # the adapter changed since: wait for the agent's completion
+            await core.store.update_running(
+                op.id,
+                core.config.owner,
+                work=None,
+                next_attempt_at=None,
+                event=None,
+                now=core.now(),
+            )
+            return
+        req = self.dispatch_request(op, agent, spec)
+        try:
+            async with asyncio.timeout(spec.attempt_timeout_s + 1.0):
+                outcome: Outcome = await poll(req)
+        except TimeoutError:
+            outcome = Outcome(kind=OutcomeKind.RETRYABLE, error="poll timed out")
+        if outcome.kind in (OutcomeKind.SUCCEEDED, OutcomeKind.OPERATION_FAILED):
+            await self.apply_outcome(op, spec, outcome)
+            return
+        # Still running (or the agent did not answer): poll again later; the schedule-to-close
+        # timeout bounds how long. Polls are not state changes, so they write no event.
+        await core.store.update_running(
+            op.id,
+            core.config.owner,
+            work=Work.POLL,
+            next_attempt_at=core.now() + timedelta(seconds=core.config.task_poll_s),
+            last_error=outcome.error if outcome.kind is not OutcomeKind.ACCEPTED else None,
+            event=None,
+            now=core.now(),
+        )
+
+    async def apply_outcome(
+        self,
+        op: Operation,
+        spec: OperationSpec,
+        outcome: Outcome,
+        elapsed_ms: float = 0.0,
+        *,
+        pollable: bool = False,
+    ) -> None:
+        core, closer = self._core, self._closer
+        owner = core.config.owner
+        if outcome.kind is OutcomeKind.SUCCEEDED:
+            errors = check_payload(
+                spec.output_schema, outcome.result or b"", outcome.content_type, "result"
+            )
+            if errors:
+                await closer.fail_output_schema(
+                    op, errors, owner=owner, attempt=op.attempts, elapsed_ms=elapsed_ms
+                )
+                return
+            await closer.finish(
+                op,
+                OperationState.SUCCEEDED,
+                result=outcome.result or b"",
+                content_type=outcome.content_type,
+                kind="operation.succeeded",
+                owner=owner,
+                attempt=op.attempts,
+                elapsed_ms=elapsed_ms,
+            )
+        elif outcome.kind is OutcomeKind.ACCEPTED:
+            poll_at = core.now() + timedelta(seconds=core.config.task_poll_s)
+            await core.store.update_running(
+                op.id,
+                owner,
+                work=Work.POLL if pollable else None,
+                next_attempt_at=poll_at if pollable else None,
+                agent_token=outcome.agent_token,
+                event=core.event(
+                    op.id,
+                    "attempt.accepted",
+                    attempt=op.attempts,
+                    agent_token=bool(outcome.agent_token),
+                    elapsed_ms=elapsed_ms,
+                ),
+            )
+            core.wake_work.set()  # a cancel may have arrived meanwhile
+        elif outcome.kind is OutcomeKind.OPERATION_FAILED:
+            state = (
+                OperationState.CANCELED if outcome.state == "canceled" else OperationState.FAILED
+            )
+            fail = outcome.failure or {"message": "operation failed"}
+            if (fail.get("metadata") or {}).get("type") != "nexus.OperationError":
+                fail = operation_error(
+                    state, str(fail.get("message") or "operation failed"), cause=fail
+                )
+            await closer.finish(
+                op,
+                state,
+                failure=fail,
+                kind=f"operation.{state.value}",
+                owner=owner,
+                attempt=op.attempts,
+                elapsed_ms=elapsed_ms,
+            )
+        elif outcome.kind is OutcomeKind.RETRYABLE:
+            exhausted = (
+                spec.retry.max_attempts is not None and op.attempts >= spec.retry.max_attempts
+            )
+            if exhausted:
+                await closer.fail(
+                    op,
+                    f"gave up after {op.attempts} attempts: {outcome.error}",
+                    cause=outcome.failure,
+                    owner=owner,
+                    attempt=op.attempts,
+                    elapsed_ms=elapsed_ms,
+                )
+                return
+            core.metrics.child(core.metrics.retries, op.service).inc()
+            nxt = backoff.next_attempt_at(
+                spec.retry, op.attempts, core.now(), outcome.retry_after_s
+            )
+            if op.deadline_at is not None and nxt > op.deadline_at:
+                nxt = op.deadline_at
+            await core.store.update_running(
+                op.id,
+                owner,
+                work=Work.DISPATCH,
+                next_attempt_at=nxt,
+                last_error=outcome.error,
+                event=core.event(
+                    op.id,
+                    "attempt.failed",
+                    attempt=op.attempts,
+                    retryable=True,
+                    error=outcome.error,
+                    status=outcome.status,
+                    next_attempt_at=nxt.isoformat(),
+                    elapsed_ms=elapsed_ms,
+                ),
+            )
+        else:
+            await closer.fail(
+                op,
+                f"agent request failed: {outcome.error}",
+                cause=outcome.failure,
+                owner=owner,
+                attempt=op.attempts,
+                elapsed_ms=elapsed_ms,
+                status=outcome.status,
+            )

@@ -1,0 +1,229 @@
+"""Callback outbox: building, claiming, signing, sending and recording completion callbacks.
+
+This room owns the callback rows an operation's close writes (their Nexus headers and
+body), the claim round of due deliveries, one delivery attempt (sign, POST, classify the
+answer, reschedule with backoff or disable/expire), the group-committed acks of delivered
+callbacks, the recheck after a commit whose reply was lost, and the operator's redrive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from adapters.base import TransportError
+from adapters.http import parse_retry_after
+from gateway.domain.errors import StoreError
+from gateway.domain.model import CallbackDelivery, DeliveryState, Event, Operation, OperationState
+from gateway.engine import backoff
+from gateway.engine.batching import GroupCommit
+from gateway.engine.core import EngineCore, claim_round, spawn
+from gateway.engine.wire import http_date, rfc3339_ms
+
+log = logging.getLogger("swarmgate.engine")
+
+
+class Outbox:
+    def __init__(self, core: EngineCore) -> None:
+        self._core = core
+        # Delivered callbacks are recorded in shared transactions. An ack may be late or lost
+        # (a crash before it commits means the callback is sent again with the same
+        # webhook-id: at least once); a failure is logged by the delivery task.
+        self._acks: GroupCommit[Event, None] = GroupCommit(
+            self._record_delivered, self._record_one_delivered, max_batch=500
+        )
+
+    def lease_s(self) -> float:
+        return self._core.config.callback_timeout_s + self._core.config.lease_s
+
+    def has_room(self) -> bool:
+        return len(self._core.cb_inflight) < self._core.config.max_inflight
+
+    def row_for(
+        self,
+        op: Operation,
+        state: OperationState,
+        now: datetime,
+        result: bytes | None,
+        content_type: str | None,
+        fail: dict[str, Any] | None,
+    ) -> CallbackDelivery | None:
+        """The callback an operation closing as ``state`` owes its caller, if it asked."""
+        if not op.callback_url:
+            return None
+        headers = dict(op.callback_headers)
+        headers.update(
+            {
+                "Nexus-Operation-Token": op.id,
+                "Nexus-Operation-Id": op.id,
+                "Nexus-Operation-State": state.value,
+                "Nexus-Operation-Start-Time": http_date(op.created_at),
+                "Nexus-Operation-Close-Time": rfc3339_ms(now),
+            }
+        )
+        if op.links:
+            headers["Nexus-Link"] = ", ".join(op.links)
+        if op.traceparent:
+            headers["traceparent"] = op.traceparent
+        if state is OperationState.SUCCEEDED:
+            body = result or b""
+            headers["Content-Type"] = content_type or "application/json"
+        else:
+            body = json.dumps(fail or {}).encode()
+            headers["Content-Type"] = "application/json"
+        return CallbackDelivery(
+            id=f"msg_{uuid.uuid4().hex}",
+            operation_id=op.id,
+            caller=op.caller,
+            url=op.callback_url,
+            headers=headers,
+            body=body,
+            created_at=now,
+            expires_at=now + timedelta(seconds=self._core.config.callback_ttl_s),
+            next_attempt_at=now,
+        )
+
+    async def claim_and_deliver(self) -> int:
+        core = self._core
+        return await claim_round(
+            core,
+            core.cb_inflight,
+            core.wake_callbacks,
+            self.lease_s(),
+            core.store.claim_callbacks,
+            self.start_delivery,
+        )
+
+    async def redrive(self, delivery_id: str, op_id: str, by: str) -> bool:
+        core = self._core
+        now = core.now()
+        ok = await core.store.redrive_callback(
+            delivery_id,
+            now,
+            now + timedelta(seconds=core.config.callback_ttl_s),
+            core.event(op_id, "callback.redriven", delivery_id=delivery_id, by=by),
+        )
+        if ok:
+            core.wake_callbacks.set()
+        return ok
+
+    def spawn_recheck(self, op_id: str) -> None:
+        key = f"recheck-{op_id}"
+        spawn(self._core.cb_inflight, key, self._recheck(op_id), f"cb-recheck-{op_id}")
+
+    async def _recheck(self, op_id: str) -> None:
+        """After a commit whose reply was lost: deliver callbacks it leased to us, if any."""
+        core = self._core
+        for _ in range(20):
+            await asyncio.sleep(core.config.poll_interval_s)
+            try:
+                deliveries = await core.store.list_callbacks(op_id)
+            except StoreError:
+                continue
+            for d in deliveries:
+                mine = d.lease_owner == core.config.owner
+                if d.state is DeliveryState.PENDING and mine and d.id not in core.cb_inflight:
+                    self.start_delivery(d)
+            return
+
+    async def _record_delivered(self, events: Sequence[Event]) -> list[None]:
+        await self._core.store.callbacks_delivered(self._core.config.owner, events)
+        return [None] * len(events)
+
+    async def _record_one_delivered(self, event: Event) -> None:
+        await self._core.store.callbacks_delivered(self._core.config.owner, [event])
+
+    def start_delivery(self, d: CallbackDelivery) -> None:
+        spawn(self._core.cb_inflight, d.id, self._deliver(d), f"cb-{d.id}")
+
+    async def _deliver(self, d: CallbackDelivery) -> None:
+        try:
+            await self._deliver_once(d)
+        except asyncio.CancelledError:
+            raise
+        except StoreError as exc:
+            log.warning(
+                "store error, lease left to expire: %s",
+                exc,
+                extra={"operation_id": d.operation_id, "delivery_id": d.id},
+            )
+        except Exception:
+            log.exception(
+                "unexpected error delivering a callback",
+                extra={"operation_id": d.operation_id, "delivery_id": d.id},
+            )
+
+    async def _deliver_once(self, d: CallbackDelivery) -> None:
+        core = self._core
+        config, metrics = core.config, core.metrics
+        now = core.now()
+        headers = dict(d.headers)
+        if core.signer is not None:
+            headers.update(await core.signer.headers(d.caller, d.id, d.body, int(now.timestamp())))
+        else:
+            headers["webhook-id"] = d.id
+            headers["webhook-timestamp"] = str(int(now.timestamp()))
+        status: int | None = None
+        retry_after: float | None = None
+        sent_at = core.now()
+        try:
+            resp = await core.transport.request(
+                "POST",
+                d.url,
+                headers=headers,
+                body=d.body,
+                timeout_s=config.callback_timeout_s,
+            )
+            status = resp.status
+            error = None if 200 <= status < 300 else f"receiver answered HTTP {status}"
+            if status in (429, 502, 503, 504):
+                retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+            permanent = False
+        except TransportError as exc:
+            error = str(exc)
+            permanent = not exc.retryable
+        now = core.now()
+        metrics.callback_seconds.observe(max(0.0, (now - sent_at).total_seconds()))
+        if error is None:
+            metrics.child(metrics.callbacks, "delivered").inc()
+            await self._acks.submit(
+                Event(
+                    operation_id=d.operation_id,
+                    kind="callback.delivered",
+                    at=now,
+                    data={"delivery_id": d.id, "attempt": d.attempts, "status": status},
+                )
+            )
+            return
+        metrics.child(metrics.callbacks, "failed").inc()
+        nxt = backoff.next_attempt_at(config.callback_retry, d.attempts, now, retry_after)
+        if status == 410 or permanent:
+            state, kind = DeliveryState.DISABLED, "callback.disabled"
+        elif nxt >= d.expires_at:
+            state, kind = DeliveryState.EXPIRED, "callback.expired"
+        else:
+            state, kind = DeliveryState.PENDING, "callback.failed"
+        await core.store.finish_callback(
+            d.id,
+            config.owner,
+            state=state,
+            next_attempt_at=nxt,
+            last_error=error,
+            event=Event(
+                operation_id=d.operation_id,
+                kind=kind,
+                at=now,
+                data={
+                    "delivery_id": d.id,
+                    "attempt": d.attempts,
+                    "status": status,
+                    "error": error,
+                    "next_attempt_at": nxt.isoformat() if state is DeliveryState.PENDING else None,
+                },
+            ),
+        )

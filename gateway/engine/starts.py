@@ -1,0 +1,194 @@
+"""Starts: admitting a start request, persisting it, and the bounded inline wait.
+
+This room owns the start request and result values and their idempotency fingerprint,
+admission (the bound on start requests in progress, 429 beyond it), ``start`` (schema check,
+the new operation leased to this replica with its events and idempotency records in one
+group-committed transaction, then the first attempt in-process), and ``wait_inline``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from gateway.domain.errors import HandlerError, HandlerErrorType
+from gateway.domain.model import IdempotencyRecord, Operation, OperationState, Work
+from gateway.domain.ports import Created, NewOperation
+from gateway.engine.batching import GroupCommit
+from gateway.engine.core import EngineCore
+from gateway.engine.dispatch import Dispatcher
+from registry.service import check_payload
+
+
+@dataclass(frozen=True, kw_only=True)
+class StartRequest:
+    service: str
+    operation: str
+    caller: str
+    input: bytes
+    content_type: str | None
+    request_id: str | None = None
+    idempotency_key: str | None = None
+    callback_url: str | None = None
+    callback_headers: Mapping[str, str] = field(default_factory=dict)
+    links: tuple[str, ...] = ()
+    timeout_s: float | None = None
+    traceparent: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class StartResult:
+    operation: Operation
+    created: bool
+    replay: IdempotencyRecord | None = None
+    idempotency_keys: tuple[tuple[str, str], ...] = ()  # (scope, key) to store the response
+
+
+def fingerprint(req: StartRequest) -> str:
+    h = hashlib.sha256()
+    for part in (req.service, req.operation, req.content_type or "", req.callback_url or ""):
+        h.update(part.encode())
+        h.update(b"\0")
+    h.update(req.input)
+    return h.hexdigest()
+
+
+class Starts:
+    def __init__(self, core: EngineCore, dispatcher: Dispatcher) -> None:
+        self._core = core
+        self._dispatcher = dispatcher
+        self.pending = 0  # start requests in progress
+        # Through core.store at call time, so a wrapped store (fault injection) sees the calls.
+        self._starts: GroupCommit[NewOperation, Created] = GroupCommit(
+            lambda batch: core.store.create_operations(batch),
+            lambda one: core.store.create_operation(*one),
+        )
+
+    @contextlib.contextmanager
+    def admit(self) -> Iterator[None]:
+        """Bound the start requests in progress; beyond it the caller gets 429 + Retry-After."""
+        if self.pending >= self._core.config.max_pending_starts:
+            self._core.metrics.rejected.inc()
+            raise HandlerError(
+                HandlerErrorType.RESOURCE_EXHAUSTED,
+                "the gateway is saturated; retry later",
+                headers={"Retry-After": "1"},
+            )
+        self.pending += 1
+        try:
+            yield
+        finally:
+            self.pending -= 1
+
+    async def start(self, req: StartRequest) -> StartResult:
+        core = self._core
+        config = core.config
+        agent, spec = await core.registry.resolve(req.service, req.operation)
+        errors = check_payload(spec.input_schema, req.input, req.content_type, "input")
+        if errors:
+            raise HandlerError(
+                HandlerErrorType.BAD_REQUEST,
+                "input does not match the operation's schema",
+                details=errors,
+            )
+        now = core.now()
+        timeout = spec.timeout_s if req.timeout_s is None else min(req.timeout_s, spec.timeout_s)
+        timeout = min(timeout, config.max_timeout_s)
+        op_id = str(uuid.uuid4())
+        fp = fingerprint(req)
+        expires = now + timedelta(seconds=config.idempotency_ttl_s)
+        records = []
+        if req.request_id:
+            records.append("rid:" + req.request_id)
+        if req.idempotency_key:
+            records.append("key:" + req.idempotency_key)
+        idem = [
+            IdempotencyRecord(
+                scope=req.caller,
+                key=k,
+                fingerprint=fp,
+                operation_id=op_id,
+                created_at=now,
+                expires_at=expires,
+            )
+            for k in records
+        ]
+        op = Operation(
+            id=op_id,
+            service=req.service,
+            operation=req.operation,
+            state=OperationState.RUNNING,
+            caller=req.caller,
+            created_at=now,
+            input=req.input,
+            input_content_type=req.content_type,
+            request_id=req.request_id,
+            callback_url=req.callback_url,
+            callback_headers=dict(req.callback_headers),
+            links=list(req.links),
+            work=Work.DISPATCH,
+            attempts=1,
+            next_attempt_at=now,
+            lease_owner=config.owner,
+            lease_until=now + timedelta(seconds=config.lease_s),
+            deadline_at=now + timedelta(seconds=timeout),
+            traceparent=req.traceparent,
+        )
+        started = core.event(
+            op_id,
+            "operation.started",
+            service=req.service,
+            operation=req.operation,
+            caller=req.caller,
+            request_id=req.request_id,
+            timeout_s=timeout,
+            callback=bool(req.callback_url),
+        )
+        attempt = core.event(op_id, "attempt.started", attempt=1, owner=config.owner)
+        new = (op, [started, attempt], idem)
+        if config.group_commit:
+            stored, existing = await self._starts.submit(new)
+        else:
+            stored, existing = await core.store.create_operation(*new)
+        if existing is not None:
+            core.metrics.deduplicated.inc()
+            if (
+                stored.lease_owner == config.owner
+                and stored.work is Work.DISPATCH
+                and stored.state is OperationState.RUNNING
+                and stored.id not in core.inflight
+            ):
+                # Our own lease with no task behind it: the first start committed but its
+                # reply was lost before the dispatch began. Run it now, not at lease expiry.
+                self._dispatcher.spawn(stored, agent, spec)
+            return StartResult(
+                operation=stored,
+                created=False,
+                replay=existing,
+                idempotency_keys=tuple((r.scope, r.key) for r in idem),
+            )
+        core.metrics.child(core.metrics.started, req.service).inc()
+        self._dispatcher.spawn(stored, agent, spec)
+        return StartResult(
+            operation=stored, created=True, idempotency_keys=tuple((r.scope, r.key) for r in idem)
+        )
+
+    async def wait_inline(self, op_id: str, timeout_s: float | None = None) -> Operation | None:
+        """Wait (bounded) for the in-process first attempt. Returns the operation as stored
+        once that attempt is over, or None while it is still running (the caller answers 201
+        with what it has, without reading it back)."""
+        task = self._core.inflight.get(op_id)
+        if task is not None:
+            wait = timeout_s if timeout_s is not None else self._core.config.sync_wait_s
+            if wait <= 0:
+                return None
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(task), wait)
+            if not task.done():
+                return None
+        return await self._core.store.get_operation(op_id)
