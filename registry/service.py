@@ -4,20 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import time
 from typing import Any
 
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError
-from referencing import Registry as RefRegistry
 from referencing.exceptions import Unresolvable as ReferencingError
-from referencing.jsonschema import DRAFT202012
 
+from gateway.domain import jsonio
 from gateway.domain.clock import Clock
 from gateway.domain.errors import HandlerError, HandlerErrorType
 from gateway.domain.ports import Store
+from gateway.security.schemas import schema_problems, validator_for
 from registry.model import AgentSpec, OperationSpec
+
+MAX_OPERATIONS = 256  # per agent: a registration checks every schema of every operation
 
 NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 
@@ -31,41 +30,17 @@ def check_name(kind: str, name: str) -> None:
 
 
 def schema_errors(schema: dict[str, Any], instance: Any) -> list[dict[str, str]]:
-    validator = Draft202012Validator(schema)
+    validator = validator_for(schema)
     try:
         errors = sorted(validator.iter_errors(instance), key=lambda e: list(e.absolute_path))
     except ReferencingError as exc:  # registered before refs were checked: still a 400
         return [{"path": "/", "message": f"the schema cannot be applied: {exc}"}]
+    except RecursionError:  # a schema that refers to itself without descending
+        return [{"path": "/", "message": "the schema cannot be applied: it recurses too deeply"}]
     return [
         {"path": "/" + "/".join(str(p) for p in err.absolute_path), "message": err.message}
         for err in errors
     ][:50]
-
-
-def _refs(node: Any) -> list[str]:
-    if isinstance(node, dict):
-        found = [node["$ref"]] if isinstance(node.get("$ref"), str) else []
-        return found + [r for v in node.values() for r in _refs(v)]
-    if isinstance(node, list):
-        return [r for v in node for r in _refs(v)]
-    return []
-
-
-def unresolvable_refs(schema: dict[str, Any]) -> list[str]:
-    """``$ref``s that do not resolve inside the schema itself (no remote schemas are fetched)."""
-    resource = DRAFT202012.create_resource(schema)
-    resolver = (
-        RefRegistry()
-        .with_resource("urn:swarmgate:schema", resource)
-        .resolver(base_uri="urn:swarmgate:schema")
-    )
-    bad = []
-    for ref in _refs(schema):
-        try:
-            resolver.lookup(ref)
-        except ReferencingError:
-            bad.append(ref)
-    return bad
 
 
 def validate_spec(spec: AgentSpec) -> None:
@@ -75,6 +50,11 @@ def validate_spec(spec: AgentSpec) -> None:
         raise HandlerError(HandlerErrorType.BAD_REQUEST, "endpoint must be an http(s) URL")
     if not spec.operations:
         raise HandlerError(HandlerErrorType.BAD_REQUEST, "an agent needs at least one operation")
+    if len(spec.operations) > MAX_OPERATIONS:
+        raise HandlerError(
+            HandlerErrorType.BAD_REQUEST,
+            f"an agent has at most {MAX_OPERATIONS} operations, not {len(spec.operations)}",
+        )
     for op in spec.operations.values():
         check_name("operation", op.name)
         for which, schema in (
@@ -83,19 +63,10 @@ def validate_spec(spec: AgentSpec) -> None:
         ):
             if schema is None:
                 continue
-            try:
-                Draft202012Validator.check_schema(schema)
-            except SchemaError as exc:
+            problems = schema_problems(schema)
+            if problems:
                 raise HandlerError(
-                    HandlerErrorType.BAD_REQUEST,
-                    f"operation {op.name!r}: {which} is not a valid JSON Schema: {exc.message}",
-                ) from exc
-            bad_refs = unresolvable_refs(schema)
-            if bad_refs:
-                raise HandlerError(
-                    HandlerErrorType.BAD_REQUEST,
-                    f"operation {op.name!r}: {which} has $ref that do not resolve within the "
-                    f"schema (remote schemas are not fetched): {', '.join(bad_refs[:5])}",
+                    HandlerErrorType.BAD_REQUEST, f"operation {op.name!r}: {which} {problems[0]}"
                 )
         if op.timeout_s <= 0 or op.attempt_timeout_s <= 0:
             raise HandlerError(HandlerErrorType.BAD_REQUEST, "timeouts must be positive")
@@ -176,7 +147,7 @@ def check_payload(
     if content_type and "json" not in content_type.lower():
         return [{"path": "/", "message": f"{what} must be application/json, got {content_type}"}]
     try:
-        instance = json.loads(body) if body else None
+        instance = jsonio.loads(body) if body else None
     except (ValueError, UnicodeDecodeError) as exc:
         return [{"path": "/", "message": f"{what} is not valid JSON: {exc}"}]
     return schema_errors(schema, instance)
