@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import secrets
 import signal
@@ -20,6 +19,7 @@ from adapters.http import HttpAgentAdapter
 from adapters.transport import HttpTransport
 from gateway import logs
 from gateway.config import Settings
+from gateway.domain import jsonio
 from gateway.domain.clock import Clock, SystemClock
 from gateway.engine.engine import Engine, EngineConfig
 from gateway.engine.signing import CallbackSigner
@@ -37,7 +37,7 @@ log = logging.getLogger("swarmgate")
 
 def load_agents_file(path: str) -> list[AgentSpec]:
     text = Path(path).read_text()
-    data: Any = yaml.safe_load(text) if path.endswith((".yaml", ".yml")) else json.loads(text)
+    data: Any = yaml.safe_load(text) if path.endswith((".yaml", ".yml")) else jsonio.loads(text)
     items = data.get("agents", []) if isinstance(data, dict) else data
     return [AgentSpec.from_json(item) for item in items]
 

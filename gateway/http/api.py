@@ -9,6 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.domain import jsonio
 from gateway.domain.errors import HandlerError, HandlerErrorType
 from gateway.domain.model import (
     CallbackDelivery,
@@ -19,8 +20,10 @@ from gateway.domain.model import (
     OperationState,
 )
 from gateway.engine.signing import CallbackSigner
+from gateway.http.bodies import int_param, json_body
 from gateway.http.context import check_outbound_url, principal, services
 from gateway.http.contract import registration_errors
+from gateway.security.schemas import ValidationTimeout, off_loop
 from registry.model import AgentSpec
 
 
@@ -78,13 +81,6 @@ def delivery_json(d: CallbackDelivery) -> dict[str, Any]:
     }
 
 
-async def _json_body(request: web.Request) -> Any:
-    try:
-        return json.loads(await request.read())
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise HandlerError(HandlerErrorType.BAD_REQUEST, f"body is not valid JSON: {exc}") from exc
-
-
 # -- completions (agents finishing async operations) ------------------------------------------
 
 
@@ -112,7 +108,9 @@ async def complete(request: web.Request) -> web.Response:
         )
     else:
         try:
-            fail = json.loads(body) if body else {}
+            fail = jsonio.loads(body) if body else {}
+        except jsonio.JsonRejected as exc:
+            raise HandlerError(HandlerErrorType.BAD_REQUEST, f"failure refused: {exc}") from exc
         except ValueError:
             fail = {"message": body.decode(errors="replace")}
         if not isinstance(fail, dict):
@@ -127,10 +125,13 @@ async def complete(request: web.Request) -> web.Response:
 async def register_agent(request: web.Request) -> web.Response:
     p = await principal(request)
     p.require("agents:register")
-    data = await _json_body(request)
+    data = await json_body(request)
     if not isinstance(data, dict):
         raise HandlerError(HandlerErrorType.BAD_REQUEST, "registration must be a JSON object")
-    errors = registration_errors(data)
+    try:  # off the event loop and time-limited, like every schema check of a registration
+        errors = await off_loop(registration_errors, data)
+    except ValidationTimeout as exc:
+        raise HandlerError(HandlerErrorType.BAD_REQUEST, f"registration refused: {exc}") from exc
     if errors:
         raise HandlerError(
             HandlerErrorType.BAD_REQUEST, "registration does not match the schema", details=errors
@@ -187,9 +188,9 @@ async def list_operations(request: web.Request) -> web.Response:
     state = request.query.get("state")
     try:
         st = OperationState(state) if state else None
-        limit = min(1000, max(1, int(request.query.get("limit", "100"))))
     except ValueError as exc:
         raise HandlerError(HandlerErrorType.BAD_REQUEST, f"bad query: {exc}") from exc
+    limit = min(1000, max(1, int_param(request.query.get("limit"), "limit", 100, low=-(2**63))))
     ops = await services(request).engine.store.list_operations(
         caller=None if p.is_admin else p.sub,
         service=request.query.get("service"),
@@ -205,10 +206,7 @@ async def show_operation(request: web.Request) -> web.Response:
 
 async def operation_events(request: web.Request) -> web.Response:
     op = await _load(request)
-    try:
-        after = int(request.query.get("after", "0"))
-    except ValueError as exc:
-        raise HandlerError(HandlerErrorType.BAD_REQUEST, "after must be an integer") from exc
+    after = int_param(request.query.get("after"), "after", 0)
     events = await services(request).engine.store.list_events(op.id, after=after)
     return web.json_response({"operationId": op.id, "events": [event_json(e) for e in events]})
 
@@ -224,13 +222,10 @@ async def operation_stream(request: web.Request) -> web.StreamResponse:
     op = await _load(request)
     svc = services(request)
     store = svc.engine.store
-    raw = request.headers.get("Last-Event-ID") or request.query.get("after") or "0"
-    try:
-        after = int(raw)
-    except ValueError as exc:
-        raise HandlerError(
-            HandlerErrorType.BAD_REQUEST, "Last-Event-ID must be an integer"
-        ) from exc
+    if request.headers.get("Last-Event-ID"):  # checked before the 200 is sent
+        after = int_param(request.headers["Last-Event-ID"], "Last-Event-ID", 0)
+    else:
+        after = int_param(request.query.get("after"), "after", 0)
     resp = web.StreamResponse(
         headers={
             "Content-Type": "text/event-stream",
@@ -332,7 +327,7 @@ async def rotate_callback_secret(request: web.Request) -> web.Response:
     """A new secret; the old one keeps signing (second signature) for ``graceSeconds``."""
     p = await principal(request)
     raw = await request.read()
-    data = await _json_body(request) if raw else {}
+    data = await json_body(request) if raw else {}
     grace = data.get("graceSeconds", 86400) if isinstance(data, dict) else None
     if not isinstance(grace, int | float) or isinstance(grace, bool) or not 0 <= grace <= 7 * 86400:
         raise HandlerError(

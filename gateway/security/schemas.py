@@ -17,10 +17,12 @@ Two rules for schemas that come from outside:
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
-from collections.abc import Iterable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import re2
 from jsonschema import Draft202012Validator, ValidationError, validators
@@ -32,7 +34,10 @@ from referencing.jsonschema import DRAFT202012
 __all__ = [
     "MAX_SCHEMA_BYTES",
     "MAX_SCHEMA_DEPTH",
+    "VALIDATION_TIMEOUT_S",
+    "ValidationTimeout",
     "no_fetch_registry",
+    "off_loop",
     "schema_problems",
     "unresolvable_refs",
     "validator_for",
@@ -40,6 +45,10 @@ __all__ = [
 
 MAX_SCHEMA_BYTES = 64 * 1024  # one input or output schema, as compact JSON
 MAX_SCHEMA_DEPTH = 32  # objects and arrays inside each other within one schema
+VALIDATION_TIMEOUT_S = 5.0  # a registration's checks; longer is refused (400)
+VALIDATION_THREADS = 2  # at most this many run at once; more wait their turn
+_POOL = ThreadPoolExecutor(max_workers=VALIDATION_THREADS, thread_name_prefix="sg-validate")
+_T = TypeVar("_T")
 _DATA_KEYWORDS = frozenset({"enum", "const", "examples", "default"})  # values, not schemas
 
 
@@ -200,8 +209,21 @@ def _patterns(node: Any) -> Iterator[str]:
 
 def schema_problems(schema: Any) -> list[str]:
     """Why ``schema`` is refused as an agent's input or output schema (empty: accepted):
-    too large, too deep, not a valid Draft 2020-12 schema, a pattern RE2 cannot run, or a
-    ``$ref`` that does not resolve locally (named with its pointer)."""
+    too large, too deep, not a valid Draft 2020-12 schema, a pattern RE2 cannot run, a
+    ``$ref`` cycle, or a ``$ref`` that does not resolve locally (named with its pointer).
+    Answers are cached by the schema's canonical text (operations often share schemas)."""
+    text = json.dumps(schema, separators=(",", ":"), sort_keys=True)
+    if len(text) > MAX_SCHEMA_BYTES:
+        return [f"is {len(text)} bytes; at most {MAX_SCHEMA_BYTES} are accepted"]
+    return list(_schema_problems(text))
+
+
+@functools.lru_cache(maxsize=512)
+def _schema_problems(text: str) -> tuple[str, ...]:
+    return tuple(_problems(json.loads(text)))
+
+
+def _problems(schema: Any) -> list[str]:
     size = len(json.dumps(schema, separators=(",", ":")))
     if size > MAX_SCHEMA_BYTES:
         return [f"is {size} bytes; at most {MAX_SCHEMA_BYTES} are accepted"]
@@ -221,6 +243,15 @@ def schema_problems(schema: Any) -> list[str]:
                 f"pattern {patrn[:80]!r} is not supported: patterns run on RE2 (linear time; "
                 "no backreferences or lookaround)"
             ]
+    try:  # a schema that refers to itself without descending recurses on any instance
+        samples: tuple[Any, ...] = (None, {}, [])
+        for sample in samples:
+            for _ in validator_for(schema).iter_errors(sample):
+                pass
+    except RecursionError:
+        return ["refers to itself without end (a $ref cycle that never descends)"]
+    except Unresolvable:
+        pass  # reported with its pointer below
     bad = unresolvable_refs(schema) if isinstance(schema, dict) else []
     if bad:
         return [
@@ -228,3 +259,20 @@ def schema_problems(schema: Any) -> list[str]:
             "never fetched): " + ", ".join(bad[:5])
         ]
     return []
+
+
+class ValidationTimeout(Exception):
+    """A validation did not finish within its time limit."""
+
+
+async def off_loop(
+    fn: Callable[..., _T], *args: Any, timeout_s: float = VALIDATION_TIMEOUT_S
+) -> _T:
+    """``fn(*args)`` on the bounded validation pool, so schema work never stalls the event
+    loop. Raises :class:`ValidationTimeout` after ``timeout_s`` (the thread finishes its work
+    in the background; the pool's size bounds how many such threads there are)."""
+    future = asyncio.get_running_loop().run_in_executor(_POOL, functools.partial(fn, *args))
+    try:
+        return await asyncio.wait_for(future, timeout_s)
+    except TimeoutError:
+        raise ValidationTimeout(f"validation took longer than {timeout_s:g}s") from None
