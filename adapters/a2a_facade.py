@@ -122,11 +122,19 @@ async def _agent(request: web.Request) -> AgentSpec:
     return agent
 
 
+async def _card_reader(request: web.Request) -> None:
+    """With SWARMGATE_PUBLIC_CARDS off, cards are for authenticated callers only."""
+    if not services(request).public_cards:
+        await principal(request)
+
+
 async def card(request: web.Request) -> web.Response:
+    await _card_reader(request)
     return web.json_response(agent_card(await _agent(request), public_base(request)))
 
 
 async def gateway_card(request: web.Request) -> web.Response:
+    await _card_reader(request)
     base = public_base(request)
     agents = [a for a, _v in await services(request).registry.list()]
     skills = [

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
+from dataclasses import replace
 from typing import Any
 
 from referencing.exceptions import Unresolvable as ReferencingError
@@ -14,7 +15,7 @@ from gateway.domain.clock import Clock
 from gateway.domain.errors import HandlerError, HandlerErrorType
 from gateway.domain.ports import Store
 from gateway.security.schemas import ValidationTimeout, off_loop, schema_problems, validator_for
-from registry.model import AgentSpec, OperationSpec
+from registry.model import SYSTEM_OWNER, AgentSpec, OperationSpec
 
 MAX_OPERATIONS = 100  # per agent: a registration checks every schema of every operation
 
@@ -74,6 +75,18 @@ def validate_spec(spec: AgentSpec) -> None:
             raise HandlerError(HandlerErrorType.BAD_REQUEST, "concurrency must be >= 1")
 
 
+def _not_yours(name: str, what: str) -> HandlerError:
+    return HandlerError(
+        HandlerErrorType.UNAUTHORIZED,
+        f"agent {name!r} belongs to another principal; only its owner or admin may {what} it",
+    )
+
+
+def _check_owner_sub(sub: str, admin: bool) -> None:
+    if sub == SYSTEM_OWNER and not admin:  # a token must not pose as the agents file
+        raise HandlerError(HandlerErrorType.UNAUTHORIZED, f"sub {SYSTEM_OWNER!r} is reserved")
+
+
 class Registry:
     """Registered agents, cached per process for ``ttl_s`` (other replicas see changes then)."""
 
@@ -96,6 +109,39 @@ class Registry:
         version = await self.store.upsert_agent(spec, self.clock.now())
         self._cache[spec.name] = (time.monotonic(), spec, version)
         return version
+
+    async def register_as(self, spec: AgentSpec, sub: str, *, admin: bool) -> tuple[int, bool]:
+        """Register ``spec`` owned by ``sub``: (version, created). Replacing an agent someone
+        else owns (or the agents file's) needs ``admin`` (HandlerError UNAUTHORIZED, 403)."""
+        try:
+            await off_loop(validate_spec, spec)
+        except ValidationTimeout as exc:
+            raise HandlerError(
+                HandlerErrorType.BAD_REQUEST, f"registration refused: {exc}"
+            ) from exc
+        found = await self.store.get_agent(spec.name)
+        # an admin replacing an agent keeps its owner; anyone else's registration is theirs
+        owner = found[0].owner if admin and found is not None and found[0].owner else sub
+        owned = replace(spec, owner=owner)
+        _check_owner_sub(sub, admin)
+        outcome, version = await self.store.write_agent_if_owner(
+            spec.name, owned, self.clock.now(), owner=None if admin else sub
+        )
+        if outcome == "forbidden":
+            raise _not_yours(spec.name, "replace")
+        self._cache[spec.name] = (time.monotonic(), owned, version)
+        return version, outcome == "created"
+
+    async def deregister_as(self, name: str, sub: str, *, admin: bool) -> bool:
+        """Delete agent ``name`` if ``sub`` owns it (or ``admin``); False if there is none."""
+        _check_owner_sub(sub, admin)
+        outcome, _ = await self.store.write_agent_if_owner(
+            name, None, self.clock.now(), owner=None if admin else sub
+        )
+        self._cache.pop(name, None)
+        if outcome == "forbidden":
+            raise _not_yours(name, "delete")
+        return outcome == "deleted"
 
     async def deregister(self, name: str) -> bool:
         self._cache.pop(name, None)

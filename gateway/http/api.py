@@ -23,7 +23,9 @@ from gateway.engine.signing import CallbackSigner
 from gateway.http.bodies import int_param, json_body
 from gateway.http.context import check_outbound_url, principal, services
 from gateway.http.contract import registration_errors
+from gateway.security.netguard import redact_userinfo
 from gateway.security.schemas import ValidationTimeout, off_loop
+from registry.auth import Principal
 from registry.model import AgentSpec
 
 
@@ -142,30 +144,45 @@ async def register_agent(request: web.Request) -> web.Response:
         raise HandlerError(HandlerErrorType.BAD_REQUEST, f"invalid registration: {exc!r}") from exc
     await check_outbound_url(request, spec.endpoint, "agent endpoint")
     svc = services(request)
-    before = await svc.registry.get_versioned(spec.name)
-    version = await svc.registry.register(spec)
-    status = 201 if before is None else 200
-    return web.json_response({**spec.to_json(), "registryVersion": version}, status=status)
+    version, created = await svc.registry.register_as(spec, p.sub, admin=p.is_admin)
+    stored = await svc.registry.get(spec.name)
+    return web.json_response(agent_json(stored or spec, version), status=201 if created else 200)
+
+
+def agent_json(agent: AgentSpec, version: int) -> dict[str, Any]:
+    """An agent as reads show it: credentials in the endpoint URL are redacted."""
+    return {
+        **agent.to_json(),
+        "endpoint": redact_userinfo(agent.endpoint),
+        "registryVersion": version,
+    }
+
+
+def _require_agents_read(p: Principal) -> None:
+    if not (p.has("agents:read") or p.has("agents:register")):
+        raise HandlerError(HandlerErrorType.UNAUTHORIZED, "missing scope 'agents:read'")
 
 
 async def list_agents(request: web.Request) -> web.Response:
-    await principal(request)
+    _require_agents_read(await principal(request))
     agents = await services(request).registry.list()
-    return web.json_response({"agents": [{**a.to_json(), "registryVersion": v} for a, v in agents]})
+    return web.json_response({"agents": [agent_json(a, v) for a, v in agents]})
 
 
 async def show_agent(request: web.Request) -> web.Response:
-    await principal(request)
+    _require_agents_read(await principal(request))
     found = await services(request).registry.get_versioned(request.match_info["name"])
     if found is None:
         raise HandlerError(HandlerErrorType.NOT_FOUND, "no such agent")
-    return web.json_response({**found[0].to_json(), "registryVersion": found[1]})
+    return web.json_response(agent_json(*found))
 
 
 async def delete_agent(request: web.Request) -> web.Response:
     p = await principal(request)
-    p.require("admin")
-    if not await services(request).registry.deregister(request.match_info["name"]):
+    if not p.has("agents:register"):
+        raise HandlerError(HandlerErrorType.UNAUTHORIZED, "missing scope 'agents:register'")
+    name = request.match_info["name"]
+    if not await services(request).registry.deregister_as(name, p.sub, admin=p.is_admin):
         raise HandlerError(HandlerErrorType.NOT_FOUND, "no such agent")
     return web.Response(status=204)
 

@@ -50,6 +50,7 @@ __all__ = [
     "UnresolvableDestination",
     "check_url",
     "is_address_allowed",
+    "redact_userinfo",
     "screen_url",
 ]
 
@@ -340,3 +341,15 @@ async def screen_url(
     finally:
         if resolver is None:
             await screening.close()
+
+
+def redact_userinfo(url: str) -> str:
+    """``url`` with any user name and password replaced by ``***`` (for reads and logs: an
+    endpoint's credentials are for the gateway's requests, never for whoever reads it)."""
+    try:
+        u = yarl.URL(url)
+    except (ValueError, TypeError):
+        return "<malformed URL>"
+    if u.raw_user is None and u.raw_password is None:
+        return url
+    return str(u.with_user(None).with_password(None)).replace("://", "://***@", 1)

@@ -981,6 +981,44 @@ class SqlStore:
             res = await conn.execute(delete(t.agents).where(t.agents.c.name == name))
         return bool(res.rowcount)
 
+    @_translate
+    async def write_agent_if_owner(
+        self, name: str, agent: AgentSpec | None, at: datetime, *, owner: str | None
+    ) -> tuple[str, int]:
+        spec = agent.to_json() if agent is not None else None
+        async with self._tx() as conn:
+            row = (
+                await conn.execute(
+                    select(t.agents.c.version, t.agents.c.spec)
+                    .where(t.agents.c.name == name)
+                    .with_for_update()
+                )
+            ).first()
+            if row is None:
+                if spec is None:
+                    return "absent", 0
+                await conn.execute(
+                    insert(t.agents).values(
+                        name=name, version=1, spec=spec, created_at=at, updated_at=at
+                    )
+                )
+                return "created", 1
+            stored_owner = row.spec.get("owner") if isinstance(row.spec, dict) else None
+            if owner is not None and stored_owner != owner:
+                return "forbidden", int(row.version)
+            if spec is None:
+                await conn.execute(delete(t.agents).where(t.agents.c.name == name))
+                return "deleted", int(row.version)
+            if row.spec == spec:
+                return "unchanged", int(row.version)
+            version = int(row.version) + 1
+            await conn.execute(
+                update(t.agents)
+                .where(t.agents.c.name == name)
+                .values(version=version, spec=spec, updated_at=at)
+            )
+            return "updated", version
+
     # -- operations --------------------------------------------------------------------------
 
     @_translate
