@@ -165,3 +165,47 @@ def test_public_cards_is_a_documented_setting_read_from_the_environment() -> Non
     assert Settings.from_env({"SWARMGATE_PUBLIC_CARDS": "false"}).public_cards is False
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert "SWARMGATE_PUBLIC_CARDS" in readme
+
+
+async def test_the_owner_conditional_write_is_race_free_on_both_stores(db_url: str) -> None:
+    from datetime import UTC, datetime
+
+    from gateway.store.sqlstore import SqlStore
+    from registry.model import AgentSpec
+
+    store = SqlStore(db_url)
+    await store.migrate()
+    replicas = [SqlStore(db_url) for _ in range(8)]  # as many gateway processes
+    try:
+        now = datetime.now(UTC)
+
+        def spec(owner: str) -> AgentSpec:
+            return AgentSpec.from_json({**agent("contended"), "owner": owner})
+
+        # principals on eight replicas register the same new name at once: exactly one gets it
+        outcomes = await asyncio.gather(
+            *(
+                r.write_agent_if_owner("contended", spec(f"p{i}"), now, owner=f"p{i}")
+                for i, r in enumerate(replicas)
+            )
+        )
+        assert sorted(o for o, _ in outcomes).count("created") == 1
+        assert {o for o, _ in outcomes} <= {"created", "forbidden"}
+        winner = next(i for i, (o, _) in enumerate(outcomes) if o == "created")
+        stored = await store.get_agent("contended")
+        assert stored is not None and stored[0].owner == f"p{winner}"
+        assert await store.write_agent_if_owner("contended", None, now, owner="other") == (
+            "forbidden",
+            1,
+        )
+        assert (await store.write_agent_if_owner("contended", None, now, owner=None))[0] == (
+            "deleted"
+        )
+        assert await store.write_agent_if_owner("contended", None, now, owner=None) == (
+            "absent",
+            0,
+        )
+    finally:
+        for r in replicas:
+            await r.close()
+        await store.close()

@@ -986,6 +986,14 @@ class SqlStore:
         self, name: str, agent: AgentSpec | None, at: datetime, *, owner: str | None
     ) -> tuple[str, int]:
         spec = agent.to_json() if agent is not None else None
+        try:
+            return await self._write_agent_if_owner_once(name, spec, at, owner)
+        except IntegrityError:  # a concurrent first registration of the name won: decide again
+            return await self._write_agent_if_owner_once(name, spec, at, owner)
+
+    async def _write_agent_if_owner_once(
+        self, name: str, spec: dict[str, Any] | None, at: datetime, owner: str | None
+    ) -> tuple[str, int]:
         async with self._tx() as conn:
             row = (
                 await conn.execute(
