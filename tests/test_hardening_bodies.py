@@ -144,3 +144,26 @@ def test_the_loader_checks_depth_outside_strings_only_and_accepts_the_limit() ->
     assert jsonio.loads('{"s": "' + "[" * 1000 + '"}') == {"s": "[" * 1000}
     with pytest.raises(jsonio.JsonRejected):
         jsonio.loads("[" + at_limit + "]")
+
+
+async def test_a_result_with_nan_is_shown_as_text_so_the_answer_stays_valid_json(
+    tmp_path: Path,
+) -> None:
+    async with gateway(tmp_path) as (gw, _):
+        async with gw.http.post(gw.nexus("worker", "hang"), json={}) as r:
+            assert r.status == 201
+            op_id = (await r.json())["id"]
+        headers = {
+            "Authorization": f"Bearer {gw.gw.engine.completion_token(op_id)}",
+            "Nexus-Operation-State": "succeeded",
+            "Content-Type": "application/json",
+        }
+        async with gw.http.post(
+            f"{gw.url}/api/completions/{op_id}", data=b'{"v": NaN}', headers=headers
+        ) as r:
+            assert r.status == 200
+        async with gw.http.get(f"{gw.url}/api/operations/{op_id}") as r:
+            assert r.status == 200
+            shown = jsonio.loads(await r.read())  # strict: would refuse a bare NaN
+        assert shown["state"] == "succeeded"
+        assert shown["result"] == '{"v": NaN}'

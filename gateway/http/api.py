@@ -58,7 +58,7 @@ def operation_json(op: Operation) -> dict[str, Any]:
         ct = op.result_content_type or ""
         if "json" in ct:
             try:
-                body["result"] = json.loads(op.result)
+                body["result"] = jsonio.loads(op.result)
             except ValueError:
                 body["result"] = op.result.decode(errors="replace")
         else:
