@@ -39,6 +39,7 @@ from adapters.base import (
     TransportError,
 )
 from adapters.http import classify_error
+from gateway.domain import jsonio
 from gateway.domain.model import Operation, OperationState, failure
 from registry.model import AgentSpec
 
@@ -136,7 +137,7 @@ def input_parts(op: Operation) -> list[dict[str, Any]]:
     ct = (op.input_content_type or JSON_CT).lower()
     if "json" in ct or not ct:
         try:
-            value = json.loads(body) if body else None
+            value = jsonio.loads(body) if body else None
         except (ValueError, UnicodeDecodeError):
             return [{"text": body.decode(errors="replace"), "mediaType": ct}]
         parts: list[dict[str, Any]] = [{"data": value, "mediaType": JSON_CT}]
@@ -249,7 +250,7 @@ class A2AAgentAdapter:
     @staticmethod
     def _parse(resp: HttpResponse) -> _Rpc:
         try:
-            data = json.loads(resp.body)
+            data = jsonio.loads(resp.body)
         except (ValueError, UnicodeDecodeError):
             return _Rpc(
                 outcome=Outcome(

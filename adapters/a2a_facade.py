@@ -37,9 +37,11 @@ from adapters.a2a import (
     outcome_from_task,
 )
 from adapters.base import OutcomeKind
+from gateway.domain import jsonio
 from gateway.domain.errors import HandlerError, HandlerErrorType
 from gateway.domain.model import CallbackDelivery, Event, Operation, OperationState
 from gateway.engine.engine import Engine, StartRequest, fingerprint
+from gateway.http.bodies import json_body
 from gateway.http.context import check_outbound_url, principal, services
 from registry.auth import Principal
 from registry.model import AdapterKind, AgentSpec
@@ -120,11 +122,19 @@ async def _agent(request: web.Request) -> AgentSpec:
     return agent
 
 
+async def _card_reader(request: web.Request) -> None:
+    """With SWARMGATE_PUBLIC_CARDS off, cards are for authenticated callers only."""
+    if not services(request).public_cards:
+        await principal(request)
+
+
 async def card(request: web.Request) -> web.Response:
+    await _card_reader(request)
     return web.json_response(agent_card(await _agent(request), public_base(request)))
 
 
 async def gateway_card(request: web.Request) -> web.Response:
+    await _card_reader(request)
     base = public_base(request)
     agents = [a for a, _v in await services(request).registry.list()]
     skills = [
@@ -171,7 +181,7 @@ def _result_value(op: Operation) -> tuple[bool, Any]:
     body = op.result or b""
     if "json" in (op.result_content_type or JSON_CT).lower():
         try:
-            return True, json.loads(body) if body else None
+            return True, jsonio.loads(body) if body else None
         except (ValueError, UnicodeDecodeError):
             pass
     return False, body.decode(errors="replace")
@@ -216,7 +226,7 @@ def _message_input(message: dict[str, Any]) -> bytes:
         raise invalid_params("the message needs a data or text part")
     text = "\n".join(texts)
     try:
-        json.loads(text)
+        jsonio.loads(text)
         return text.encode()
     except ValueError:
         return json.dumps(text).encode()
@@ -446,7 +456,7 @@ async def rpc(request: web.Request) -> web.Response:
     agent = await _agent(request)
     caller = await principal(request)
     try:
-        body = json.loads(await request.read())
+        body = jsonio.loads(await request.read())
     except (ValueError, UnicodeDecodeError) as exc:
         return _rpc_error(None, -32700, f"parse error: {exc}")
     if not isinstance(body, dict):
@@ -491,10 +501,7 @@ async def push_receiver(request: web.Request) -> web.Response:
     token = token or request.headers.get("X-A2A-Notification-Token", "")
     if not token or not svc.engine.check_completion_token(op_id, token):
         raise HandlerError(HandlerErrorType.UNAUTHENTICATED, "invalid completion token")
-    try:
-        body = json.loads(await request.read())
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise HandlerError(HandlerErrorType.BAD_REQUEST, "body is not JSON") from exc
+    body = await json_body(request)
     op = await svc.engine.store.get_operation(op_id)
     if op is None:
         raise HandlerError(HandlerErrorType.NOT_FOUND, "no such operation")

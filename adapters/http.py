@@ -9,7 +9,6 @@ Cancel: ``POST {endpoint}/{operation}/cancel`` with ``Nexus-Operation-Token``.
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -23,6 +22,7 @@ from adapters.base import (
     Transport,
     TransportError,
 )
+from gateway.domain import jsonio
 from gateway.domain.errors import HandlerErrorType
 
 
@@ -48,7 +48,7 @@ def parse_retry_after(value: str | None) -> float | None:
 
 def _json(body: bytes) -> Any:
     try:
-        return json.loads(body) if body else None
+        return jsonio.loads(body) if body else None
     except (ValueError, UnicodeDecodeError):
         return None
 

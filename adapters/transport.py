@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import functools
+import ipaddress
 import re
 import socket
 import ssl
@@ -45,6 +46,8 @@ from gateway.security.netguard import (
 )
 
 DEFAULT_MAX_RESPONSE_BYTES = 16 * 1024 * 1024
+MAX_HEADER_BYTES = 64 * 1024  # all of a response's header lines together
+MAX_HEADER_LINE_BYTES = 16 * 1024  # one header line (name and value)
 _AUTHORITY_END = re.compile(r"[/?#]")
 _UNSAFE_IN_TARGET = re.compile(r"[^\x21-\x7e]")  # controls, spaces, non-ASCII
 _TARGET_SAFE = "!$&'()*+,;=:@/?%-._~[]"  # kept as they are when a target has to be quoted
@@ -113,6 +116,7 @@ class _Connection(asyncio.Protocol):
 
     def __init__(self, max_body: int) -> None:
         self._max_body = max_body
+        self._max_head = min(MAX_HEADER_BYTES, max_body)  # headers count against the cap too
         self._parser = httptools.HttpResponseParser(self)
         self._transport: asyncio.Transport | None = None
         self._waiter: asyncio.Future[tuple[int, CIMultiDict[str], bytes]] | None = None
@@ -120,6 +124,7 @@ class _Connection(asyncio.Protocol):
         self._headers: CIMultiDict[str] = CIMultiDict()
         self._chunks: list[bytes] = []
         self._size = 0
+        self._head_bytes = 0  # of the status line and headers, fed to the parser so far
         self.got_bytes = False
         self._headers_done = False
         self._framed = False
@@ -140,7 +145,22 @@ class _Connection(asyncio.Protocol):
             return
         self.got_bytes = True
         try:
-            self._parser.feed_data(data)
+            while data and not self._headers_done:
+                # the head is fed at most MAX_HEADER_BYTES (+1) at a time: httptools collects
+                # a header line in memory until it ends, so an endless one must stop here
+                room = self._max_head + 1 - self._head_bytes
+                part, data = data[:room], data[room:]
+                self._head_bytes += len(part)
+                self._parser.feed_data(part)
+                if not self._headers_done and self._head_bytes > self._max_head:
+                    self._error = TransportError(
+                        f"response headers larger than {self._max_head} bytes", retryable=False
+                    )
+                    raise self._error
+            if data:
+                self._parser.feed_data(data)
+        except TransportError as exc:
+            self._fail(exc)
         except httptools.HttpParserError as exc:
             self._fail(self._error or TransportError(f"malformed response: {exc}"))
 
@@ -164,6 +184,11 @@ class _Connection(asyncio.Protocol):
     # -- httptools callbacks -----------------------------------------------------------------
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if len(name) + len(value) > MAX_HEADER_LINE_BYTES:
+            self._error = TransportError(
+                f"response header line longer than {MAX_HEADER_LINE_BYTES} bytes", retryable=False
+            )
+            raise self._error
         self._headers.add(name.decode("latin-1"), value.decode("latin-1"))
 
     def on_headers_complete(self) -> None:
@@ -201,6 +226,7 @@ class _Connection(asyncio.Protocol):
         self._headers = CIMultiDict()
         self._chunks = []
         self._size = 0
+        self._head_bytes = 0
         self._headers_done = False
         self._framed = False
 
@@ -470,7 +496,18 @@ class HttpTransport:
 
 
 def _is_ip_literal(host: str) -> bool:
-    return ":" in host or host.replace(".", "").isdigit()
+    """True only for what ``ipaddress`` parses exactly: ``9.9.9.9.9`` is a name (resolved and
+    screened), not an address the OS resolver may make something of."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
-__all__ = ["DEFAULT_MAX_RESPONSE_BYTES", "HttpTransport"]
+__all__ = [
+    "DEFAULT_MAX_RESPONSE_BYTES",
+    "MAX_HEADER_BYTES",
+    "MAX_HEADER_LINE_BYTES",
+    "HttpTransport",
+]

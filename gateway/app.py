@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import secrets
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from adapters.http import HttpAgentAdapter
 from adapters.transport import HttpTransport
 from gateway import logs
 from gateway.config import Settings
+from gateway.domain import jsonio
 from gateway.domain.clock import Clock, SystemClock
 from gateway.engine.engine import Engine, EngineConfig
 from gateway.engine.signing import CallbackSigner
@@ -29,7 +29,7 @@ from gateway.http.errors import error_middleware
 from gateway.security.netguard import OutboundPolicy
 from gateway.store.sqlstore import SqlStore
 from registry.auth import AuthConfig, Verifier
-from registry.model import AdapterKind, AgentSpec, RetryPolicy
+from registry.model import SYSTEM_OWNER, AdapterKind, AgentSpec, RetryPolicy
 from registry.service import Registry
 
 log = logging.getLogger("swarmgate")
@@ -37,7 +37,7 @@ log = logging.getLogger("swarmgate")
 
 def load_agents_file(path: str) -> list[AgentSpec]:
     text = Path(path).read_text()
-    data: Any = yaml.safe_load(text) if path.endswith((".yaml", ".yml")) else json.loads(text)
+    data: Any = yaml.safe_load(text) if path.endswith((".yaml", ".yml")) else jsonio.loads(text)
     items = data.get("agents", []) if isinstance(data, dict) else data
     return [AgentSpec.from_json(item) for item in items]
 
@@ -76,7 +76,7 @@ async def build(settings: Settings, *, clock: Clock | None = None) -> Gateway:
     registry = Registry(store, clock)
     if settings.agents_file:
         for spec in load_agents_file(settings.agents_file):
-            await registry.register(spec)
+            await registry.register(replace(spec, owner=SYSTEM_OWNER))
     config = EngineConfig(
         owner=settings.replica_id,
         public_url=settings.base_url,
@@ -112,7 +112,13 @@ async def build(settings: Settings, *, clock: Clock | None = None) -> Gateway:
     )
     verifier = Verifier(await auth_config(settings, store))
     app = web.Application(middlewares=[error_middleware], client_max_size=settings.max_body_bytes)
-    app[SERVICES] = Services(engine=engine, registry=registry, verifier=verifier, outbound=outbound)
+    app[SERVICES] = Services(
+        engine=engine,
+        registry=registry,
+        verifier=verifier,
+        outbound=outbound,
+        public_cards=settings.public_cards,
+    )
     nexus.add_routes(app)
     api.add_routes(app)
     a2a_facade.add_routes(app, a2a)

@@ -20,6 +20,17 @@ def _f(env: Mapping[str, str], name: str, default: float) -> float:
         raise ConfigError(f"{name} must be a number, got {raw!r}") from exc
 
 
+def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = (env.get(name) or "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be true or false, got {raw!r}")
+
+
 @dataclass(frozen=True, kw_only=True)
 class Settings:
     database_url: str = "sqlite:///var/swarmgate.db"
@@ -58,6 +69,7 @@ class Settings:
     db_pool_size: int = 20
     workers: int = 1
     reuse_port: bool = False
+    public_cards: bool = True  # A2A agent cards without a token (discovery); off: ops:read
 
     @property
     def base_url(self) -> str:
@@ -106,6 +118,7 @@ class Settings:
             "db_pool_size": int(_f(e, p + "DB_POOL_SIZE", cls.db_pool_size)),
             "workers": int(_f(e, p + "WORKERS", cls.workers)),
             "reuse_port": e.get(p + "REUSE_PORT", "") in ("1", "true", "yes"),
+            "public_cards": _flag(e, p + "PUBLIC_CARDS", cls.public_cards),
         }
         if e.get(p + "REPLICA_ID"):
             kw["replica_id"] = e[p + "REPLICA_ID"]

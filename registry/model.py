@@ -6,6 +6,8 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
+SYSTEM_OWNER = "swarmgate:system"  # owns agents from SWARMGATE_AGENTS_FILE: admin replaces them
+
 
 class AdapterKind(enum.StrEnum):
     HTTP = "http"  # Nexus-style HTTP (plain webhook agents work too: 200 = result)
@@ -90,9 +92,12 @@ class AgentSpec:
     version: str = "1"
     description: str = ""
     operations: dict[str, OperationSpec] = field(default_factory=dict)
+    # who registered it (the token's ``sub``; SYSTEM_OWNER for the agents file). Set by the
+    # gateway, never by a registration body; only the owner or ``admin`` may replace it.
+    owner: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "name": self.name,
             "endpoint": self.endpoint,
             "adapter": self.adapter.value,
@@ -100,6 +105,9 @@ class AgentSpec:
             "description": self.description,
             "operations": [op.to_json() for op in self.operations.values()],
         }
+        if self.owner is not None:
+            data["owner"] = self.owner
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> AgentSpec:
@@ -114,4 +122,5 @@ class AgentSpec:
             version=str(data.get("version", "1")),
             description=str(data.get("description") or ""),
             operations={s.name: s for s in specs},
+            owner=str(data["owner"]) if data.get("owner") is not None else None,
         )

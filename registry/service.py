@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import time
+from dataclasses import replace
 from typing import Any
 
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError
-from referencing import Registry as RefRegistry
 from referencing.exceptions import Unresolvable as ReferencingError
-from referencing.jsonschema import DRAFT202012
 
+from gateway.domain import jsonio
 from gateway.domain.clock import Clock
 from gateway.domain.errors import HandlerError, HandlerErrorType
 from gateway.domain.ports import Store
-from registry.model import AgentSpec, OperationSpec
+from gateway.security.schemas import ValidationTimeout, off_loop, schema_problems, validator_for
+from registry.model import SYSTEM_OWNER, AgentSpec, OperationSpec
+
+MAX_OPERATIONS = 100  # per agent: a registration checks every schema of every operation
 
 NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 
@@ -31,41 +31,17 @@ def check_name(kind: str, name: str) -> None:
 
 
 def schema_errors(schema: dict[str, Any], instance: Any) -> list[dict[str, str]]:
-    validator = Draft202012Validator(schema)
+    validator = validator_for(schema)
     try:
         errors = sorted(validator.iter_errors(instance), key=lambda e: list(e.absolute_path))
     except ReferencingError as exc:  # registered before refs were checked: still a 400
         return [{"path": "/", "message": f"the schema cannot be applied: {exc}"}]
+    except RecursionError:  # a schema that refers to itself without descending
+        return [{"path": "/", "message": "the schema cannot be applied: it recurses too deeply"}]
     return [
         {"path": "/" + "/".join(str(p) for p in err.absolute_path), "message": err.message}
         for err in errors
     ][:50]
-
-
-def _refs(node: Any) -> list[str]:
-    if isinstance(node, dict):
-        found = [node["$ref"]] if isinstance(node.get("$ref"), str) else []
-        return found + [r for v in node.values() for r in _refs(v)]
-    if isinstance(node, list):
-        return [r for v in node for r in _refs(v)]
-    return []
-
-
-def unresolvable_refs(schema: dict[str, Any]) -> list[str]:
-    """``$ref``s that do not resolve inside the schema itself (no remote schemas are fetched)."""
-    resource = DRAFT202012.create_resource(schema)
-    resolver = (
-        RefRegistry()
-        .with_resource("urn:swarmgate:schema", resource)
-        .resolver(base_uri="urn:swarmgate:schema")
-    )
-    bad = []
-    for ref in _refs(schema):
-        try:
-            resolver.lookup(ref)
-        except ReferencingError:
-            bad.append(ref)
-    return bad
 
 
 def validate_spec(spec: AgentSpec) -> None:
@@ -75,6 +51,11 @@ def validate_spec(spec: AgentSpec) -> None:
         raise HandlerError(HandlerErrorType.BAD_REQUEST, "endpoint must be an http(s) URL")
     if not spec.operations:
         raise HandlerError(HandlerErrorType.BAD_REQUEST, "an agent needs at least one operation")
+    if len(spec.operations) > MAX_OPERATIONS:
+        raise HandlerError(
+            HandlerErrorType.BAD_REQUEST,
+            f"an agent has at most {MAX_OPERATIONS} operations, not {len(spec.operations)}",
+        )
     for op in spec.operations.values():
         check_name("operation", op.name)
         for which, schema in (
@@ -83,24 +64,27 @@ def validate_spec(spec: AgentSpec) -> None:
         ):
             if schema is None:
                 continue
-            try:
-                Draft202012Validator.check_schema(schema)
-            except SchemaError as exc:
+            problems = schema_problems(schema)
+            if problems:
                 raise HandlerError(
-                    HandlerErrorType.BAD_REQUEST,
-                    f"operation {op.name!r}: {which} is not a valid JSON Schema: {exc.message}",
-                ) from exc
-            bad_refs = unresolvable_refs(schema)
-            if bad_refs:
-                raise HandlerError(
-                    HandlerErrorType.BAD_REQUEST,
-                    f"operation {op.name!r}: {which} has $ref that do not resolve within the "
-                    f"schema (remote schemas are not fetched): {', '.join(bad_refs[:5])}",
+                    HandlerErrorType.BAD_REQUEST, f"operation {op.name!r}: {which} {problems[0]}"
                 )
         if op.timeout_s <= 0 or op.attempt_timeout_s <= 0:
             raise HandlerError(HandlerErrorType.BAD_REQUEST, "timeouts must be positive")
         if op.concurrency is not None and op.concurrency < 1:
             raise HandlerError(HandlerErrorType.BAD_REQUEST, "concurrency must be >= 1")
+
+
+def _not_yours(name: str, what: str) -> HandlerError:
+    return HandlerError(
+        HandlerErrorType.UNAUTHORIZED,
+        f"agent {name!r} belongs to another principal; only its owner or admin may {what} it",
+    )
+
+
+def _check_owner_sub(sub: str, admin: bool) -> None:
+    if sub == SYSTEM_OWNER and not admin:  # a token must not pose as the agents file
+        raise HandlerError(HandlerErrorType.UNAUTHORIZED, f"sub {SYSTEM_OWNER!r} is reserved")
 
 
 class Registry:
@@ -116,10 +100,48 @@ class Registry:
         self._reading: dict[str, asyncio.Task[tuple[AgentSpec, int] | None]] = {}
 
     async def register(self, spec: AgentSpec) -> int:
-        validate_spec(spec)
+        try:  # off the event loop, time-limited: schemas are checked and compiled
+            await off_loop(validate_spec, spec)
+        except ValidationTimeout as exc:
+            raise HandlerError(
+                HandlerErrorType.BAD_REQUEST, f"registration refused: {exc}"
+            ) from exc
         version = await self.store.upsert_agent(spec, self.clock.now())
         self._cache[spec.name] = (time.monotonic(), spec, version)
         return version
+
+    async def register_as(self, spec: AgentSpec, sub: str, *, admin: bool) -> tuple[int, bool]:
+        """Register ``spec`` owned by ``sub``: (version, created). Replacing an agent someone
+        else owns (or the agents file's) needs ``admin`` (HandlerError UNAUTHORIZED, 403)."""
+        try:
+            await off_loop(validate_spec, spec)
+        except ValidationTimeout as exc:
+            raise HandlerError(
+                HandlerErrorType.BAD_REQUEST, f"registration refused: {exc}"
+            ) from exc
+        found = await self.store.get_agent(spec.name)
+        # an admin replacing an agent keeps its owner; anyone else's registration is theirs
+        owner = found[0].owner if admin and found is not None and found[0].owner else sub
+        owned = replace(spec, owner=owner)
+        _check_owner_sub(sub, admin)
+        outcome, version = await self.store.write_agent_if_owner(
+            spec.name, owned, self.clock.now(), owner=None if admin else sub
+        )
+        if outcome == "forbidden":
+            raise _not_yours(spec.name, "replace")
+        self._cache[spec.name] = (time.monotonic(), owned, version)
+        return version, outcome == "created"
+
+    async def deregister_as(self, name: str, sub: str, *, admin: bool) -> bool:
+        """Delete agent ``name`` if ``sub`` owns it (or ``admin``); False if there is none."""
+        _check_owner_sub(sub, admin)
+        outcome, _ = await self.store.write_agent_if_owner(
+            name, None, self.clock.now(), owner=None if admin else sub
+        )
+        self._cache.pop(name, None)
+        if outcome == "forbidden":
+            raise _not_yours(name, "delete")
+        return outcome == "deleted"
 
     async def deregister(self, name: str) -> bool:
         self._cache.pop(name, None)
@@ -176,7 +198,7 @@ def check_payload(
     if content_type and "json" not in content_type.lower():
         return [{"path": "/", "message": f"{what} must be application/json, got {content_type}"}]
     try:
-        instance = json.loads(body) if body else None
+        instance = jsonio.loads(body) if body else None
     except (ValueError, UnicodeDecodeError) as exc:
         return [{"path": "/", "message": f"{what} is not valid JSON: {exc}"}]
     return schema_errors(schema, instance)

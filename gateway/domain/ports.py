@@ -43,6 +43,15 @@ class Store(Protocol):
     async def get_agent(self, name: str) -> tuple[AgentSpec, int] | None: ...
     async def list_agents(self) -> list[tuple[AgentSpec, int]]: ...
     async def delete_agent(self, name: str) -> bool: ...
+    async def write_agent_if_owner(
+        self, name: str, agent: AgentSpec | None, at: datetime, *, owner: str | None
+    ) -> tuple[str, int]:
+        """Replace (``agent``) or delete (``None``) agent ``name`` in one transaction, only if
+        it is new or its stored owner is ``owner`` (``None``: any owner, for ``admin``).
+        Returns ``(outcome, version)``, outcome one of ``created``, ``updated``,
+        ``unchanged``, ``deleted``, ``absent`` (nothing to delete) and ``forbidden``
+        (someone else's agent, or one without an owner; nothing was written)."""
+        ...
 
     # operations --------------------------------------------------------------------------------
     async def create_operation(

@@ -9,6 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.domain import jsonio
 from gateway.domain.errors import HandlerError, HandlerErrorType
 from gateway.domain.model import (
     CallbackDelivery,
@@ -19,8 +20,12 @@ from gateway.domain.model import (
     OperationState,
 )
 from gateway.engine.signing import CallbackSigner
+from gateway.http.bodies import int_param, json_body
 from gateway.http.context import check_outbound_url, principal, services
 from gateway.http.contract import registration_errors
+from gateway.security.netguard import redact_userinfo
+from gateway.security.schemas import ValidationTimeout, off_loop
+from registry.auth import Principal
 from registry.model import AgentSpec
 
 
@@ -53,7 +58,7 @@ def operation_json(op: Operation) -> dict[str, Any]:
         ct = op.result_content_type or ""
         if "json" in ct:
             try:
-                body["result"] = json.loads(op.result)
+                body["result"] = jsonio.loads(op.result)
             except ValueError:
                 body["result"] = op.result.decode(errors="replace")
         else:
@@ -76,13 +81,6 @@ def delivery_json(d: CallbackDelivery) -> dict[str, Any]:
         "deliveredAt": _iso(d.delivered_at),
         "lastError": d.last_error,
     }
-
-
-async def _json_body(request: web.Request) -> Any:
-    try:
-        return json.loads(await request.read())
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise HandlerError(HandlerErrorType.BAD_REQUEST, f"body is not valid JSON: {exc}") from exc
 
 
 # -- completions (agents finishing async operations) ------------------------------------------
@@ -112,7 +110,9 @@ async def complete(request: web.Request) -> web.Response:
         )
     else:
         try:
-            fail = json.loads(body) if body else {}
+            fail = jsonio.loads(body) if body else {}
+        except jsonio.JsonRejected as exc:
+            raise HandlerError(HandlerErrorType.BAD_REQUEST, f"failure refused: {exc}") from exc
         except ValueError:
             fail = {"message": body.decode(errors="replace")}
         if not isinstance(fail, dict):
@@ -127,10 +127,13 @@ async def complete(request: web.Request) -> web.Response:
 async def register_agent(request: web.Request) -> web.Response:
     p = await principal(request)
     p.require("agents:register")
-    data = await _json_body(request)
+    data = await json_body(request)
     if not isinstance(data, dict):
         raise HandlerError(HandlerErrorType.BAD_REQUEST, "registration must be a JSON object")
-    errors = registration_errors(data)
+    try:  # off the event loop and time-limited, like every schema check of a registration
+        errors = await off_loop(registration_errors, data)
+    except ValidationTimeout as exc:
+        raise HandlerError(HandlerErrorType.BAD_REQUEST, f"registration refused: {exc}") from exc
     if errors:
         raise HandlerError(
             HandlerErrorType.BAD_REQUEST, "registration does not match the schema", details=errors
@@ -141,30 +144,45 @@ async def register_agent(request: web.Request) -> web.Response:
         raise HandlerError(HandlerErrorType.BAD_REQUEST, f"invalid registration: {exc!r}") from exc
     await check_outbound_url(request, spec.endpoint, "agent endpoint")
     svc = services(request)
-    before = await svc.registry.get_versioned(spec.name)
-    version = await svc.registry.register(spec)
-    status = 201 if before is None else 200
-    return web.json_response({**spec.to_json(), "registryVersion": version}, status=status)
+    version, created = await svc.registry.register_as(spec, p.sub, admin=p.is_admin)
+    stored = await svc.registry.get(spec.name)
+    return web.json_response(agent_json(stored or spec, version), status=201 if created else 200)
+
+
+def agent_json(agent: AgentSpec, version: int) -> dict[str, Any]:
+    """An agent as reads show it: credentials in the endpoint URL are redacted."""
+    return {
+        **agent.to_json(),
+        "endpoint": redact_userinfo(agent.endpoint),
+        "registryVersion": version,
+    }
+
+
+def _require_agents_read(p: Principal) -> None:
+    if not (p.has("agents:read") or p.has("agents:register")):
+        raise HandlerError(HandlerErrorType.UNAUTHORIZED, "missing scope 'agents:read'")
 
 
 async def list_agents(request: web.Request) -> web.Response:
-    await principal(request)
+    _require_agents_read(await principal(request))
     agents = await services(request).registry.list()
-    return web.json_response({"agents": [{**a.to_json(), "registryVersion": v} for a, v in agents]})
+    return web.json_response({"agents": [agent_json(a, v) for a, v in agents]})
 
 
 async def show_agent(request: web.Request) -> web.Response:
-    await principal(request)
+    _require_agents_read(await principal(request))
     found = await services(request).registry.get_versioned(request.match_info["name"])
     if found is None:
         raise HandlerError(HandlerErrorType.NOT_FOUND, "no such agent")
-    return web.json_response({**found[0].to_json(), "registryVersion": found[1]})
+    return web.json_response(agent_json(*found))
 
 
 async def delete_agent(request: web.Request) -> web.Response:
     p = await principal(request)
-    p.require("admin")
-    if not await services(request).registry.deregister(request.match_info["name"]):
+    if not p.has("agents:register"):
+        raise HandlerError(HandlerErrorType.UNAUTHORIZED, "missing scope 'agents:register'")
+    name = request.match_info["name"]
+    if not await services(request).registry.deregister_as(name, p.sub, admin=p.is_admin):
         raise HandlerError(HandlerErrorType.NOT_FOUND, "no such agent")
     return web.Response(status=204)
 
@@ -187,9 +205,9 @@ async def list_operations(request: web.Request) -> web.Response:
     state = request.query.get("state")
     try:
         st = OperationState(state) if state else None
-        limit = min(1000, max(1, int(request.query.get("limit", "100"))))
     except ValueError as exc:
         raise HandlerError(HandlerErrorType.BAD_REQUEST, f"bad query: {exc}") from exc
+    limit = min(1000, max(1, int_param(request.query.get("limit"), "limit", 100, low=-(2**63))))
     ops = await services(request).engine.store.list_operations(
         caller=None if p.is_admin else p.sub,
         service=request.query.get("service"),
@@ -205,10 +223,7 @@ async def show_operation(request: web.Request) -> web.Response:
 
 async def operation_events(request: web.Request) -> web.Response:
     op = await _load(request)
-    try:
-        after = int(request.query.get("after", "0"))
-    except ValueError as exc:
-        raise HandlerError(HandlerErrorType.BAD_REQUEST, "after must be an integer") from exc
+    after = int_param(request.query.get("after"), "after", 0)
     events = await services(request).engine.store.list_events(op.id, after=after)
     return web.json_response({"operationId": op.id, "events": [event_json(e) for e in events]})
 
@@ -224,13 +239,10 @@ async def operation_stream(request: web.Request) -> web.StreamResponse:
     op = await _load(request)
     svc = services(request)
     store = svc.engine.store
-    raw = request.headers.get("Last-Event-ID") or request.query.get("after") or "0"
-    try:
-        after = int(raw)
-    except ValueError as exc:
-        raise HandlerError(
-            HandlerErrorType.BAD_REQUEST, "Last-Event-ID must be an integer"
-        ) from exc
+    if request.headers.get("Last-Event-ID"):  # checked before the 200 is sent
+        after = int_param(request.headers["Last-Event-ID"], "Last-Event-ID", 0)
+    else:
+        after = int_param(request.query.get("after"), "after", 0)
     resp = web.StreamResponse(
         headers={
             "Content-Type": "text/event-stream",
@@ -332,7 +344,7 @@ async def rotate_callback_secret(request: web.Request) -> web.Response:
     """A new secret; the old one keeps signing (second signature) for ``graceSeconds``."""
     p = await principal(request)
     raw = await request.read()
-    data = await _json_body(request) if raw else {}
+    data = await json_body(request) if raw else {}
     grace = data.get("graceSeconds", 86400) if isinstance(data, dict) else None
     if not isinstance(grace, int | float) or isinstance(grace, bool) or not 0 <= grace <= 7 * 86400:
         raise HandlerError(

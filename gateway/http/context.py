@@ -20,6 +20,7 @@ class Services:
     verifier: Verifier
     outbound: OutboundPolicy
     screen_callbacks: bool = True
+    public_cards: bool = True  # SWARMGATE_PUBLIC_CARDS
 
 
 SERVICES = web.AppKey("swarmgate.services", Services)

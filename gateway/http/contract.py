@@ -13,10 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
+from jsonschema.protocols import Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
+
+from gateway.security.schemas import SafeValidator, no_fetch_registry, validator_for
 
 SPEC_DIR = Path(__file__).resolve().parents[2] / "spec"
 SCHEMAS_DIR = SPEC_DIR / "schemas"
@@ -64,15 +66,15 @@ def _registry() -> Registry[Any]:
         pairs.append((name, resource))
         if isinstance(schema.get("$id"), str):
             pairs.append((schema["$id"], resource))
-    return Registry().with_resources(pairs)
+    return no_fetch_registry(pairs)
 
 
 @functools.cache
-def validator(name: str) -> Draft202012Validator:
+def validator(name: str) -> Validator:
     """A Draft 2020-12 validator for ``spec/schemas/<name>`` (schema checked once)."""
     schema = load_schema(name)
-    Draft202012Validator.check_schema(schema)
-    return Draft202012Validator(schema, registry=_registry())
+    SafeValidator.check_schema(schema)
+    return validator_for(schema, _registry())
 
 
 def _pointer(err: ValidationError) -> str:
@@ -133,11 +135,11 @@ def _openapi_registry() -> Registry[Any]:
 
 
 @functools.cache
-def openapi_validator(pointer: str) -> Draft202012Validator:
+def openapi_validator(pointer: str) -> Validator:
     """A validator for the schema at JSON Pointer ``pointer`` inside ``spec/openapi.yaml``
     (e.g. ``/components/schemas/Operation``), with every ``$ref`` resolved."""
     ref = {"$ref": OPENAPI_PATH.as_uri() + "#" + pointer}
-    return Draft202012Validator(ref, registry=_openapi_registry())
+    return validator_for(ref, _openapi_registry())
 
 
 def component_errors(component: str, data: Any) -> list[dict[str, str]]:

@@ -17,7 +17,8 @@ from gateway.http.context import check_outbound_url, principal, services
 from registry.auth import Principal
 
 PREFIX = "/nexus"
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m)\s*$")
+# bounded digits: a duration of 400 digits would be a float of inf
+_DURATION = re.compile(r"^\s*(\d{1,12}(?:\.\d{1,9})?)\s*(ms|s|m)\s*$")
 MAX_WAIT_S = 60.0
 
 

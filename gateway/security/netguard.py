@@ -22,8 +22,10 @@ land on a public address unless an operator allow-listed the range:
 URL early (at registration, or when an operation is started with a callback URL). It does not
 replace the connector-time check, which is the one that binds the address.
 
-Errors name the host and the address, never the rest of the URL (no credentials, paths or
-query strings in messages or logs).
+Errors name the host, never the rest of the URL (no credentials, paths or query strings in
+messages or logs). A refused IP literal is named; the address a *name* resolved to is not (it
+would make the gateway an oracle for internal DNS): the message says "resolves to a non-public
+address", the address is logged and kept on :attr:`BlockedDestination.address`.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import ipaddress
+import logging
 import socket
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -47,8 +50,11 @@ __all__ = [
     "UnresolvableDestination",
     "check_url",
     "is_address_allowed",
+    "redact_userinfo",
     "screen_url",
 ]
+
+log = logging.getLogger("swarmgate.netguard")
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -96,9 +102,11 @@ class BlockedDestination(OSError):
     def __init__(self, host: str, address: str | None = None, reason: str | None = None) -> None:
         self.host = host
         self.address = address
-        self.reason = reason or "not an allowed destination"
-        where = host if address is None or address == host else f"{host} ({address})"
-        super().__init__(f"{where}: {self.reason}")
+        resolved = address is not None and _parse_ip(host) is None
+        self.reason = reason or (
+            "resolves to a non-public address" if resolved else "not an allowed destination"
+        )
+        super().__init__(f"{host}: {self.reason}")
 
     def __str__(self) -> str:
         return str(self.args[0])
@@ -253,6 +261,7 @@ def _screen_results(host: str, results: Sequence[ResolveResult], policy: Outboun
         raise UnresolvableDestination(host, "name resolved to no addresses")
     for res in results:
         if not is_address_allowed(res["host"], policy):
+            log.warning("outbound refused: %s resolves to %s", host, res["host"])
             raise BlockedDestination(host, res["host"])
 
 
@@ -332,3 +341,15 @@ async def screen_url(
     finally:
         if resolver is None:
             await screening.close()
+
+
+def redact_userinfo(url: str) -> str:
+    """``url`` with any user name and password replaced by ``***`` (for reads and logs: an
+    endpoint's credentials are for the gateway's requests, never for whoever reads it)."""
+    try:
+        u = yarl.URL(url)
+    except (ValueError, TypeError):
+        return "<malformed URL>"
+    if u.raw_user is None and u.raw_password is None:
+        return url
+    return str(u.with_user(None).with_password(None)).replace("://", "://***@", 1)

@@ -146,6 +146,22 @@ class MemoryTables:
     async def delete_agent(self, name: str) -> bool:
         return self._agents.pop(name, None) is not None
 
+    async def write_agent_if_owner(
+        self, name: str, agent: AgentSpec | None, at: datetime, *, owner: str | None
+    ) -> tuple[str, int]:
+        row = self._agents.get(name)
+        if row is None:
+            if agent is None:
+                return "absent", 0
+            return "created", await self.upsert_agent(agent, at)
+        if owner is not None and row.spec.get("owner") != owner:
+            return "forbidden", row.version
+        if agent is None:
+            del self._agents[name]
+            return "deleted", row.version
+        version = await self.upsert_agent(agent, at)
+        return ("unchanged" if version == row.version else "updated"), version
+
     # -- caller secrets ----------------------------------------------------------------------
 
     async def caller_secrets(self, caller: str, now: datetime, new_secret: str) -> CallerSecrets:

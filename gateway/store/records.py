@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Column, Insert, Table, delete, insert, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from gateway.domain.model import CallbackDelivery, CallerSecrets, Event, Operation
@@ -98,6 +99,52 @@ class RecordTables:
         async with self._tx() as conn:
             res = await conn.execute(delete(t.agents).where(t.agents.c.name == name))
         return bool(res.rowcount)
+
+    @translate
+    async def write_agent_if_owner(
+        self, name: str, agent: AgentSpec | None, at: datetime, *, owner: str | None
+    ) -> tuple[str, int]:
+        spec = agent.to_json() if agent is not None else None
+        try:
+            return await self._write_agent_if_owner_once(name, spec, at, owner)
+        except IntegrityError:  # a concurrent first registration of the name won: decide again
+            return await self._write_agent_if_owner_once(name, spec, at, owner)
+
+    async def _write_agent_if_owner_once(
+        self, name: str, spec: dict[str, Any] | None, at: datetime, owner: str | None
+    ) -> tuple[str, int]:
+        async with self._tx() as conn:
+            row = (
+                await conn.execute(
+                    select(t.agents.c.version, t.agents.c.spec)
+                    .where(t.agents.c.name == name)
+                    .with_for_update()
+                )
+            ).first()
+            if row is None:
+                if spec is None:
+                    return "absent", 0
+                await conn.execute(
+                    insert(t.agents).values(
+                        name=name, version=1, spec=spec, created_at=at, updated_at=at
+                    )
+                )
+                return "created", 1
+            stored_owner = row.spec.get("owner") if isinstance(row.spec, dict) else None
+            if owner is not None and stored_owner != owner:
+                return "forbidden", int(row.version)
+            if spec is None:
+                await conn.execute(delete(t.agents).where(t.agents.c.name == name))
+                return "deleted", int(row.version)
+            if row.spec == spec:
+                return "unchanged", int(row.version)
+            version = int(row.version) + 1
+            await conn.execute(
+                update(t.agents)
+                .where(t.agents.c.name == name)
+                .values(version=version, spec=spec, updated_at=at)
+            )
+            return "updated", version
 
     # -- caller secrets ----------------------------------------------------------------------
 

@@ -162,7 +162,9 @@ async def test_a_registration_round_trips_and_matches_the_documented_schemas(db_
         assert contract.registration_errors(registration) == []
         async with gw.http.post(f"{gw.url}/api/agents", json=registration) as r:
             created = await checked(r, "POST", "/api/agents", 201)
-        assert {k: v for k, v in created.items() if k != "registryVersion"} == registration
+        gateway_set = ("registryVersion", "owner")
+        assert {k: v for k, v in created.items() if k not in gateway_set} == registration
+        assert created["owner"] == "anonymous"  # the registering principal's sub
         async with gw.http.post(f"{gw.url}/api/agents", json=registration) as r:
             same = await checked(r, "POST", "/api/agents", 200)
         assert same == created

@@ -171,6 +171,44 @@ async def test_an_agent_version_rises_only_when_its_spec_changes(port_store: Sto
     assert await port_store.get_agent("b-agent") is None
 
 
+async def test_an_agent_is_replaced_or_deleted_only_by_its_owner_or_an_admin(
+    port_store: Store,
+) -> None:
+    mine = AgentSpec(name="owned", endpoint="http://127.0.0.1:1", owner="alice")
+    assert await port_store.write_agent_if_owner("owned", mine, T0, owner="alice") == (
+        "created",
+        1,
+    )
+    theirs = AgentSpec(name="owned", endpoint="http://127.0.0.1:9", owner="mallory")
+    assert await port_store.write_agent_if_owner("owned", theirs, at(1), owner="mallory") == (
+        "forbidden",
+        1,
+    )
+    assert await port_store.write_agent_if_owner("owned", None, at(1), owner="mallory") == (
+        "forbidden",
+        1,
+    )
+    assert await port_store.get_agent("owned") == (mine, 1)
+    assert await port_store.write_agent_if_owner("owned", mine, at(2), owner="alice") == (
+        "unchanged",
+        1,
+    )
+    moved = AgentSpec(name="owned", endpoint="http://127.0.0.1:2", owner="alice")
+    assert await port_store.write_agent_if_owner("owned", moved, at(3), owner=None) == (
+        "updated",
+        2,
+    )
+    assert await port_store.write_agent_if_owner("owned", None, at(4), owner="alice") == (
+        "deleted",
+        2,
+    )
+    assert await port_store.write_agent_if_owner("owned", None, at(5), owner="alice") == (
+        "absent",
+        0,
+    )
+    assert await port_store.get_agent("owned") is None
+
+
 # -- starts and idempotency -------------------------------------------------------------------
 
 

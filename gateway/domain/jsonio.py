@@ -1,0 +1,77 @@
+"""The one JSON loader for everything that crosses a boundary (request bodies, agent answers,
+completions, registrations, files).
+
+Plain ``json.loads`` accepts what the rest of the gateway cannot store or process: ``NaN`` and
+``Infinity`` (PostgreSQL's JSON types refuse them; comparisons with them are always false),
+numbers too large for a float (``1e999`` becomes ``inf``) and nesting deep enough that the
+parser, the schema validator or the serializer hits the recursion limit. :func:`loads` refuses
+all of those with :class:`JsonRejected` (a ``ValueError``), before parsing in the depth case.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from itertools import accumulate
+from typing import Any
+
+__all__ = ["MAX_JSON_DEPTH", "JsonRejected", "bounded_int", "loads"]
+
+MAX_JSON_DEPTH = 64  # arrays and objects inside each other
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+
+
+class JsonRejected(ValueError):
+    """Well-formed or not, the document is refused: too deep, or a non-finite number."""
+
+
+def _refuse_constant(name: str) -> Any:
+    raise JsonRejected(f"{name} is not a JSON number (non-finite numbers are refused)")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise JsonRejected(f"number {text[:40]} is out of range")
+    return value
+
+
+def _check_depth(text: str, max_depth: int) -> None:
+    """Raise unless arrays/objects nest at most ``max_depth`` deep. Linear and in C: strings
+    are cut out, everything but brackets is dropped, the running depth is summed up."""
+    if text.count("[") + text.count("{") <= max_depth:
+        return
+    brackets = _NOT_BRACKET.sub("", _STRING.sub("", text))
+    if max(accumulate(map(_STEP.__getitem__, brackets)), default=0) > max_depth:
+        raise JsonRejected(f"JSON nests deeper than {max_depth} levels")
+
+
+def loads(data: bytes | bytearray | str, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """Parse JSON; raise ``json.JSONDecodeError`` (malformed) or :class:`JsonRejected`
+    (deeper than ``max_depth``, ``NaN``/``Infinity``, numbers beyond a float or with more
+    digits than Python converts). Both are ``ValueError``; so is bad UTF-8."""
+    if isinstance(data, bytes | bytearray):
+        text = bytes(data).decode(json.detect_encoding(data), "strict")
+    else:
+        text = data
+    _check_depth(text, max_depth)
+    try:
+        return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except RecursionError:  # unreachable after the depth check; kept fail-safe
+        raise JsonRejected(f"JSON nests deeper than {max_depth} levels") from None
+
+
+def bounded_int(raw: str, name: str, *, low: int = 0, high: int = 2**63 - 1) -> int:
+    """``raw`` as a base-10 integer in ``[low, high]``; ValueError naming ``name`` otherwise
+    (also for more than 20 digits, so nobody makes us convert a megabyte of digits)."""
+    text = raw.strip()
+    digits = text[1:] if text[:1] in "+-" else text
+    if not digits.isascii() or not digits.isdigit() or len(digits) > 20:
+        raise ValueError(f"{name} must be an integer from {low} to {high}")
+    value = int(text)
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be an integer from {low} to {high}")
+    return value

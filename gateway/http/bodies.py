@@ -1,0 +1,49 @@
+"""Reading what a request carries: its JSON body and its integer parameters.
+
+Every handler that takes JSON reads it with :func:`json_body` (or parses bytes it already
+holds with :func:`gateway.domain.jsonio.loads`): one depth limit, no ``NaN``/``Infinity``,
+no number beyond a float, and every refusal a 400. Integer query parameters and headers go
+through :func:`int_param`, which bounds them to what the database stores (a 64-bit integer),
+so a huge ``?after=`` is a 400 and not a database error (or, on a stream, an error after the
+200 was sent: streams validate before they prepare the response).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from gateway.domain import jsonio
+from gateway.domain.errors import HandlerError, HandlerErrorType
+
+__all__ = ["int_param", "json_body", "parse_json"]
+
+
+def parse_json(raw: bytes | str, what: str = "body") -> Any:
+    """``raw`` parsed with the bounded loader; HandlerError(BAD_REQUEST) naming ``what``."""
+    try:
+        return jsonio.loads(raw)
+    except jsonio.JsonRejected as exc:
+        raise HandlerError(HandlerErrorType.BAD_REQUEST, f"{what} refused: {exc}") from exc
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise HandlerError(
+            HandlerErrorType.BAD_REQUEST, f"{what} is not valid JSON: {exc}"
+        ) from exc
+
+
+async def json_body(request: web.Request) -> Any:
+    """The request's JSON body (see the module docstring); 400 when refused."""
+    return parse_json(await request.read())
+
+
+def int_param(
+    raw: str | None, name: str, default: int, *, low: int = 0, high: int = 2**63 - 1
+) -> int:
+    """An integer parameter in ``[low, high]`` (``default`` when absent); 400 otherwise."""
+    if raw is None or raw == "":
+        return default
+    try:
+        return jsonio.bounded_int(raw, name, low=low, high=high)
+    except ValueError as exc:
+        raise HandlerError(HandlerErrorType.BAD_REQUEST, str(exc)) from exc
