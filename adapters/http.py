@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from adapters.base import (
+from gateway.domain.dispatch import (
     CancelRequest,
     DispatchRequest,
     HttpResponse,

@@ -14,22 +14,22 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from adapters import a2a_facade
 from adapters.a2a import A2AAgentAdapter
 from adapters.http import HttpAgentAdapter
 from adapters.transport import HttpTransport
 from gateway import logs
 from gateway.config import Settings
 from gateway.domain.clock import Clock, SystemClock
+from gateway.domain.specs import AdapterKind, AgentSpec, RetryPolicy
 from gateway.engine.engine import Engine, EngineConfig
 from gateway.engine.signing import CallbackSigner
+from gateway.http import a2a as a2a_routes
 from gateway.http import api, nexus
 from gateway.http.context import SERVICES, Services
 from gateway.http.errors import error_middleware
 from gateway.security.netguard import OutboundPolicy
 from gateway.store.sqlstore import SqlStore
 from registry.auth import AuthConfig, Verifier
-from registry.model import AdapterKind, AgentSpec, RetryPolicy
 from registry.service import Registry
 
 log = logging.getLogger("swarmgate")
@@ -115,7 +115,7 @@ async def build(settings: Settings, *, clock: Clock | None = None) -> Gateway:
     app[SERVICES] = Services(engine=engine, registry=registry, verifier=verifier, outbound=outbound)
     nexus.add_routes(app)
     api.add_routes(app)
-    a2a_facade.add_routes(app, a2a)
+    a2a_routes.add_routes(app, a2a)
     return Gateway(
         settings=settings,
         store=store,

@@ -17,7 +17,7 @@ from referencing.jsonschema import DRAFT202012
 from gateway.domain.clock import Clock
 from gateway.domain.errors import HandlerError, HandlerErrorType
 from gateway.domain.ports import Store
-from registry.model import AgentSpec, OperationSpec
+from gateway.domain.specs import AgentSpec, OperationSpec
 
 NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 

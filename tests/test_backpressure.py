@@ -9,8 +9,8 @@ from typing import Any
 
 import aiohttp
 
+from gateway.domain.specs import OperationSpec, RetryPolicy
 from gateway.sdk.agent import AgentApp, OpContext, RetryLater
-from registry.model import OperationSpec, RetryPolicy
 from tests.conftest import free_port, make_settings, running_gateway, serving, serving_agent
 from tests.helpers import FAST_RETRY, Receiver, make_test_agent, spec_with
 from tests.procs import GatewayProcess, get_json

@@ -21,7 +21,7 @@ from gateway.domain.model import (
     OperationState,
     Work,
 )
-from registry.model import AgentSpec
+from gateway.domain.specs import AgentSpec
 
 # A start to persist (operation, its first events, its idempotency records), and what
 # persisting it gave: the operation, or the existing one and its record when a key was taken.

@@ -23,7 +23,9 @@ from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from typing import Any, TypeVar
 
-from adapters.base import (
+from adapters.http import parse_retry_after
+from gateway.domain.clock import Clock
+from gateway.domain.dispatch import (
     AgentAdapter,
     CancelRequest,
     DispatchRequest,
@@ -32,8 +34,6 @@ from adapters.base import (
     Transport,
     TransportError,
 )
-from adapters.http import parse_retry_after
-from gateway.domain.clock import Clock
 from gateway.domain.errors import HandlerError, HandlerErrorType, StoreError
 from gateway.domain.model import (
     CallbackDelivery,
@@ -48,12 +48,12 @@ from gateway.domain.model import (
     operation_error,
 )
 from gateway.domain.ports import Created, NewOperation, Store
+from gateway.domain.specs import AdapterKind, AgentSpec, OperationSpec, RetryPolicy
 from gateway.engine import backoff
 from gateway.engine.batching import GroupCommit
 from gateway.engine.breaker import CircuitBreaker, Limits
 from gateway.engine.metrics import Metrics
 from gateway.engine.signing import CallbackSigner
-from registry.model import AdapterKind, AgentSpec, OperationSpec, RetryPolicy
 from registry.service import Registry, check_payload
 
 log = logging.getLogger("swarmgate.engine")

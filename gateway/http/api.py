@@ -18,10 +18,10 @@ from gateway.domain.model import (
     Operation,
     OperationState,
 )
+from gateway.domain.specs import AgentSpec
 from gateway.engine.signing import CallbackSigner
 from gateway.http.context import check_outbound_url, principal, services
 from gateway.http.contract import registration_errors
-from registry.model import AgentSpec
 
 
 def _iso(dt: datetime | None) -> str | None:

@@ -24,7 +24,7 @@ from typing import Any, Literal
 import aiohttp
 from aiohttp import web
 
-from registry.model import AgentSpec, OperationSpec, RetryPolicy
+from gateway.domain.specs import AgentSpec, OperationSpec, RetryPolicy
 
 log = logging.getLogger("swarmgate.agent")
 

@@ -68,8 +68,8 @@ from gateway.domain.model import (
     Work,
 )
 from gateway.domain.ports import Created, NewOperation
+from gateway.domain.specs import AgentSpec
 from gateway.store import schema as t
-from registry.model import AgentSpec
 
 P = ParamSpec("P")
 R = TypeVar("R")

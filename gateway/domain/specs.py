@@ -8,6 +8,8 @@ from typing import Any
 
 
 class AdapterKind(enum.StrEnum):
+    """The protocol the gateway speaks to an agent."""
+
     HTTP = "http"  # Nexus-style HTTP (plain webhook agents work too: 200 = result)
     A2A = "a2a"  # A2A 1.0 JSON-RPC binding
 
@@ -23,6 +25,7 @@ class RetryPolicy:
     max_attempts: int | None = None  # None: retry until the schedule-to-close timeout
 
     def to_json(self) -> dict[str, Any]:
+        """The policy as the registry stores and shows it."""
         return {
             "initial_s": self.initial_s,
             "max_s": self.max_s,
@@ -33,6 +36,7 @@ class RetryPolicy:
 
     @classmethod
     def from_json(cls, data: dict[str, Any] | None) -> RetryPolicy:
+        """Read a policy written by ``to_json`` (missing fields take their defaults)."""
         data = data or {}
         return cls(
             initial_s=float(data.get("initial_s", 1.0)),
@@ -47,6 +51,8 @@ class RetryPolicy:
 
 @dataclass(frozen=True, kw_only=True)
 class OperationSpec:
+    """One operation an agent offers: its schemas, timeouts, retries and concurrency cap."""
+
     name: str
     description: str = ""
     input_schema: dict[str, Any] | None = None
@@ -57,6 +63,7 @@ class OperationSpec:
     concurrency: int | None = None
 
     def to_json(self) -> dict[str, Any]:
+        """The operation as the registry stores and shows it."""
         return {
             "name": self.name,
             "description": self.description,
@@ -70,6 +77,7 @@ class OperationSpec:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> OperationSpec:
+        """Read an operation written by ``to_json`` (``name`` is required)."""
         return cls(
             name=str(data["name"]),
             description=str(data.get("description") or ""),
@@ -84,6 +92,8 @@ class OperationSpec:
 
 @dataclass(frozen=True, kw_only=True)
 class AgentSpec:
+    """A registered agent: where it listens, which adapter reaches it, what it offers."""
+
     name: str
     endpoint: str
     adapter: AdapterKind = AdapterKind.HTTP
@@ -92,6 +102,7 @@ class AgentSpec:
     operations: dict[str, OperationSpec] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
+        """The agent as the registry stores and shows it."""
         return {
             "name": self.name,
             "endpoint": self.endpoint,
@@ -103,6 +114,7 @@ class AgentSpec:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> AgentSpec:
+        """Read an agent (operations as a list, or as a mapping of name to spec)."""
         ops = data.get("operations") or []
         if isinstance(ops, dict):
             ops = [{"name": k, **(v or {})} for k, v in ops.items()]
