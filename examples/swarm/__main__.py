@@ -27,8 +27,7 @@ from examples.swarm.agents import (
     summariser_agent,
 )
 from gateway.process import GatewayProcess, free_port
-from gateway.sdk.agent import AgentApp
-from gateway.sdk.client import Client
+from gateway.sdk import AgentApp, Client
 from registry.auth import AuthConfig, mint_token
 
 ROOT = Path(__file__).resolve().parents[2]
