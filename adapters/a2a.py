@@ -24,7 +24,6 @@ operation by the engine as ``Work.POLL``); both end in a compare-and-set of the 
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -40,8 +39,6 @@ from gateway.domain.dispatch import (
     TransportError,
 )
 from gateway.domain.model import Operation, OperationState, failure
-
-log = logging.getLogger("swarmgate.a2a")
 
 A2A_VERSION = "1.0"
 JSON_CT = "application/json"

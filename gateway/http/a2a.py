@@ -40,6 +40,7 @@ from gateway.http.context import SERVICES, check_outbound_url, principal, servic
 from registry.auth import Principal
 
 log = logging.getLogger("swarmgate.a2a.facade")
+poll_log = logging.getLogger("swarmgate.a2a")  # the outbound adapter's log, as before
 
 PREFIX = proto.PREFIX
 CARD_PATH = proto.CARD_PATH
@@ -74,7 +75,7 @@ async def poll_one(
     req = engine.dispatch_request(op, agent, spec, min(timeout_s, spec.attempt_timeout_s))
     outcome = await adapter.poll(req)
     if outcome.kind in (OutcomeKind.RETRYABLE, OutcomeKind.PERMANENT):
-        log.info("GetTask for %s failed: %s", op.id, outcome.error)
+        poll_log.info("GetTask for %s failed: %s", op.id, outcome.error)
         return False
     return await apply_final(engine, op, outcome)
 
