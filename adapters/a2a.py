@@ -16,7 +16,7 @@ Poll: JSON-RPC ``GetTask`` with ``agent_token`` -> the same mapping (ACCEPTED: s
 Cancel: JSON-RPC ``CancelTask`` with ``agent_token``; an already final task counts as canceled.
 
 The final result reaches the gateway by push (the agent POSTs a StreamResponse to the gateway,
-see ``adapters.a2a_facade``) or by ``GetTask`` polling (``poll``, scheduled durably per
+see ``gateway.http.a2a``) or by ``GetTask`` polling (``poll``, scheduled durably per
 operation by the engine as ``Work.POLL``); both end in a compare-and-set of the terminal state
 (exactly one).
 """
@@ -24,12 +24,13 @@ operation by the engine as ``Work.POLL``); both end in a compare-and-set of the 
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from adapters.base import (
+from adapters.http import classify_error
+from gateway.domain import jsonio
+from gateway.domain.dispatch import (
     CancelRequest,
     DispatchRequest,
     HttpResponse,
@@ -38,15 +39,7 @@ from adapters.base import (
     Transport,
     TransportError,
 )
-from adapters.http import classify_error
-from gateway.domain import jsonio
 from gateway.domain.model import Operation, OperationState, failure
-from registry.model import AgentSpec
-
-if TYPE_CHECKING:
-    from gateway.engine.engine import Engine
-
-log = logging.getLogger("swarmgate.a2a")
 
 A2A_VERSION = "1.0"
 JSON_CT = "application/json"
@@ -363,44 +356,37 @@ class A2AAgentAdapter:
         return Outcome(kind=OutcomeKind.SUCCEEDED, status=200)
 
 
-# -- GetTask polling of accepted operations (durable: the set to poll is the database) ---------
+# -- final outcomes (push or GetTask polling) ------------------------------------------------
 
 
-async def apply_final(engine: Engine, op: Operation, outcome: Outcome) -> bool:
-    """Complete an operation from a final A2A outcome (compare-and-set; False if not final)."""
+@dataclass(frozen=True)
+class FinalState:
+    """The terminal transition a final A2A outcome asks for."""
+
+    state: OperationState
+    result: bytes | None = None
+    content_type: str | None = None
+    failure: dict[str, Any] | None = None
+
+
+def final_state(outcome: Outcome) -> FinalState | None:
+    """The terminal state a final A2A outcome reports (None while the task still runs)."""
     if outcome.kind is OutcomeKind.SUCCEEDED:
-        _op, applied = await engine.complete_from_agent(
-            op.id,
+        return FinalState(
             OperationState.SUCCEEDED,
             result=outcome.result or b"null",
             content_type=outcome.content_type or JSON_CT,
         )
-        return applied
     if outcome.kind is OutcomeKind.OPERATION_FAILED:
         state = OperationState.CANCELED if outcome.state == "canceled" else OperationState.FAILED
-        _op, applied = await engine.complete_from_agent(op.id, state, fail=outcome.failure)
-        return applied
-    return False
-
-
-async def _poll_one(
-    engine: Engine, adapter: A2AAgentAdapter, agent: AgentSpec, op: Operation, timeout_s: float
-) -> bool:
-    spec = agent.operations.get(op.operation)
-    if spec is None:
-        return False
-    req = engine.dispatch_request(op, agent, spec, min(timeout_s, spec.attempt_timeout_s))
-    outcome = await adapter.poll(req)
-    if outcome.kind in (OutcomeKind.RETRYABLE, OutcomeKind.PERMANENT):
-        log.info("GetTask for %s failed: %s", op.id, outcome.error)
-        return False
-    return await apply_final(engine, op, outcome)
+        return FinalState(state, failure=outcome.failure)
+    return None
 
 
 __all__ = [
     "A2AAgentAdapter",
     "RpcError",
-    "apply_final",
+    "final_state",
     "outcome_from_send_result",
     "outcome_from_task",
     "push_url",

@@ -13,7 +13,8 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from adapters.base import (
+from gateway.domain import jsonio
+from gateway.domain.dispatch import (
     CancelRequest,
     DispatchRequest,
     HttpResponse,
@@ -22,7 +23,6 @@ from adapters.base import (
     Transport,
     TransportError,
 )
-from gateway.domain import jsonio
 from gateway.domain.errors import HandlerErrorType
 
 

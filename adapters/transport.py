@@ -36,7 +36,7 @@ import httptools
 import yarl
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from adapters.base import HttpResponse, TransportError
+from gateway.domain.dispatch import HttpResponse, TransportError
 from gateway.security.netguard import (
     BlockedDestination,
     OutboundPolicy,

@@ -18,8 +18,8 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from adapters.base import Transport, TransportError
 from bench.load import OpFn, Sample
+from gateway.domain.dispatch import Transport, TransportError
 
 SCENARIOS = ("baseline", "start", "lifecycle")
 SERVICE, OPERATION = "bench", "echo"

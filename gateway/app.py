@@ -13,7 +13,6 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from adapters import a2a_facade
 from adapters.a2a import A2AAgentAdapter
 from adapters.http import HttpAgentAdapter
 from adapters.transport import HttpTransport
@@ -21,15 +20,16 @@ from gateway import logs
 from gateway.config import Settings
 from gateway.domain import jsonio
 from gateway.domain.clock import Clock, SystemClock
+from gateway.domain.specs import SYSTEM_OWNER, AdapterKind, AgentSpec, RetryPolicy
 from gateway.engine.engine import Engine, EngineConfig
 from gateway.engine.signing import CallbackSigner
+from gateway.http import a2a as a2a_routes
 from gateway.http import api, nexus
 from gateway.http.context import SERVICES, Services
 from gateway.http.errors import error_middleware
 from gateway.security.netguard import OutboundPolicy
 from gateway.store.sqlstore import SqlStore
 from registry.auth import AuthConfig, Verifier
-from registry.model import SYSTEM_OWNER, AdapterKind, AgentSpec, RetryPolicy
 from registry.service import Registry
 
 log = logging.getLogger("swarmgate")
@@ -121,7 +121,7 @@ async def build(settings: Settings, *, clock: Clock | None = None) -> Gateway:
     )
     nexus.add_routes(app)
     api.add_routes(app)
-    a2a_facade.add_routes(app, a2a)
+    a2a_routes.add_routes(app, a2a)
     return Gateway(
         settings=settings,
         store=store,

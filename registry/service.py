@@ -14,8 +14,8 @@ from gateway.domain import jsonio
 from gateway.domain.clock import Clock
 from gateway.domain.errors import HandlerError, HandlerErrorType
 from gateway.domain.ports import Store
+from gateway.domain.specs import SYSTEM_OWNER, AgentSpec, OperationSpec
 from gateway.security.schemas import ValidationTimeout, off_loop, schema_problems, validator_for
-from registry.model import SYSTEM_OWNER, AgentSpec, OperationSpec
 
 MAX_OPERATIONS = 100  # per agent: a registration checks every schema of every operation
 

@@ -8,8 +8,8 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.domain.specs import AgentSpec, OperationSpec, RetryPolicy
 from gateway.sdk.agent import AgentApp, OpContext, OperationFailed, RetryLater
-from registry.model import AgentSpec, OperationSpec, RetryPolicy
 
 FAST_RETRY = RetryPolicy(initial_s=0.05, max_s=0.2, jitter_s=0.02)
 

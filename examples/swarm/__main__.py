@@ -26,8 +26,7 @@ from examples.swarm.agents import (
     research_agent,
     summariser_agent,
 )
-from gateway.sdk.agent import AgentApp
-from gateway.sdk.client import Client
+from gateway.sdk import AgentApp, Client
 from gateway.testing import GatewayProcess, free_port
 from registry.auth import AuthConfig, mint_token
 

@@ -37,7 +37,7 @@ from a2a.types.a2a_pb2 import (
 from google.protobuf.json_format import MessageToDict
 from starlette.applications import Starlette
 
-from registry.model import AdapterKind, AgentSpec, OperationSpec, RetryPolicy
+from gateway.domain.specs import AdapterKind, AgentSpec, OperationSpec, RetryPolicy
 
 CONDITIONS = ["sunny", "cloudy", "light rain", "windy", "clear skies"]
 

@@ -6,9 +6,7 @@ import asyncio
 import hashlib
 from typing import Any
 
-from gateway.sdk.agent import AgentApp, OpContext, RetryLater
-from gateway.sdk.client import Client
-from registry.model import RetryPolicy
+from gateway.sdk import AgentApp, Client, OpContext, RetryLater, RetryPolicy
 
 DEMO_RETRY = RetryPolicy(initial_s=0.2, max_s=2.0, jitter_s=0.1)
 TRIP_SCHEMA = {

@@ -7,11 +7,18 @@ from typing import Protocol
 
 
 class Clock(Protocol):
-    def now(self) -> datetime: ...
+    """Where the current time comes from."""
+
+    def now(self) -> datetime:
+        """The current time, timezone-aware (UTC)."""
+        ...
 
 
 class SystemClock:
+    """The wall clock."""
+
     def now(self) -> datetime:
+        """The current time in UTC."""
         return datetime.now(UTC)
 
 
@@ -22,7 +29,9 @@ class ManualClock:
         self._now = start or datetime(2026, 1, 1, tzinfo=UTC)
 
     def now(self) -> datetime:
+        """The time the clock was set or moved to."""
         return self._now
 
     def advance(self, seconds: float) -> None:
+        """Move the clock forward by ``seconds``."""
         self._now += timedelta(seconds=seconds)

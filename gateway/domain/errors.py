@@ -38,14 +38,17 @@ class HandlerErrorType(enum.Enum):
 
     @property
     def status(self) -> int:
+        """The HTTP status this type answers with."""
         return self.value[0]
 
     @property
     def default_retryable(self) -> bool:
+        """Whether a caller may retry the request when the handler does not say."""
         return self.value[1]
 
     @classmethod
     def from_status(cls, status: int) -> HandlerErrorType:
+        """The type of an HTTP status (other 4xx: BAD_REQUEST; anything else: INTERNAL)."""
         for t in cls:
             if t.status == status:
                 return t
@@ -55,6 +58,7 @@ class HandlerErrorType(enum.Enum):
 
     @classmethod
     def from_name(cls, name: str) -> HandlerErrorType | None:
+        """The type named ``name`` (as in a Nexus Failure), or None."""
         return cls.__members__.get(name)
 
 
@@ -78,15 +82,18 @@ class HandlerError(SwarmgateError):
 
     @property
     def retryable(self) -> bool:
+        """Whether the caller may retry: the override if given, else the type's default."""
         if self.retryable_override is not None:
             return self.retryable_override
         return self.type.default_retryable
 
     @property
     def status(self) -> int:
+        """The HTTP status of this error's type."""
         return self.type.status
 
     def to_failure(self) -> dict[str, Any]:
+        """The Nexus Failure body of this error (the ``/nexus`` error shape)."""
         # 422 is not a Nexus handler error type: its body says BAD_REQUEST (body wins).
         name = "BAD_REQUEST" if self.type is HandlerErrorType.UNPROCESSABLE else self.type.name
         details: dict[str, Any] = {"type": name}

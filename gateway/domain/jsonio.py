@@ -1,6 +1,6 @@
-"""The one JSON loader for everything that crosses a boundary (request bodies, agent answers,
-completions, registrations, files).
+"""The one JSON loader for everything that crosses a boundary.
 
+That is request bodies, agent answers, completions, registrations and files.
 Plain ``json.loads`` accepts what the rest of the gateway cannot store or process: ``NaN`` and
 ``Infinity`` (PostgreSQL's JSON types refuse them; comparisons with them are always false),
 numbers too large for a float (``1e999`` becomes ``inf``) and nesting deep enough that the
@@ -40,8 +40,11 @@ def _finite_float(text: str) -> float:
 
 
 def _check_depth(text: str, max_depth: int) -> None:
-    """Raise unless arrays/objects nest at most ``max_depth`` deep. Linear and in C: strings
-    are cut out, everything but brackets is dropped, the running depth is summed up."""
+    """Raise unless arrays/objects nest at most ``max_depth`` deep.
+
+    Linear and in C: strings are cut out, everything but brackets is dropped, the running
+    depth is summed up.
+    """
     if text.count("[") + text.count("{") <= max_depth:
         return
     brackets = _NOT_BRACKET.sub("", _STRING.sub("", text))
@@ -50,9 +53,12 @@ def _check_depth(text: str, max_depth: int) -> None:
 
 
 def loads(data: bytes | bytearray | str, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
-    """Parse JSON; raise ``json.JSONDecodeError`` (malformed) or :class:`JsonRejected`
-    (deeper than ``max_depth``, ``NaN``/``Infinity``, numbers beyond a float or with more
-    digits than Python converts). Both are ``ValueError``; so is bad UTF-8."""
+    """Parse JSON, refusing what the gateway cannot store or process.
+
+    Raises ``json.JSONDecodeError`` (malformed) or :class:`JsonRejected` (deeper than
+    ``max_depth``, ``NaN``/``Infinity``, numbers beyond a float or with more digits than
+    Python converts). Both are ``ValueError``; so is bad UTF-8.
+    """
     if isinstance(data, bytes | bytearray):
         text = bytes(data).decode(json.detect_encoding(data), "strict")
     else:
@@ -65,8 +71,11 @@ def loads(data: bytes | bytearray | str, *, max_depth: int = MAX_JSON_DEPTH) -> 
 
 
 def bounded_int(raw: str, name: str, *, low: int = 0, high: int = 2**63 - 1) -> int:
-    """``raw`` as a base-10 integer in ``[low, high]``; ValueError naming ``name`` otherwise
-    (also for more than 20 digits, so nobody makes us convert a megabyte of digits)."""
+    """``raw`` as a base-10 integer in ``[low, high]``.
+
+    Raises ValueError naming ``name`` otherwise (also for more than 20 digits, so nobody
+    makes us convert a megabyte of digits).
+    """
     text = raw.strip()
     digits = text[1:] if text[:1] in "+-" else text
     if not digits.isascii() or not digits.isdigit() or len(digits) > 20:

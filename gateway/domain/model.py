@@ -9,6 +9,8 @@ from typing import Any
 
 
 class OperationState(enum.StrEnum):
+    """Where an operation stands: running, or closed in exactly one terminal state."""
+
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
@@ -16,6 +18,7 @@ class OperationState(enum.StrEnum):
 
     @property
     def terminal(self) -> bool:
+        """True once the operation is closed (succeeded, failed or canceled)."""
         return self is not OperationState.RUNNING
 
 
@@ -28,6 +31,8 @@ class Work(enum.StrEnum):
 
 
 class DeliveryState(enum.StrEnum):
+    """Where a callback delivery stands."""
+
     PENDING = "pending"
     DELIVERED = "delivered"
     EXPIRED = "expired"
@@ -36,6 +41,8 @@ class DeliveryState(enum.StrEnum):
 
 @dataclass(frozen=True, kw_only=True)
 class Operation:
+    """One durable operation: its request, where it is in its life, and its outcome."""
+
     id: str
     service: str
     operation: str
@@ -66,11 +73,14 @@ class Operation:
 
     @property
     def token(self) -> str:
+        """The Nexus operation token (the operation id)."""
         return self.id
 
 
 @dataclass(frozen=True, kw_only=True)
 class Event:
+    """One entry of an operation's history, written with the change it records."""
+
     operation_id: str
     kind: str
     at: datetime
@@ -80,6 +90,8 @@ class Event:
 
 @dataclass(frozen=True, kw_only=True)
 class CallbackDelivery:
+    """One signed callback to deliver at least once (an outbox row)."""
+
     id: str  # the stable delivery id (webhook-id)
     operation_id: str
     url: str
@@ -99,6 +111,8 @@ class CallbackDelivery:
 
 @dataclass(frozen=True, kw_only=True)
 class IdempotencyRecord:
+    """A caller's request id or idempotency key, bound to the operation it started."""
+
     scope: str  # the caller (JWT sub) the key belongs to
     key: str  # "rid:<Nexus-Request-Id>" or "key:<Idempotency-Key>"
     fingerprint: str
@@ -122,6 +136,7 @@ class CallerSecrets:
     rotated_at: datetime | None = None
 
     def active(self, now: datetime) -> list[str]:
+        """The secrets a signature may use at ``now`` (newest first)."""
         keys = [self.secret]
         if self.previous_secret and self.previous_until and self.previous_until > now:
             keys.append(self.previous_secret)
@@ -165,6 +180,7 @@ def failure(
 def operation_error(
     state: OperationState, message: str, cause: dict[str, Any] | None = None
 ) -> dict[str, Any]:
+    """Build the Nexus Failure of an operation that ended in ``state``."""
     return failure(
         message, type="nexus.OperationError", details={"state": state.value}, cause=cause
     )

@@ -21,7 +21,7 @@ from gateway.domain.model import (
     OperationState,
     Work,
 )
-from registry.model import AgentSpec
+from gateway.domain.specs import AgentSpec
 
 # A start to persist (operation, its first events, its idempotency records), and what
 # persisting it gave: the operation, or the existing one and its record when a key was taken.
@@ -30,43 +30,85 @@ Created = tuple[Operation, IdempotencyRecord | None]
 
 
 class Store(Protocol):
+    """The storage port (``gateway/store`` implements it for PostgreSQL and SQLite)."""
+
     # lifecycle ---------------------------------------------------------------------------------
-    async def migrate(self) -> None: ...
-    async def migrations_current(self) -> bool: ...
-    async def ping(self) -> None: ...
-    async def maintenance_warnings(self) -> list[str]: ...
-    async def close(self) -> None: ...
-    async def get_or_create_setting(self, name: str, value: str) -> str: ...
+    async def migrate(self) -> None:
+        """Bring the schema up to the newest migration."""
+        ...
+
+    async def migrations_current(self) -> bool:
+        """Whether the schema is at the newest migration."""
+        ...
+
+    async def ping(self) -> None:
+        """Raise ``StoreUnavailable`` if the database does not answer."""
+        ...
+
+    async def maintenance_warnings(self) -> list[str]:
+        """Things an operator should fix (shown by the readiness check)."""
+        ...
+
+    async def close(self) -> None:
+        """Release the connections."""
+        ...
+
+    async def get_or_create_setting(self, name: str, value: str) -> str:
+        """The stored value of setting ``name``, stored as ``value`` if unset."""
+        ...
 
     # registry ----------------------------------------------------------------------------------
-    async def upsert_agent(self, agent: AgentSpec, at: datetime) -> int: ...
-    async def get_agent(self, name: str) -> tuple[AgentSpec, int] | None: ...
-    async def list_agents(self) -> list[tuple[AgentSpec, int]]: ...
-    async def delete_agent(self, name: str) -> bool: ...
+    async def upsert_agent(self, agent: AgentSpec, at: datetime) -> int:
+        """Store the agent (insert or replace); returns its new version."""
+        ...
+
+    async def get_agent(self, name: str) -> tuple[AgentSpec, int] | None:
+        """The agent named ``name`` and its version, or None."""
+        ...
+
+    async def list_agents(self) -> list[tuple[AgentSpec, int]]:
+        """Every registered agent with its version."""
+        ...
+
+    async def delete_agent(self, name: str) -> bool:
+        """Remove the agent; False if there was none."""
+        ...
+
     async def write_agent_if_owner(
         self, name: str, agent: AgentSpec | None, at: datetime, *, owner: str | None
     ) -> tuple[str, int]:
-        """Replace (``agent``) or delete (``None``) agent ``name`` in one transaction, only if
-        it is new or its stored owner is ``owner`` (``None``: any owner, for ``admin``).
-        Returns ``(outcome, version)``, outcome one of ``created``, ``updated``,
-        ``unchanged``, ``deleted``, ``absent`` (nothing to delete) and ``forbidden``
-        (someone else's agent, or one without an owner; nothing was written)."""
+        """Replace or delete agent ``name`` only if it is new or owned by ``owner``.
+
+        One transaction: replace (``agent``) or delete (``None``) it if it is new or its
+        stored owner is ``owner`` (``None``: any owner, for ``admin``). Returns
+        ``(outcome, version)``, outcome one of ``created``, ``updated``, ``unchanged``,
+        ``deleted``, ``absent`` (nothing to delete) and ``forbidden`` (someone else's agent,
+        or one without an owner; nothing was written).
+        """
         ...
 
     # operations --------------------------------------------------------------------------------
     async def create_operation(
         self, op: Operation, events: Sequence[Event], idempotency: Sequence[IdempotencyRecord]
     ) -> tuple[Operation, IdempotencyRecord | None]:
-        """Insert op + events + idempotency records, or return the existing operation (and its
-        record) when one of the idempotency keys is already taken."""
+        """Insert op + events + idempotency records in one transaction.
+
+        When one of the idempotency keys is already taken, nothing is written and the existing
+        operation (and its record) comes back instead.
+        """
         ...
 
     async def create_operations(self, items: Sequence[NewOperation]) -> list[Created]:
-        """``create_operation`` for several starts, committed together (group commit); one
-        result each, in order."""
+        """``create_operation`` for several starts, committed together (group commit).
+
+        One result each, in order.
+        """
         ...
 
-    async def get_operation(self, op_id: str) -> Operation | None: ...
+    async def get_operation(self, op_id: str) -> Operation | None:
+        """The operation with this id, or None."""
+        ...
+
     async def list_operations(
         self,
         *,
@@ -74,17 +116,26 @@ class Store(Protocol):
         service: str | None = None,
         state: OperationState | None = None,
         limit: int = 100,
-    ) -> list[Operation]: ...
-    async def count_operations(self) -> dict[str, int]: ...
+    ) -> list[Operation]:
+        """Operations matching the filters, newest first."""
+        ...
+
+    async def count_operations(self) -> dict[str, int]:
+        """The number of operations in each state."""
+        ...
 
     async def claim_work(
         self, owner: str, now: datetime, lease_until: datetime, limit: int
     ) -> list[Operation]:
         """Lease due operations (work set, next_attempt_at <= now, lease free or expired).
-        Dispatch claims count an attempt and write an ``attempt.started`` event."""
+
+        Dispatch claims count an attempt and write an ``attempt.started`` event.
+        """
         ...
 
-    async def extend_leases(self, owner: str, ids: Sequence[str], until: datetime) -> None: ...
+    async def extend_leases(self, owner: str, ids: Sequence[str], until: datetime) -> None:
+        """Push the leases ``owner`` holds on ``ids`` out to ``until``."""
+        ...
 
     async def update_running(
         self,
@@ -99,11 +150,15 @@ class Store(Protocol):
         refund_attempt: bool = False,
         now: datetime | None = None,
     ) -> bool:
-        """Non-terminal change of a running operation, fenced by the lease owner (if given);
-        releases the lease."""
+        """Non-terminal change of a running operation; releases the lease.
+
+        Fenced by the lease owner (if given).
+        """
         ...
 
-    async def release_leases(self, owner: str) -> int: ...
+    async def release_leases(self, owner: str) -> int:
+        """Give up every lease ``owner`` holds (shutdown); returns how many."""
+        ...
 
     async def update_closed(
         self,
@@ -117,7 +172,9 @@ class Store(Protocol):
         """Work left on a closed operation (telling the agent to stop), fenced by the lease."""
         ...
 
-    async def request_cancel(self, op_id: str, now: datetime, event: Event) -> bool: ...
+    async def request_cancel(self, op_id: str, now: datetime, event: Event) -> bool:
+        """Record a cancel request on a running operation and schedule it."""
+        ...
 
     async def complete(self, completion: Completion) -> bool:
         """Apply a terminal transition iff the operation is still running (compare-and-set)."""
@@ -128,22 +185,33 @@ class Store(Protocol):
         ...
 
     async def listen_closed(self, on_closed: Callable[[list[str]], None]) -> None:
-        """Call ``on_closed`` with the ids of operations any replica closes, as they commit,
-        until the subscription drops (returns) or the caller is cancelled. A hint: a
-        notification may be lost, so waiters also re-read the store now and then."""
+        """Call ``on_closed`` with the ids of operations any replica closes, as they commit.
+
+        Runs until the subscription drops (returns) or the caller is cancelled. A hint: a
+        notification may be lost, so waiters also re-read the store now and then.
+        """
         ...
 
-    async def redrive(self, op_id: str, now: datetime, event: Event) -> bool: ...
+    async def redrive(self, op_id: str, now: datetime, event: Event) -> bool:
+        """Run a failed or canceled operation again (admin)."""
+        ...
 
-    async def due_timeouts(self, now: datetime, limit: int) -> list[Operation]: ...
+    async def due_timeouts(self, now: datetime, limit: int) -> list[Operation]:
+        """Running operations whose schedule-to-close deadline has passed."""
+        ...
 
     # events ------------------------------------------------------------------------------------
-    async def list_events(self, op_id: str, after: int = 0, limit: int = 1000) -> list[Event]: ...
+    async def list_events(self, op_id: str, after: int = 0, limit: int = 1000) -> list[Event]:
+        """The operation's events with an id above ``after``, in commit order."""
+        ...
 
     # callbacks ---------------------------------------------------------------------------------
     async def claim_callbacks(
         self, owner: str, now: datetime, lease_until: datetime, limit: int
-    ) -> list[CallbackDelivery]: ...
+    ) -> list[CallbackDelivery]:
+        """Lease due callback deliveries for ``owner``."""
+        ...
+
     async def finish_callback(
         self,
         delivery_id: str,
@@ -153,16 +221,26 @@ class Store(Protocol):
         next_attempt_at: datetime,
         last_error: str | None,
         event: Event,
-    ) -> bool: ...
-    async def callbacks_delivered(self, owner: str, events: Sequence[Event]) -> int:
-        """Mark many leased deliveries delivered in one transaction, each with its
-        ``callback.delivered`` event (``data["delivery_id"]``); returns how many applied."""
+    ) -> bool:
+        """Record the end of one delivery attempt, fenced by the lease."""
         ...
 
-    async def list_callbacks(self, op_id: str) -> list[CallbackDelivery]: ...
+    async def callbacks_delivered(self, owner: str, events: Sequence[Event]) -> int:
+        """Mark many leased deliveries delivered in one transaction; returns how many applied.
+
+        Each comes with its ``callback.delivered`` event (``data["delivery_id"]``).
+        """
+        ...
+
+    async def list_callbacks(self, op_id: str) -> list[CallbackDelivery]:
+        """The operation's callback deliveries."""
+        ...
+
     async def redrive_callback(
         self, delivery_id: str, now: datetime, expires_at: datetime, event: Event
-    ) -> bool: ...
+    ) -> bool:
+        """Send an expired or disabled delivery again (admin)."""
+        ...
 
     # caller secrets ----------------------------------------------------------------------------
     async def caller_secrets(self, caller: str, now: datetime, new_secret: str) -> CallerSecrets:
@@ -171,21 +249,42 @@ class Store(Protocol):
 
     async def rotate_caller_secret(
         self, caller: str, new_secret: str, now: datetime, previous_until: datetime
-    ) -> CallerSecrets: ...
+    ) -> CallerSecrets:
+        """Make ``new_secret`` current; the old one verifies until ``previous_until``."""
+        ...
 
     # idempotency -------------------------------------------------------------------------------
     async def save_response(
         self, scope: str, key: str, status: int, body: bytes, headers: dict[str, str]
-    ) -> None: ...
-    async def purge_idempotency(self, now: datetime) -> int: ...
+    ) -> None:
+        """Keep the response of an idempotent request for replay."""
+        ...
+
+    async def purge_idempotency(self, now: datetime) -> int:
+        """Delete expired idempotency records; returns how many."""
+        ...
 
     # -- a2a (A2A facade: push-notification configs; delivery reuses the callback outbox) -----
     async def a2a_save_push_config(
         self, op_id: str, config_id: str, config: dict[str, Any], at: datetime
-    ) -> None: ...
-    async def a2a_push_configs(self, op_id: str) -> list[dict[str, Any]]: ...
-    async def a2a_delete_push_config(self, op_id: str, config_id: str) -> bool: ...
-    async def a2a_due_pushes(self, limit: int) -> list[tuple[str, dict[str, Any], Operation]]: ...
+    ) -> None:
+        """Store an A2A push-notification config of the operation."""
+        ...
+
+    async def a2a_push_configs(self, op_id: str) -> list[dict[str, Any]]:
+        """The operation's A2A push-notification configs."""
+        ...
+
+    async def a2a_delete_push_config(self, op_id: str, config_id: str) -> bool:
+        """Delete one push-notification config; False if there was none."""
+        ...
+
+    async def a2a_due_pushes(self, limit: int) -> list[tuple[str, dict[str, Any], Operation]]:
+        """Push configs of closed operations whose push is not queued yet."""
+        ...
+
     async def a2a_enqueue_push(
         self, op_id: str, config_id: str, delivery: CallbackDelivery, event: Event
-    ) -> bool: ...
+    ) -> bool:
+        """Queue the push of one config in the callback outbox (once per config)."""
+        ...

@@ -6,7 +6,7 @@ from datetime import datetime, timedelta
 
 from tenacity import RetryCallState, wait_exponential_jitter
 
-from registry.model import RetryPolicy
+from gateway.domain.specs import RetryPolicy
 
 
 def delay_s(policy: RetryPolicy, attempt: int) -> float:

@@ -11,13 +11,13 @@ from __future__ import annotations
 import math
 from datetime import timedelta
 
-from adapters.base import CancelRequest, Outcome, OutcomeKind
+from gateway.domain.dispatch import CancelRequest, Outcome, OutcomeKind
 from gateway.domain.errors import HandlerError, HandlerErrorType
 from gateway.domain.model import Operation, OperationState, Work, failure, operation_error
+from gateway.domain.specs import AgentSpec
 from gateway.engine import backoff
 from gateway.engine.closing import Closer
 from gateway.engine.core import EngineCore
-from registry.model import AgentSpec
 
 
 class Cancels:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 
-from registry.model import RetryPolicy
+from gateway.domain.specs import RetryPolicy
 
 
 @dataclass(frozen=True, kw_only=True)

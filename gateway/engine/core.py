@@ -17,15 +17,15 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from adapters.base import AgentAdapter, Transport
 from gateway.domain.clock import Clock
+from gateway.domain.dispatch import AgentAdapter, Transport
 from gateway.domain.model import Event
 from gateway.domain.ports import Store
+from gateway.domain.specs import AdapterKind
 from gateway.engine.breaker import CircuitBreaker, Limits
 from gateway.engine.config import EngineConfig
 from gateway.engine.metrics import Metrics
 from gateway.engine.signing import CallbackSigner
-from registry.model import AdapterKind
 from registry.service import Registry
 
 T = TypeVar("T")

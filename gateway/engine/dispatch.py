@@ -16,14 +16,14 @@ import hmac
 import logging
 from datetime import timedelta
 
-from adapters.base import AgentAdapter, DispatchRequest, Outcome, OutcomeKind
+from gateway.domain.dispatch import AgentAdapter, DispatchRequest, Outcome, OutcomeKind
 from gateway.domain.errors import StoreError
 from gateway.domain.model import Operation, OperationState, Work, operation_error
+from gateway.domain.specs import AgentSpec, OperationSpec
 from gateway.engine import backoff
 from gateway.engine.cancel import Cancels
 from gateway.engine.closing import Closer
 from gateway.engine.core import EngineCore, claim_round, spawn
-from registry.model import AgentSpec, OperationSpec
 from registry.service import check_payload
 
 log = logging.getLogger("swarmgate.engine")

@@ -23,10 +23,11 @@ from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any
 
-from adapters.base import AgentAdapter, DispatchRequest, Outcome, Transport
 from gateway.domain.clock import Clock
+from gateway.domain.dispatch import AgentAdapter, DispatchRequest, Outcome, Transport
 from gateway.domain.model import Operation, OperationState
 from gateway.domain.ports import Store
+from gateway.domain.specs import AdapterKind, AgentSpec, OperationSpec
 from gateway.engine.breaker import CircuitBreaker, Limits
 from gateway.engine.cancel import Cancels
 from gateway.engine.closing import Closer
@@ -40,7 +41,6 @@ from gateway.engine.signing import CallbackSigner
 from gateway.engine.starts import StartRequest, StartResult, Starts, fingerprint
 from gateway.engine.waiters import Waiters
 from gateway.engine.wire import http_date, rfc3339_ms
-from registry.model import AdapterKind, AgentSpec, OperationSpec
 from registry.service import Registry
 
 __all__ = [

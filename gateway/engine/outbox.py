@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from adapters.base import TransportError
 from adapters.http import parse_retry_after
+from gateway.domain.dispatch import TransportError
 from gateway.domain.errors import StoreError
 from gateway.domain.model import CallbackDelivery, DeliveryState, Event, Operation, OperationState
 from gateway.engine import backoff

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
-from datetime import datetime
 from typing import Any
 
 from aiohttp import web
@@ -12,76 +9,19 @@ from aiohttp import web
 from gateway.domain import jsonio
 from gateway.domain.errors import HandlerError, HandlerErrorType
 from gateway.domain.model import (
-    CallbackDelivery,
-    CallerSecrets,
-    DeliveryState,
-    Event,
     Operation,
     OperationState,
 )
+from gateway.domain.specs import AgentSpec
 from gateway.engine.signing import CallbackSigner
+from gateway.http import sse
 from gateway.http.bodies import int_param, json_body
 from gateway.http.context import check_outbound_url, principal, services
 from gateway.http.contract import registration_errors
+from gateway.http.wire import delivery_json, event_json, operation_json, secrets_json
 from gateway.security.netguard import redact_userinfo
 from gateway.security.schemas import ValidationTimeout, off_loop
 from registry.auth import Principal
-from registry.model import AgentSpec
-
-
-def _iso(dt: datetime | None) -> str | None:
-    return dt.isoformat().replace("+00:00", "Z") if dt else None
-
-
-def operation_json(op: Operation) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "id": op.id,
-        "token": op.id,
-        "state": op.state.value,
-        "service": op.service,
-        "operation": op.operation,
-        "caller": op.caller,
-        "requestId": op.request_id,
-        "attempts": op.attempts,
-        "work": op.work.value if op.work else None,
-        "nextAttemptAt": _iso(op.next_attempt_at),
-        "leaseOwner": op.lease_owner,
-        "deadlineAt": _iso(op.deadline_at),
-        "cancelRequestedAt": _iso(op.cancel_requested_at),
-        "createdAt": _iso(op.created_at),
-        "closedAt": _iso(op.closed_at),
-        "lastError": op.last_error,
-        "callbackUrl": op.callback_url,
-        "failure": op.failure,
-    }
-    if op.state is OperationState.SUCCEEDED and op.result is not None:
-        ct = op.result_content_type or ""
-        if "json" in ct:
-            try:
-                body["result"] = jsonio.loads(op.result)
-            except ValueError:
-                body["result"] = op.result.decode(errors="replace")
-        else:
-            body["result"] = op.result.decode(errors="replace")
-    return body
-
-
-def event_json(e: Event) -> dict[str, Any]:
-    return {"id": e.id, "at": _iso(e.at), "kind": e.kind, "data": e.data}
-
-
-def delivery_json(d: CallbackDelivery) -> dict[str, Any]:
-    return {
-        "id": d.id,
-        "url": d.url,
-        "state": d.state.value,
-        "attempts": d.attempts,
-        "nextAttemptAt": _iso(d.next_attempt_at),
-        "expiresAt": _iso(d.expires_at),
-        "deliveredAt": _iso(d.delivered_at),
-        "lastError": d.last_error,
-    }
-
 
 # -- completions (agents finishing async operations) ------------------------------------------
 
@@ -228,55 +168,23 @@ async def operation_events(request: web.Request) -> web.Response:
     return web.json_response({"operationId": op.id, "events": [event_json(e) for e in events]})
 
 
-STREAM_HEARTBEAT_S = 15.0
-
-
 async def operation_stream(request: web.Request) -> web.StreamResponse:
-    """Server-Sent Events of the operation's history. Reconnect with ``Last-Event-ID`` (or
-    ``?after=``) to resume: events are durable and ids of one operation ascend in commit order,
-    so nothing is lost across a reconnect or a gateway restart. The stream ends once the
-    operation is closed and no callback delivery is pending."""
+    """Server-Sent Events of the operation's history (``gateway.http.sse``); resume with
+    ``Last-Event-ID`` (or ``?after=``)."""
     op = await _load(request)
-    svc = services(request)
-    store = svc.engine.store
+    engine = services(request).engine
     if request.headers.get("Last-Event-ID"):  # checked before the 200 is sent
         after = int_param(request.headers["Last-Event-ID"], "Last-Event-ID", 0)
     else:
         after = int_param(request.query.get("after"), "after", 0)
-    resp = web.StreamResponse(
-        headers={
-            "Content-Type": "text/event-stream",
-            "Cache-Control": "no-cache",
-            "X-Accel-Buffering": "no",
-        }
+    return await sse.stream_events(
+        request,
+        engine.store,
+        op.id,
+        after=after,
+        wait_change=engine.wait_change,
+        poll_s=max(0.05, engine.config.poll_interval_s),
     )
-    await resp.prepare(request)
-    await resp.write(b"retry: 1000\n\n")
-    loop = asyncio.get_running_loop()
-    last_write = loop.time()
-    poll = max(0.05, svc.engine.config.poll_interval_s)
-    while True:
-        events = await store.list_events(op.id, after=after)
-        for e in events:
-            frame = f"id: {e.id}\nevent: {e.kind}\ndata: {json.dumps(event_json(e))}\n\n"
-            await resp.write(frame.encode())
-            after = e.id or after
-            last_write = loop.time()
-        if not events:
-            current = await store.get_operation(op.id)
-            if current is None:
-                break
-            if current.state.terminal:
-                deliveries = await store.list_callbacks(op.id)
-                if all(d.state is not DeliveryState.PENDING for d in deliveries):
-                    if not await store.list_events(op.id, after=after):
-                        break
-            if loop.time() - last_write >= STREAM_HEARTBEAT_S:
-                await resp.write(b": keep-alive\n\n")
-                last_write = loop.time()
-            await svc.engine.wait_change(op.id, poll)
-    await resp.write_eof()
-    return resp
 
 
 async def operation_callbacks(request: web.Request) -> web.Response:
@@ -318,15 +226,6 @@ async def redrive_callback(request: web.Request) -> web.Response:
 # -- callback signing secrets ---------------------------------------------------------------
 
 
-def _secrets_json(cs: CallerSecrets) -> dict[str, Any]:
-    return {
-        "caller": cs.caller,
-        "secret": cs.secret,
-        "previousSecretValidUntil": _iso(cs.previous_until),
-        "rotatedAt": _iso(cs.rotated_at),
-    }
-
-
 def _signer(request: web.Request) -> CallbackSigner:
     signer = services(request).engine.signer
     if signer is None:
@@ -337,7 +236,7 @@ def _signer(request: web.Request) -> CallbackSigner:
 async def get_callback_secret(request: web.Request) -> web.Response:
     """The caller's callback signing secret (``whsec_...``), created on first use."""
     p = await principal(request)
-    return web.json_response(_secrets_json(await _signer(request).secrets(p.sub)))
+    return web.json_response(secrets_json(await _signer(request).secrets(p.sub)))
 
 
 async def rotate_callback_secret(request: web.Request) -> web.Response:
@@ -351,7 +250,7 @@ async def rotate_callback_secret(request: web.Request) -> web.Response:
             HandlerErrorType.BAD_REQUEST, "graceSeconds must be a number from 0 to 604800"
         )
     rotated = await _signer(request).rotate(p.sub, float(grace))
-    return web.json_response(_secrets_json(rotated))
+    return web.json_response(secrets_json(rotated))
 
 
 # -- health -----------------------------------------------------------------------------------

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 import time
-from typing import Any
 
 from aiohttp import web
 from multidict import CIMultiDictProxy
@@ -14,6 +13,7 @@ from gateway.domain.errors import HandlerError, HandlerErrorType
 from gateway.domain.model import Operation, OperationState
 from gateway.engine.engine import StartRequest, fingerprint
 from gateway.http.context import check_outbound_url, principal, services
+from gateway.http.wire import operation_info, running_body
 from registry.auth import Principal
 
 PREFIX = "/nexus"
@@ -40,10 +40,6 @@ def callback_headers(headers: CIMultiDictProxy[str]) -> dict[str, str]:
     return {k[len(prefix) :]: v for k, v in headers.items() if k.lower().startswith(prefix)}
 
 
-def operation_info(op: Operation) -> dict[str, Any]:
-    return {"id": op.id, "token": op.id, "state": op.state.value}
-
-
 def operation_response(op: Operation) -> web.Response:
     """200 with the result, 424 with the Failure, or 201 with the token."""
     state_header = {"Nexus-Operation-State": op.state.value, "Nexus-Operation-Token": op.id}
@@ -63,10 +59,9 @@ def operation_response(op: Operation) -> web.Response:
 
 
 def running_response(op: Operation) -> web.Response:
-    token = json.dumps(op.id)  # the one variable part; the rest of the body is fixed
     return web.Response(
         status=201,
-        body=f'{{"token": {token}, "id": {token}, "state": "running"}}'.encode(),
+        body=running_body(op),
         content_type="application/json",
         headers={"Nexus-Operation-State": "running", "Nexus-Operation-Token": op.id},
     )

@@ -24,7 +24,7 @@ from typing import Any, Literal
 import aiohttp
 from aiohttp import web
 
-from registry.model import AgentSpec, OperationSpec, RetryPolicy
+from gateway.domain.specs import AgentSpec, OperationSpec, RetryPolicy
 
 log = logging.getLogger("swarmgate.agent")
 
@@ -39,6 +39,8 @@ class RetryLater(Exception):
 
 @dataclass(frozen=True, kw_only=True)
 class OpContext:
+    """What a handler learns about the call: operation, idempotency key, attempt, caller."""
+
     operation: str
     key: str  # idempotency key == gateway operation id
     attempt: int
@@ -67,6 +69,14 @@ class _Job:
 
 
 class AgentApp:
+    """An agent's operations, served as an aiohttp app (``.app``) the gateway dispatches to.
+
+    Args:
+        name: the agent's name in the gateway's registry.
+        description: shown in the registry and the A2A agent card.
+        version: the agent's version.
+    """
+
     def __init__(self, name: str, *, description: str = "", version: str = "1") -> None:
         self.name = name
         self.description = description
@@ -96,6 +106,13 @@ class AgentApp:
         attempt_timeout_s: float = 10.0,
         retry: RetryPolicy | None = None,
     ) -> Callable[[Handler], Handler]:
+        """Register the decorated handler as operation ``name``.
+
+        A ``sync`` operation answers with the handler's result; an ``async`` one answers 201
+        at once and completes later through the gateway's completion URL. Raise
+        ``OperationFailed`` to fail the operation, ``RetryLater`` to have it dispatched again.
+        """
+
         def register(fn: Handler) -> Handler:
             self._ops[name] = _Op(
                 name=name,
@@ -116,6 +133,7 @@ class AgentApp:
         return register
 
     def spec(self, endpoint: str) -> AgentSpec:
+        """The registration of this agent served at ``endpoint``."""
         return AgentSpec(
             name=self.name,
             endpoint=endpoint,

@@ -55,12 +55,23 @@ class OperationFailedError(Exception):
 
 @dataclass(frozen=True, kw_only=True)
 class Started:
+    """What a start answered: the operation token, its state, and the result if it is done."""
+
     token: str
     state: str
     result: Any = None
 
 
 class Client:
+    """A caller of a swarmgate gateway; use it as an async context manager.
+
+    Args:
+        base_url: the gateway's URL (``http://host:port``).
+        token: a JWT sent as ``Authorization: Bearer``.
+        retry_for_s: how long transient failures are retried (with the same request id).
+        session: an aiohttp session to reuse (the client then does not close it).
+    """
+
     def __init__(
         self,
         base_url: str,
@@ -87,11 +98,13 @@ class Client:
         await self.close()
 
     async def close(self) -> None:
+        """Close the HTTP session, if the client opened it."""
         if self._own_session and self._session is not None:
             await self._session.close()
 
     @property
     def session(self) -> aiohttp.ClientSession:
+        """The aiohttp session requests go through (opened on first use)."""
         if self._session is None:
             self._session = aiohttp.ClientSession()
         return self._session
@@ -133,6 +146,12 @@ class Client:
         timeout: str | None = None,
         headers: dict[str, str] | None = None,
     ) -> Started:
+        """Start an operation; a sync answer carries the result, else poll with ``result``.
+
+        ``request_id`` (``Nexus-Request-Id``, a fresh one if not given) makes the start
+        idempotent: starting again with it returns the same operation. ``callback`` is the URL
+        the gateway calls, signed, once the operation closes; ``timeout`` is a Nexus duration.
+        """
         extra = {"Nexus-Request-Id": request_id or str(uuid.uuid4())}
         extra["Content-Type"] = "application/json"
         if timeout:
@@ -181,12 +200,14 @@ class Client:
     async def call(
         self, service: str, operation: str, payload: Any, *, request_id: str | None = None
     ) -> Any:
+        """Start the operation and wait for its result (raises ``OperationFailedError``)."""
         started = await self.start(service, operation, payload, request_id=request_id)
         if started.state == "succeeded":
             return started.result
         return await self.result(service, operation, started.token)
 
     async def cancel(self, service: str, operation: str, token: str) -> None:
+        """Request cancellation of the operation (Nexus ``POST .../cancel``)."""
         status, _h, body = await self._send(
             "POST",
             self._url(service, operation, "/cancel"),
@@ -196,6 +217,7 @@ class Client:
             raise GatewayError(status, _decode(body))
 
     async def history(self, token: str) -> list[dict[str, Any]]:
+        """The operation's history events, oldest first."""
         status, _h, body = await self._send(
             "GET", f"{self.base_url}/api/operations/{token}/events", headers=self._headers()
         )
@@ -204,6 +226,7 @@ class Client:
         return list(_decode(body)["events"])
 
     async def operation(self, token: str) -> dict[str, Any]:
+        """The operation as ``GET /api/operations/{id}`` shows it."""
         status, _h, body = await self._send(
             "GET", f"{self.base_url}/api/operations/{token}", headers=self._headers()
         )
@@ -212,6 +235,7 @@ class Client:
         return dict(_decode(body))
 
     async def register(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """Register (or replace) an agent from its JSON spec; returns the stored agent."""
         status, _h, body = await self._send(
             "POST", f"{self.base_url}/api/agents", json=spec, headers=self._headers()
         )
@@ -294,8 +318,10 @@ class Client:
     async def follow(
         self, token: str, *, after: int = 0, poll_s: float = 0.5, stream: bool = True
     ) -> AsyncIterator[dict[str, Any]]:
-        """Yield history events as they happen until the operation is closed and none of its
-        callback deliveries is pending any more.
+        """Yield history events as they happen.
+
+        The iteration ends once the operation is closed and none of its callback deliveries is
+        pending any more.
 
         Uses the Server-Sent Events stream ``GET /api/operations/{id}/stream`` when the gateway
         has it (and ``stream`` is true), and otherwise polls ``/events?after=N``. Events already

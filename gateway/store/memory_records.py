@@ -21,7 +21,7 @@ from gateway.domain.model import (
     IdempotencyRecord,
     Operation,
 )
-from registry.model import AgentSpec
+from gateway.domain.specs import AgentSpec
 
 
 @dataclass

@@ -15,11 +15,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from gateway.domain.model import CallbackDelivery, CallerSecrets, Event, Operation
+from gateway.domain.specs import AgentSpec
 from gateway.store import rows
 from gateway.store import schema as t
 from gateway.store import statements as s
 from gateway.store.errors import translate
-from registry.model import AgentSpec
 
 
 class RecordTables:

@@ -25,9 +25,9 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.domain.specs import RetryPolicy
 from gateway.sdk.agent import AgentApp, OpContext, OperationFailed, RetryLater
 from gateway.security import webhooks
-from registry.model import RetryPolicy
 
 AGENT_NAME = "chaos"
 CHAOS_RETRY = RetryPolicy(initial_s=0.1, max_s=0.5, jitter_s=0.05)

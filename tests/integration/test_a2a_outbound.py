@@ -23,7 +23,7 @@ from a2a.types.a2a_pb2 import (
 from google.protobuf.json_format import MessageToDict
 
 from examples.swarm.a2a_weather import json_rpc_card, serve_a2a
-from registry.model import AdapterKind, AgentSpec, OperationSpec
+from gateway.domain.specs import AdapterKind, AgentSpec, OperationSpec
 from tests.conftest import Running, free_port, make_settings, running_gateway
 from tests.helpers import FAST_RETRY
 

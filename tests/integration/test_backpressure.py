@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from gateway.domain.specs import OperationSpec, RetryPolicy
 from gateway.sdk.agent import AgentApp, OpContext, RetryLater
 from gateway.testing import ManualClock, eventually
-from registry.model import OperationSpec, RetryPolicy
 from tests.conftest import make_settings, running_gateway, serving, serving_agent
 from tests.helpers import Receiver, make_test_agent, spec_with
 

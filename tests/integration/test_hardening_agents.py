@@ -13,8 +13,9 @@ from typing import Any
 
 import pytest
 
+from gateway.domain.specs import SYSTEM_OWNER
+from gateway.testing import ROOT
 from registry.auth import AuthConfig, mint_token
-from registry.model import SYSTEM_OWNER
 from tests.conftest import Running, make_settings, running_gateway
 
 SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
@@ -163,15 +164,15 @@ def test_public_cards_is_a_documented_setting_read_from_the_environment() -> Non
 
     assert Settings.from_env({}).public_cards is True
     assert Settings.from_env({"SWARMGATE_PUBLIC_CARDS": "false"}).public_cards is False
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (ROOT / "README.md").read_text()
     assert "SWARMGATE_PUBLIC_CARDS" in readme
 
 
 async def test_the_owner_conditional_write_is_race_free_on_both_stores(db_url: str) -> None:
     from datetime import UTC, datetime
 
+    from gateway.domain.specs import AgentSpec
     from gateway.store.sqlstore import SqlStore
-    from registry.model import AgentSpec
 
     store = SqlStore(db_url)
     await store.migrate()

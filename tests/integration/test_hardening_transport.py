@@ -12,8 +12,8 @@ from collections.abc import AsyncIterator
 import pytest
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from adapters.base import TransportError
 from adapters.transport import MAX_HEADER_BYTES, MAX_HEADER_LINE_BYTES, HttpTransport
+from gateway.domain.dispatch import TransportError
 from gateway.security.netguard import (
     BlockedDestination,
     OutboundPolicy,

@@ -9,12 +9,12 @@ from datetime import UTC, datetime
 import pytest
 from aiohttp import web
 
-from adapters.base import DispatchRequest, OutcomeKind
 from adapters.http import HttpAgentAdapter
 from adapters.transport import HttpTransport
+from gateway.domain.dispatch import DispatchRequest, OutcomeKind
 from gateway.domain.model import Operation, OperationState, Work
+from gateway.domain.specs import AgentSpec, OperationSpec
 from gateway.security.netguard import OutboundPolicy
-from registry.model import AgentSpec, OperationSpec
 from tests.conftest import serving
 
 

@@ -14,8 +14,8 @@ from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.test_utils import BaseTestServer, TestServer
 
-from adapters.base import TransportError
 from adapters.transport import HttpTransport
+from gateway.domain.dispatch import TransportError
 from gateway.security.netguard import (
     BlockedDestination,
     OutboundPolicy,

@@ -7,9 +7,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+from gateway.domain.specs import OperationSpec, RetryPolicy
 from gateway.security.webhooks import verify
 from gateway.testing import ManualClock, eventually
-from registry.model import OperationSpec, RetryPolicy
 from tests.conftest import Running, make_settings, running_gateway, serving, serving_agent
 from tests.helpers import FAST_RETRY, Receiver, make_test_agent, spec_with
 

@@ -19,8 +19,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from adapters.base import HttpResponse, TransportError
 from adapters.transport import HttpTransport
+from gateway.domain.dispatch import HttpResponse, TransportError
 from gateway.security.netguard import OutboundPolicy
 from gateway.testing import eventually
 from tests.conftest import free_port, serving

@@ -26,8 +26,8 @@ from gateway.domain.model import (
     Work,
 )
 from gateway.domain.ports import Store
+from gateway.domain.specs import AgentSpec, OperationSpec
 from gateway.store import MemoryStore, PostgresStore, SqliteStore
-from registry.model import AgentSpec, OperationSpec
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 LEASE = timedelta(seconds=30)

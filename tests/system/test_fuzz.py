@@ -27,8 +27,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from gateway.domain.specs import AgentSpec
 from gateway.http.contract import OPENAPI_PATH
-from registry.model import AgentSpec
 from tests.conftest import make_settings, running_gateway, serving_agent
 from tests.helpers import make_test_agent
 

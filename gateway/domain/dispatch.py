@@ -1,4 +1,8 @@
-"""The one interface every outbound agent adapter implements (no I/O library imports here)."""
+"""What the engine asks of an agent adapter and what the adapter answers (no I/O imports).
+
+Every outbound adapter (``adapters/http.py``, ``adapters/a2a.py``) implements ``AgentAdapter``;
+outbound HTTP goes through a ``Transport`` (``adapters/transport.py``).
+"""
 
 from __future__ import annotations
 
@@ -9,10 +13,12 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from gateway.domain.model import Operation
-from registry.model import AgentSpec, OperationSpec
+from gateway.domain.specs import AgentSpec, OperationSpec
 
 
 class OutcomeKind(enum.StrEnum):
+    """How one request to an agent ended."""
+
     SUCCEEDED = "succeeded"  # the agent answered with the result
     ACCEPTED = "accepted"  # the agent runs it asynchronously and completes later
     OPERATION_FAILED = "operation_failed"  # the agent reports the operation failed/canceled
@@ -22,6 +28,8 @@ class OutcomeKind(enum.StrEnum):
 
 @dataclass(frozen=True, kw_only=True)
 class Outcome:
+    """The adapter's answer: its kind and what came with it (result, token, failure...)."""
+
     kind: OutcomeKind
     result: bytes | None = None
     content_type: str | None = None
@@ -35,6 +43,8 @@ class Outcome:
 
 @dataclass(frozen=True, kw_only=True)
 class DispatchRequest:
+    """One attempt to start (or poll) an operation at its agent."""
+
     operation: Operation
     agent: AgentSpec
     spec: OperationSpec
@@ -47,6 +57,8 @@ class DispatchRequest:
 
 @dataclass(frozen=True, kw_only=True)
 class CancelRequest:
+    """Tell an agent to stop an operation it accepted."""
+
     operation: Operation
     agent: AgentSpec
     timeout_s: float
@@ -54,12 +66,21 @@ class CancelRequest:
 
 
 class AgentAdapter(Protocol):
-    async def start(self, req: DispatchRequest) -> Outcome: ...
-    async def cancel(self, req: CancelRequest) -> Outcome: ...
+    """The one interface every outbound agent adapter implements."""
+
+    async def start(self, req: DispatchRequest) -> Outcome:
+        """Send the operation to the agent (idempotent: the operation id is the key)."""
+        ...
+
+    async def cancel(self, req: CancelRequest) -> Outcome:
+        """Ask the agent to cancel the operation."""
+        ...
 
 
 @dataclass(frozen=True, kw_only=True)
 class HttpResponse:
+    """A response as the transport read it."""
+
     status: int
     headers: Mapping[str, str]  # case-insensitive, as HTTP header names are
     body: bytes
@@ -76,7 +97,9 @@ class Transport(Protocol):
         headers: dict[str, str],
         body: bytes | None,
         timeout_s: float,
-    ) -> HttpResponse: ...
+    ) -> HttpResponse:
+        """Send one request and read the whole response, or raise ``TransportError``."""
+        ...
 
 
 class TransportError(Exception):

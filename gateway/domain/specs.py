@@ -10,6 +10,8 @@ SYSTEM_OWNER = "swarmgate:system"  # owns agents from SWARMGATE_AGENTS_FILE: adm
 
 
 class AdapterKind(enum.StrEnum):
+    """The protocol the gateway speaks to an agent."""
+
     HTTP = "http"  # Nexus-style HTTP (plain webhook agents work too: 200 = result)
     A2A = "a2a"  # A2A 1.0 JSON-RPC binding
 
@@ -25,6 +27,7 @@ class RetryPolicy:
     max_attempts: int | None = None  # None: retry until the schedule-to-close timeout
 
     def to_json(self) -> dict[str, Any]:
+        """The policy as the registry stores and shows it."""
         return {
             "initial_s": self.initial_s,
             "max_s": self.max_s,
@@ -35,6 +38,7 @@ class RetryPolicy:
 
     @classmethod
     def from_json(cls, data: dict[str, Any] | None) -> RetryPolicy:
+        """Read a policy written by ``to_json`` (missing fields take their defaults)."""
         data = data or {}
         return cls(
             initial_s=float(data.get("initial_s", 1.0)),
@@ -49,6 +53,8 @@ class RetryPolicy:
 
 @dataclass(frozen=True, kw_only=True)
 class OperationSpec:
+    """One operation an agent offers: its schemas, timeouts, retries and concurrency cap."""
+
     name: str
     description: str = ""
     input_schema: dict[str, Any] | None = None
@@ -59,6 +65,7 @@ class OperationSpec:
     concurrency: int | None = None
 
     def to_json(self) -> dict[str, Any]:
+        """The operation as the registry stores and shows it."""
         return {
             "name": self.name,
             "description": self.description,
@@ -72,6 +79,7 @@ class OperationSpec:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> OperationSpec:
+        """Read an operation written by ``to_json`` (``name`` is required)."""
         return cls(
             name=str(data["name"]),
             description=str(data.get("description") or ""),
@@ -86,6 +94,8 @@ class OperationSpec:
 
 @dataclass(frozen=True, kw_only=True)
 class AgentSpec:
+    """A registered agent: where it listens, which adapter reaches it, what it offers."""
+
     name: str
     endpoint: str
     adapter: AdapterKind = AdapterKind.HTTP
@@ -97,6 +107,7 @@ class AgentSpec:
     owner: str | None = None
 
     def to_json(self) -> dict[str, Any]:
+        """The agent as the registry stores and shows it."""
         data: dict[str, Any] = {
             "name": self.name,
             "endpoint": self.endpoint,
@@ -111,6 +122,7 @@ class AgentSpec:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> AgentSpec:
+        """Read an agent (operations as a list, or as a mapping of name to spec)."""
         ops = data.get("operations") or []
         if isinstance(ops, dict):
             ops = [{"name": k, **(v or {})} for k, v in ops.items()]
