@@ -8,8 +8,8 @@ never followed (a 3xx is returned as it is), no cookies, no proxies, no ``Expect
 bounds the whole exchange, connect included.
 
 Why not aiohttp's client (which the gateway used before): per request it cost about three times
-the CPU of this one (82 vs 26 us at 8 concurrent requests, 188 vs 61 us one at a time, measured
-against the bench echo agent), and the gateway makes two outbound requests per operation. The
+the CPU of this one (measured against the bench echo agent; figures in bench/README.md),
+and the gateway makes two outbound requests per operation. The
 part that has to be exact, parsing what the other side sends, is httptools'.
 
 A request that was sent on a reused keep-alive connection which the server closed before any

@@ -277,7 +277,7 @@ class Verifier:
         self._clock = clock
         self._jwks = _JwksKeys(config) if config.mode == "jwks" else None
         # Tokens already verified (a caller sends the same one on every request): the
-        # signature check costs ~50 us, the lookup nothing. An entry lasts until the token's
+        # signature check costs far more than the lookup. An entry lasts until the token's
         # exp, at most VERIFIED_TTL_S (a key dropped from the JWKS stops working within it).
         self._verified: OrderedDict[str, tuple[Principal, float]] = OrderedDict()
         self.decodes = 0

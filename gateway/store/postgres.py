@@ -29,7 +29,7 @@ class PgLanes:
     """A few asyncpg connections, apart from SQLAlchemy's pool, for the hot-path statements.
 
     Checking a connection out of SQLAlchemy's pool and back (events, reset, fairy objects)
-    cost more CPU than the one-statement start it served (measured: 321 vs 148 us per start).
+    cost more CPU than the one-statement start it served (figures: bench/README.md).
     Here a connection is taken from a list and put back. One that broke, or was interrupted
     mid-statement, is terminated instead of reused; the next caller opens a fresh one.
     """
@@ -97,7 +97,7 @@ class PostgresStore(SqlStore):
         super().__init__(url)
         # A fixed pool: overflow connections opened for a burst and closed right after it
         # made PostgreSQL fork and warm a backend per burst; under load that churn cost
-        # more CPU than the queries (lifecycle 217 -> 453 ops/s without it). A request
+        # more CPU than the queries (figures: bench/README.md). A request
         # beyond the pool waits for a connection.
         # The connection budget is split: half for the hot-path lanes, half for the rest.
         lanes = max(1, pool_size // 2)

@@ -3,7 +3,7 @@
 A start and a completion are each ONE statement (data-modifying CTEs) run on the driver
 connection in its implicit transaction: one round trip instead of five (BEGIN, three
 writes, COMMIT) and no SQLAlchemy execution layer. Profiled under load, that layer and
-those round trips were half of the gateway's CPU. Built from the table definitions in
+those round trips were the largest share of the gateway's CPU. Built from the table definitions in
 ``schema.py``, so the columns and their types cannot drift from the schema.
 """
 

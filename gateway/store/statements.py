@@ -1,6 +1,6 @@
 """The portable statements (SQLAlchemy Core), built once and shared by both databases.
 
-Building a Core statement per call (and its bind parameters) was ~40% of the gateway's CPU
+Building a Core statement per call (and its bind parameters) was a large share of the gateway's CPU
 under load; these are constructed once, compiled once per dialect, and executed with plain
 parameter dicts. ``FOR UPDATE`` clauses compile to nothing on SQLite, where BEGIN IMMEDIATE
 already serializes writers.
