@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
@@ -120,10 +121,10 @@ async def rig(request: pytest.FixtureRequest) -> AsyncIterator[Rig]:
     await r.store.close()
 
 
-def scripted(*outcomes: Outcome, **spec: object) -> object:
+def scripted(*outcomes: Outcome, **spec: Any) -> pytest.MarkDecorator:
     return pytest.mark.parametrize(
         "rig", [(ScriptedAgent(*outcomes), OperationSpec(name="op", **spec))], indirect=True
-    )  # type: ignore[arg-type]
+    )
 
 
 @scripted(
