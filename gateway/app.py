@@ -149,7 +149,8 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
     """Run a gateway until SIGTERM/SIGINT; then stop taking work and release it."""
     logs.configure(settings.log_format, settings.log_level)
     gw = await build(settings)
-    runner = web.AppRunner(gw.app, access_log=None)
+    access = logging.getLogger(logs.ACCESS_LOGGER) if settings.access_log else None
+    runner = web.AppRunner(gw.app, access_log=access, access_log_format=logs.ACCESS_FORMAT)
     await runner.setup()
     site = web.TCPSite(
         runner,
@@ -174,3 +175,4 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
         await site.stop()
         await gw.close()
         await runner.cleanup()
+        log.info("swarmgate %s stopped", settings.replica_id)

@@ -20,7 +20,6 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 
-
 def _spec_dir() -> Path:
     """Where the spec files are: package data of ``gateway._spec`` (links to ``spec/`` in a
     checkout, copies in a wheel). They are read as files: relative ``$ref`` resolve on disk."""
