@@ -707,3 +707,16 @@ async def test_an_agent_endpoint_refused_by_the_allow_list_names_swarmgate_allow
         gw.terminate()
     assert res.code == 1 and "HTTP 400" in res.err
     assert "127.0.0.1" in res.err and "SWARMGATE_ALLOW_CIDRS" in res.err
+
+
+async def test_an_agents_file_endpoint_the_allow_list_refuses_stops_the_start_naming_it(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "agents.yaml"
+    ok(await swarmgate("agents", "init", str(path), env=clean_env()))  # endpoint on 127.0.0.1
+    res = await _serve(tmp_path, SWARMGATE_AGENTS_FILE=str(path), SWARMGATE_PORT=str(free_port()))
+    line = one_error_line(res)
+    assert res.code == 2 and "SWARMGATE_AGENTS_FILE" in line and "'hello'" in line
+    assert "SWARMGATE_ALLOW_CIDRS" in line
+    missing = await _serve(tmp_path, SWARMGATE_AGENTS_FILE=str(tmp_path / "nope.yaml"))
+    assert "cannot read" in one_error_line(missing) and missing.code == 2
