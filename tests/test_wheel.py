@@ -89,6 +89,41 @@ def test_the_wheel_holds_the_spec_migrations_types_and_license_and_no_bench_or_e
     assert "Provides-Extra: server" in metadata and "Provides-Extra: postgresql" in metadata
 
 
+# Run in the venv with the core dependencies only: none of the server's packages is there,
+# and an AgentApp serves a call on loopback.
+SDK_ONLY = """
+import asyncio, importlib.util
+heavy = [m for m in ("asyncpg", "alembic", "sqlalchemy", "jsonschema", "jwt", "aiosqlite")
+         if importlib.util.find_spec(m)]
+assert not heavy, heavy
+import aiohttp
+from aiohttp import web
+from gateway.sdk.agent import AgentApp
+from gateway.sdk.client import Client
+
+agent = AgentApp("hello")
+
+@agent.operation("greet")
+async def greet(ctx, payload):
+    return {"greeting": "hello, " + payload["name"]}
+
+async def main():
+    Client("http://127.0.0.1:1")
+    runner = web.AppRunner(agent.app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"http://127.0.0.1:{port}/greet", json={"name": "core"},
+                             headers={"Idempotency-Key": "k1"}) as r:
+            print(r.status, await r.text())
+    await runner.cleanup()
+
+asyncio.run(main())
+"""
+
+
 @pytest.fixture(scope="module")
 def venv(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A fresh venv with the wheel: core dependencies only (checked), then ``[server]``."""
@@ -97,15 +132,8 @@ def venv(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path
     python = where / "bin" / "python"
     pip = [python, "-m", "pip", "install", "-q", "--timeout", "60"]
     run(*pip, wheel, timeout=PIP_TIMEOUT_S, env=venv_env())
-    sdk_check = (
-        "import importlib.util as u, gateway.sdk.agent as a, gateway.sdk.client as c\n"
-        "heavy = [m for m in ('asyncpg', 'alembic', 'sqlalchemy', 'jsonschema', 'jwt') "
-        "if u.find_spec(m)]\n"
-        "assert not heavy, heavy\n"
-        "a.AgentApp('x'); print(c.Client('http://127.0.0.1:1').base_url)\n"
-    )
-    assert run(python, "-c", sdk_check, timeout=60, env=venv_env(), cwd=where).strip() == (
-        "http://127.0.0.1:1"
+    assert run(python, "-c", SDK_ONLY, timeout=60, env=venv_env(), cwd=where).strip() == (
+        '200 {"greeting": "hello, core"}'
     )
     run(*pip, f"{wheel}[server]", timeout=PIP_TIMEOUT_S, env=venv_env())
     yield where
