@@ -20,6 +20,7 @@ from gateway import logs
 from gateway.config import Settings
 from gateway.domain import jsonio
 from gateway.domain.clock import Clock, SystemClock
+from gateway.domain.errors import ConfigError
 from gateway.domain.specs import SYSTEM_OWNER, AdapterKind, AgentSpec, RetryPolicy
 from gateway.engine.engine import Engine, EngineConfig
 from gateway.engine.signing import CallbackSigner
@@ -27,7 +28,7 @@ from gateway.http import a2a as a2a_routes
 from gateway.http import api, nexus
 from gateway.http.context import SERVICES, Services
 from gateway.http.errors import error_middleware
-from gateway.security.netguard import OutboundPolicy
+from gateway.security.netguard import BlockedDestination, OutboundPolicy, screen_url
 from gateway.store.sqlstore import SqlStore
 from registry.auth import AuthConfig, Verifier
 from registry.service import Registry
@@ -40,6 +41,34 @@ def load_agents_file(path: str) -> list[AgentSpec]:
     data: Any = yaml.safe_load(text) if path.endswith((".yaml", ".yml")) else jsonio.loads(text)
     items = data.get("agents", []) if isinstance(data, dict) else data
     return [AgentSpec.from_json(item) for item in items]
+
+
+def agents_from_file(path: str) -> list[AgentSpec]:
+    """The agents of ``SWARMGATE_AGENTS_FILE``; ConfigError if it cannot be read or parsed."""
+    try:
+        return load_agents_file(path)
+    except OSError as exc:
+        raise ConfigError(f"SWARMGATE_AGENTS_FILE: cannot read {path}: {exc.strerror}") from None
+    except (ValueError, KeyError, TypeError, AttributeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"SWARMGATE_AGENTS_FILE: {path} is not an agents file: {exc}") from None
+
+
+async def screen_agent(spec: AgentSpec, outbound: OutboundPolicy, path: str) -> None:
+    """Refuse, at start, an agents-file endpoint the gateway would never be allowed to call
+    (as ``POST /api/agents`` does); a name that does not resolve yet is only a warning."""
+    try:
+        await screen_url(spec.endpoint, outbound)
+    except BlockedDestination as exc:
+        raise ConfigError(
+            f"SWARMGATE_AGENTS_FILE {path}: agent {spec.name!r}: endpoint refused: {exc}; "
+            "non-public addresses must be allowed with SWARMGATE_ALLOW_CIDRS"
+        ) from None
+    except ValueError as exc:
+        raise ConfigError(
+            f"SWARMGATE_AGENTS_FILE {path}: agent {spec.name!r}: endpoint refused: {exc}"
+        ) from None
+    except OSError as exc:
+        log.warning("agent %s: endpoint not checked yet: %s", spec.name, exc)
 
 
 @dataclass
@@ -75,7 +104,8 @@ async def build(settings: Settings, *, clock: Clock | None = None) -> Gateway:
     transport = HttpTransport(outbound, max_response_bytes=settings.max_response_bytes)
     registry = Registry(store, clock)
     if settings.agents_file:
-        for spec in load_agents_file(settings.agents_file):
+        for spec in agents_from_file(settings.agents_file):
+            await screen_agent(spec, outbound, settings.agents_file)
             await registry.register(replace(spec, owner=SYSTEM_OWNER))
     config = EngineConfig(
         owner=settings.replica_id,
@@ -155,7 +185,8 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
     """Run a gateway until SIGTERM/SIGINT; then stop taking work and release it."""
     logs.configure(settings.log_format, settings.log_level)
     gw = await build(settings)
-    runner = web.AppRunner(gw.app, access_log=None)
+    access = logging.getLogger(logs.ACCESS_LOGGER) if settings.access_log else None
+    runner = web.AppRunner(gw.app, access_log=access, access_log_format=logs.ACCESS_FORMAT)
     await runner.setup()
     site = web.TCPSite(
         runner,
@@ -180,3 +211,4 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
         await site.stop()
         await gw.close()
         await runner.cleanup()
+        log.info("swarmgate %s stopped", settings.replica_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import uuid
 from collections.abc import Mapping
@@ -29,6 +30,22 @@ def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
     if raw in ("0", "false", "no", "off"):
         return False
     raise ConfigError(f"{name} must be true or false, got {raw!r}")
+
+
+def _one_of(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value.lower() not in allowed:
+        raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+
+
+def _check_cidrs(cidrs: tuple[str, ...]) -> None:
+    for cidr in cidrs:
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"SWARMGATE_ALLOW_CIDRS: {cidr!r} is not a network; give comma-separated CIDRs "
+                "such as 10.0.0.0/8,127.0.0.1/32"
+            ) from None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -70,6 +87,7 @@ class Settings:
     workers: int = 1
     reuse_port: bool = False
     public_cards: bool = True  # A2A agent cards without a token (discovery); off: ops:read
+    access_log: bool = False
 
     @property
     def base_url(self) -> str:
@@ -117,11 +135,25 @@ class Settings:
             "sqlite_synchronous": e.get(p + "SQLITE_SYNCHRONOUS") or cls.sqlite_synchronous,
             "db_pool_size": int(_f(e, p + "DB_POOL_SIZE", cls.db_pool_size)),
             "workers": int(_f(e, p + "WORKERS", cls.workers)),
-            "reuse_port": e.get(p + "REUSE_PORT", "") in ("1", "true", "yes"),
+            "reuse_port": _flag(e, p + "REUSE_PORT", False),
             "public_cards": _flag(e, p + "PUBLIC_CARDS", cls.public_cards),
+            "access_log": _flag(e, p + "ACCESS_LOG", False),
         }
         if e.get(p + "REPLICA_ID"):
             kw["replica_id"] = e[p + "REPLICA_ID"]
         if kw["auth_mode"] not in ("hs256", "jwks", "none"):
             raise ConfigError("SWARMGATE_AUTH_MODE must be hs256, jwks or none")
+        if kw["auth_mode"] == "jwks" and not kw["jwks_url"]:
+            raise ConfigError("SWARMGATE_AUTH_MODE=jwks needs SWARMGATE_JWKS_URL")
+        if not 0 <= int(str(kw["port"])) <= 65535:
+            raise ConfigError(f"SWARMGATE_PORT must be 0-65535, got {kw['port']}")
+        _check_cidrs(cidrs)
+        _one_of(p + "LOG_FORMAT", str(kw["log_format"]), ("json", "text"))
+        _one_of(p + "LOG_LEVEL", str(kw["log_level"]), ("debug", "info", "warning", "error"))
+        _one_of(p + "EVENT_LOOP", str(kw["event_loop"]), ("uvloop", "asyncio"))
+        _one_of(
+            p + "SQLITE_SYNCHRONOUS",
+            str(kw["sqlite_synchronous"]),
+            ("off", "normal", "full", "extra"),
+        )
         return cls(**kw)  # type: ignore[arg-type]

@@ -28,6 +28,19 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out)
 
 
+# Said by alembic every time a migration context is opened (each /readyz checks the revision).
+_ALEMBIC_CHATTER = ("Context impl ", "Will assume ")
+
+
+class _DropAlembicChatter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(_ALEMBIC_CHATTER)
+
+
+ACCESS_LOGGER = "swarmgate.access"
+ACCESS_FORMAT = '%a "%r" %s %b %Tfs "%{User-Agent}i"'
+
+
 def configure(fmt: str = "json", level: str = "INFO") -> None:
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
@@ -38,3 +51,6 @@ def configure(fmt: str = "json", level: str = "INFO") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    migration = logging.getLogger("alembic.runtime.migration")
+    if not any(isinstance(f, _DropAlembicChatter) for f in migration.filters):
+        migration.addFilter(_DropAlembicChatter())

@@ -192,13 +192,20 @@ class Registry:
 def check_payload(
     schema: dict[str, Any] | None, body: bytes, content_type: str | None, what: str
 ) -> list[dict[str, str]]:
-    """Schema errors of a JSON payload (empty list: valid). Non-JSON bodies fail a schema."""
+    """Schema errors of a JSON payload (empty list: valid). Non-JSON bodies fail a schema:
+    a media type other than ``application/json`` / ``*/*+json``, or text that is not JSON
+    (``NaN`` and ``Infinity`` included, which Python's parser would take). No body is ``null``."""
     if schema is None:
         return []
-    if content_type and "json" not in content_type.lower():
+    if content_type and not _is_json_media_type(content_type):
         return [{"path": "/", "message": f"{what} must be application/json, got {content_type}"}]
     try:
         instance = jsonio.loads(body) if body else None
     except (ValueError, UnicodeDecodeError) as exc:
         return [{"path": "/", "message": f"{what} is not valid JSON: {exc}"}]
     return schema_errors(schema, instance)
+
+
+def _is_json_media_type(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media in ("application/json", "text/json") or media.endswith("+json")

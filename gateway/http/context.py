@@ -8,7 +8,7 @@ from aiohttp import web
 
 from gateway.domain.errors import HandlerError, HandlerErrorType
 from gateway.engine.engine import Engine
-from gateway.security.netguard import OutboundPolicy, screen_url
+from gateway.security.netguard import BlockedDestination, OutboundPolicy, screen_url
 from registry.auth import Principal, Verifier
 from registry.service import Registry
 
@@ -38,5 +38,11 @@ async def check_outbound_url(request: web.Request, url: str, what: str) -> None:
     svc = services(request)
     try:
         await screen_url(url, svc.outbound)
+    except BlockedDestination as exc:
+        raise HandlerError(
+            HandlerErrorType.BAD_REQUEST,
+            f"{what} refused: {exc}; private, loopback and other non-public addresses must be "
+            "allowed on the gateway with SWARMGATE_ALLOW_CIDRS",
+        ) from exc
     except (OSError, ValueError) as exc:
         raise HandlerError(HandlerErrorType.BAD_REQUEST, f"{what} refused: {exc}") from exc

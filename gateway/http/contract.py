@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,17 @@ from referencing.jsonschema import DRAFT202012
 
 from gateway.security.schemas import SafeValidator, no_fetch_registry, validator_for
 
-SPEC_DIR = Path(__file__).resolve().parents[2] / "spec"
+
+def _spec_dir() -> Path:
+    """Where the spec files are: package data of ``gateway._spec`` (links to ``spec/`` in a
+    checkout, copies in a wheel). They are read as files: relative ``$ref`` resolve on disk."""
+    root = resources.files("gateway._spec")
+    if not isinstance(root, Path):  # pragma: no cover - only for a zipped install
+        raise RuntimeError("swarmgate must be installed as files, not zipped (spec/ is read)")
+    return root
+
+
+SPEC_DIR = _spec_dir()
 SCHEMAS_DIR = SPEC_DIR / "schemas"
 OPENAPI_PATH = SPEC_DIR / "openapi.yaml"
 

@@ -17,6 +17,8 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
+import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -27,6 +29,7 @@ from aiohttp import web
 from gateway.domain.specs import AgentSpec, OperationSpec, RetryPolicy
 
 log = logging.getLogger("swarmgate.agent")
+DEFAULT_GATEWAY = "http://127.0.0.1:8080"
 
 
 class OperationFailed(Exception):
@@ -141,6 +144,57 @@ class AgentApp:
             description=self.description,
             operations={n: o.spec for n, o in self._ops.items()},
         )
+
+    def run(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 9000,
+        register: bool = True,
+        gateway: str | None = None,
+        token: str | None = None,
+        endpoint: str | None = None,
+    ) -> None:
+        """Serve this agent until Ctrl-C or SIGTERM.
+
+        With ``register`` (the default) it first registers itself, with every operation, at the
+        gateway ``gateway`` (default ``SWARMGATE_URL``, else ``http://127.0.0.1:8080``) using the
+        bearer ``token`` (default ``SWARMGATE_TOKEN``); it waits up to a minute for the gateway
+        to come up. ``endpoint`` is the URL the gateway calls (default ``http://host:port``).
+        Prints one line once it is listening.
+        """
+        url = (gateway or os.environ.get("SWARMGATE_URL") or DEFAULT_GATEWAY).rstrip("/")
+        bearer = token or os.environ.get("SWARMGATE_TOKEN") or None
+        base = endpoint or f"http://{host}:{port}"
+
+        async def main() -> None:
+            runner = web.AppRunner(self.app, access_log=None)
+            await runner.setup()
+            site = web.TCPSite(runner, host, port)
+            await site.start()
+            where = f"agent {self.name} listening on {base}"
+            try:
+                if register:
+                    from gateway.sdk.client import Client, GatewayError
+
+                    try:
+                        async with Client(url, token=bearer) as gw:
+                            await gw.register(self.spec(base).to_json())
+                    except GatewayError as exc:
+                        raise SystemExit(f"agent {self.name}: {url} refused it: {exc}") from None
+                    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                        raise SystemExit(f"agent {self.name}: cannot reach {url}: {exc}") from None
+                    where += f", registered with {url}"
+                print(where, flush=True)
+                stop = asyncio.Event()
+                loop = asyncio.get_running_loop()
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.add_signal_handler(sig, stop.set)
+                await stop.wait()
+            finally:
+                await runner.cleanup()
+
+        asyncio.run(main())
 
     # -- serving ------------------------------------------------------------------------------
 

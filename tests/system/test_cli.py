@@ -43,14 +43,17 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
-async def swarmgate(*args: str, env: dict[str, str], timeout: float = 30.0) -> Result:
+async def swarmgate(
+    *args: str, env: dict[str, str], timeout: float = 30.0, cwd: Path = ROOT
+) -> Result:
     """Run ``python -m gateway.cli ARGS`` without blocking the loop (agents serve on it)."""
+    env = {**env, "PYTHONPATH": str(ROOT)}  # the package, whatever the working directory
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "gateway.cli",
         *args,
-        cwd=ROOT,
+        cwd=cwd,
         env=env,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -460,6 +463,7 @@ async def test_token_uses_the_secret_the_gateway_stored_in_postgresql(
 
 
 async def test_token_refuses_an_unmigrated_database(tmp_path: Path) -> None:
+    (tmp_path / "empty.db").touch()  # a SQLite file, without the gateway's tables
     res = await swarmgate(
         "token",
         "--sub",
@@ -469,3 +473,248 @@ async def test_token_refuses_an_unmigrated_database(tmp_path: Path) -> None:
         env=clean_env(SWARMGATE_DATABASE_URL=f"sqlite:///{tmp_path}/empty.db"),
     )
     assert res.code == 1 and "not migrated" in res.err
+
+
+async def test_token_never_creates_a_database_file(tmp_path: Path) -> None:
+    db = tmp_path / "var" / "swarmgate.db"
+    for url in (f"sqlite:///{db}", None):  # an explicit URL, and the default relative one
+        env = clean_env() if url is None else clean_env(SWARMGATE_DATABASE_URL=url)
+        res = await swarmgate("token", "--sub", "x", "--scope", "admin", env=env, cwd=tmp_path)
+        assert res.code == 1, res
+        assert "no gateway database" in res.err and "SWARMGATE_JWT_SECRET" in res.err
+        assert len(res.err.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.rglob("*")) == []
+
+
+# -- call / start ---------------------------------------------------------------------------
+
+
+async def test_call_wait_prints_the_result_json_of_the_operation(swarm: Swarm) -> None:
+    res = ok(await swarm.run("call", "worker", "echo", "--input", '{"city": "Lisbon"}', "--wait"))
+    assert res.json() == {"echo": {"city": "Lisbon"}}
+
+
+async def test_call_reads_the_input_from_a_file_and_waits_for_an_async_operation(
+    swarm: Swarm,
+) -> None:
+    payload = swarm.tmp / "input.json"
+    payload.write_text(json.dumps({"sleep": 0.2, "n": 7}))
+    res = ok(await swarm.run("call", "worker", "later", "--input", f"@{payload}", "--wait"))
+    assert res.json() == {"done": {"sleep": 0.2, "n": 7}}
+
+
+async def test_call_of_a_failing_operation_exits_1_with_the_reason_on_stderr(
+    swarm: Swarm,
+) -> None:
+    res = await swarm.run("call", "worker", "broken", "--input", "{}", "--wait")
+    assert res.code == 1 and res.out == ""
+    assert "failed" in res.err and "the flights agent found no seats" in res.err
+    assert "Traceback" not in res.err
+
+
+async def test_call_without_wait_prints_the_token_of_an_operation_still_running(
+    swarm: Swarm,
+) -> None:
+    res = ok(await swarm.run("call", "worker", "hang", "--input", "{}"))
+    info = res.json()
+    assert info["state"] == "running" and "--wait" in res.err
+    op = await swarm.wait_state(info["token"], {"running"})
+    assert op["operation"] == "hang"
+
+
+async def test_start_prints_the_token_and_the_same_request_id_gets_the_same_operation(
+    swarm: Swarm,
+) -> None:
+    first = ok(await swarm.run("start", "worker", "echo", "-i", '{"a": 1}', "--request-id", "r1"))
+    token = first.out.strip()
+    again = ok(await swarm.run("start", "worker", "echo", "-i", '{"a": 1}', "--request-id", "r1"))
+    assert again.out.strip() == token
+    op = await swarm.wait_state(token, TERMINAL)
+    assert op["state"] == "succeeded" and op["result"] == {"echo": {"a": 1}}
+
+
+async def test_call_with_input_that_is_not_json_is_a_usage_error(swarm: Swarm) -> None:
+    res = await swarm.run("call", "worker", "echo", "--input", "{city: Lisbon}")
+    assert res.code == 2 and "--input is not valid JSON" in res.err
+    missing = await swarm.run("start", "worker", "echo", "--input", "@/no/such/file.json")
+    assert missing.code == 2 and "cannot read /no/such/file.json" in missing.err
+
+
+# -- ops watch ------------------------------------------------------------------------------
+
+
+async def test_ops_watch_refreshes_count_times_with_the_counts_per_state(swarm: Swarm) -> None:
+    ok_token = await swarm.start("echo", {"x": 1})
+    bad_token = await swarm.start("broken", {})
+    await swarm.wait_state(ok_token, TERMINAL)
+    await swarm.wait_state(bad_token, TERMINAL)
+    res = ok(await swarm.run("ops", "watch", "--count", "2", "--interval", "0.1"))
+    frames = res.out.split("\n\n")
+    assert len(frames) == 2
+    for frame in frames:
+        title, header, *rows = frame.strip().splitlines()
+        assert "succeeded 1" in title and "failed 1" in title and "running 0" in title
+        assert header.split() == [
+            "ID",
+            "STATE",
+            "OPERATION",
+            "ATTEMPTS",
+            "CREATED",
+            "LAST",
+            "ERROR",
+        ]
+        assert {r.split()[0] for r in rows} == {ok_token, bad_token}
+
+
+# -- version, completion, agents init -------------------------------------------------------
+
+
+async def test_version_prints_the_installed_version() -> None:
+    from importlib.metadata import version
+
+    res = ok(await swarmgate("--version", env=clean_env()))
+    assert res.out.strip() == f"swarmgate {version('swarmgate')}"
+
+
+async def _complete(script: str, line: str, tmp_path: Path) -> list[str]:
+    """What bash offers for ``line`` (the word under the cursor is the last one)."""
+    words = line.split(" ")
+    probe = tmp_path / "probe.sh"
+    probe.write_text(
+        script
+        + "\nCOMP_WORDS=("
+        + " ".join(f"'{w}'" for w in words)
+        + f")\nCOMP_CWORD={len(words) - 1}\n_swarmgate\nprintf '%s\\n' \"${{COMPREPLY[@]}}\"\n"
+    )
+    proc = await asyncio.create_subprocess_exec(
+        "bash", str(probe), cwd=tmp_path, stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await proc.communicate()
+    assert proc.returncode == 0
+    return sorted(w for w in out.decode().splitlines() if w)
+
+
+async def test_bash_completion_offers_commands_options_and_choices(tmp_path: Path) -> None:
+    script = ok(await swarmgate("completion", "bash", env=clean_env())).out
+    assert "complete -F _swarmgate swarmgate" in script
+    assert await _complete(script, "swarmgate o", tmp_path) == ["ops"]
+    assert {"call", "start", "serve", "agents", "completion"} <= set(
+        await _complete(script, "swarmgate ", tmp_path)
+    )
+    assert await _complete(script, "swarmgate ops w", tmp_path) == ["watch"]
+    assert await _complete(script, "swarmgate ops list --state s", tmp_path) == ["succeeded"]
+    assert await _complete(script, "swarmgate call --w", tmp_path) == ["--wait"]
+    assert await _complete(script, "swarmgate completion z", tmp_path) == ["zsh"]
+    (tmp_path / "trip.json").write_text("{}")
+    assert await _complete(script, "swarmgate call a b --input @tr", tmp_path) == ["@trip.json"]
+    zsh = ok(await swarmgate("completion", "zsh", env=clean_env())).out
+    assert zsh.startswith("# swarmgate completion for zsh") and "bashcompinit" in zsh
+
+
+async def test_agents_init_writes_a_documented_sample_the_gateway_registers(
+    swarm: Swarm,
+) -> None:
+    path = swarm.tmp / "agents.yaml"
+    res = ok(await swarmgate("agents", "init", str(path), env=clean_env()))
+    assert str(path) in res.out
+    text = path.read_text()
+    assert text.count("#") >= 10 and "SWARMGATE_ALLOW_CIDRS" in text
+    from gateway.http import contract
+
+    agents = yaml.safe_load(text)["agents"]
+    assert [contract.registration_errors(a) for a in agents] == [[]]
+    again = await swarmgate("agents", "init", str(path), env=clean_env())
+    assert again.code == 2 and "--force" in again.err
+    registered = ok(await swarm.run("agents", "register", str(path), "--json")).json()
+    greet = registered["agents"][0]["operations"][0]
+    assert registered["agents"][0]["name"] == "hello" and greet["name"] == "greet"
+    assert greet["input_schema"]["required"] == ["name"]
+
+
+# -- startup errors and the allow-list ------------------------------------------------------
+
+
+async def _serve(tmp_path: Path, **settings: str) -> Result:
+    env = clean_env(**{"SWARMGATE_DATABASE_URL": f"sqlite:///{tmp_path}/gw.db", **settings})
+    return await swarmgate("serve", env=env, timeout=60)
+
+
+def one_error_line(res: Result) -> str:
+    """The single ``swarmgate: error:`` line of a failed start (log lines may come before it)."""
+    assert res.code != 0
+    assert "Traceback" not in res.err and "Traceback" not in res.out
+    errors = [line for line in res.err.splitlines() if line.startswith("swarmgate: error:")]
+    assert len(errors) == 1, res.err
+    assert res.err.rstrip().endswith(errors[0])
+    return errors[0]
+
+
+async def test_a_busy_port_is_one_clear_line_and_exit_1(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        res = await _serve(tmp_path, SWARMGATE_PORT=str(port))
+    line = one_error_line(res)
+    assert res.code == 1 and f"127.0.0.1:{port}" in line and "already in use" in line
+
+
+async def test_a_database_that_is_down_is_one_clear_line_and_exit_1(tmp_path: Path) -> None:
+    down = f"postgresql://postgres@127.0.0.1:{free_port()}/swarmgate"
+    res = await _serve(tmp_path, SWARMGATE_DATABASE_URL=down, SWARMGATE_PORT=str(free_port()))
+    line = one_error_line(res)
+    assert res.code == 1 and "cannot open the database" in line and "SWARMGATE_DATABASE_URL" in line
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [
+        ("SWARMGATE_PORT", "eighty"),
+        ("SWARMGATE_AUTH_MODE", "maybe"),
+        ("SWARMGATE_LOG_LEVEL", "loud"),
+        ("SWARMGATE_ACCESS_LOG", "sometimes"),
+        ("SWARMGATE_ALLOW_CIDRS", "10.0.0.0/8,localhost"),
+    ],
+)
+async def test_a_bad_setting_is_one_line_naming_it_and_exit_2(
+    tmp_path: Path, setting: str, value: str
+) -> None:
+    res = await _serve(tmp_path, **{setting: value})
+    line = one_error_line(res)
+    assert res.code == 2 and setting in line
+    assert not (tmp_path / "gw.db").exists()
+
+
+async def test_an_agent_endpoint_refused_by_the_allow_list_names_swarmgate_allow_cidrs(
+    tmp_path: Path,
+) -> None:
+    gw = GatewayProcess(
+        f"sqlite:///{tmp_path}/gw.db",
+        free_port(),
+        log=tmp_path / "gateway.log",
+        SWARMGATE_ALLOW_CIDRS="",
+    )
+    await gw.start()
+    try:
+        path = tmp_path / "agents.yaml"
+        ok(await swarmgate("agents", "init", str(path), env=clean_env()))
+        res = await swarmgate("agents", "register", str(path), env=clean_env(SWARMGATE_URL=gw.url))
+    finally:
+        gw.terminate()
+    assert res.code == 1 and "HTTP 400" in res.err
+    assert "127.0.0.1" in res.err and "SWARMGATE_ALLOW_CIDRS" in res.err
+
+
+async def test_an_agents_file_endpoint_the_allow_list_refuses_stops_the_start_naming_it(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "agents.yaml"
+    ok(await swarmgate("agents", "init", str(path), env=clean_env()))  # endpoint on 127.0.0.1
+    res = await _serve(tmp_path, SWARMGATE_AGENTS_FILE=str(path), SWARMGATE_PORT=str(free_port()))
+    line = one_error_line(res)
+    assert res.code == 2 and "SWARMGATE_AGENTS_FILE" in line and "'hello'" in line
+    assert "SWARMGATE_ALLOW_CIDRS" in line
+    missing = await _serve(tmp_path, SWARMGATE_AGENTS_FILE=str(tmp_path / "nope.yaml"))
+    assert "cannot read" in one_error_line(missing) and missing.code == 2
