@@ -70,6 +70,7 @@ class Settings:
     workers: int = 1
     reuse_port: bool = False
     public_cards: bool = True  # A2A agent cards without a token (discovery); off: ops:read
+    mcp_wait_s: float = 60.0  # /mcp: tools/call without a task, and tasks/result, wait this long
 
     @property
     def base_url(self) -> str:
@@ -119,6 +120,7 @@ class Settings:
             "workers": int(_f(e, p + "WORKERS", cls.workers)),
             "reuse_port": e.get(p + "REUSE_PORT", "") in ("1", "true", "yes"),
             "public_cards": _flag(e, p + "PUBLIC_CARDS", cls.public_cards),
+            "mcp_wait_s": _f(e, p + "MCP_WAIT_S", cls.mcp_wait_s),
         }
         if e.get(p + "REPLICA_ID"):
             kw["replica_id"] = e[p + "REPLICA_ID"]
