@@ -13,6 +13,7 @@ from typing import Any
 
 import uvicorn
 from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import BaseModel
 
 RATES = {"EUR": 1.0, "USD": 1.08, "JPY": 162.0, "NOK": 11.6, "PEN": 4.05, "EGP": 52.0}
@@ -34,7 +35,7 @@ def currency_server(calls: list[dict[str, Any]] | None = None) -> MCPServer[Any]
             calls.append({"tool": "convert", "eur": eur, "currency": currency})
         rate = RATES.get(currency.upper())
         if rate is None:
-            raise ValueError(f"unknown currency {currency!r}")
+            raise ToolError(f"unknown currency {currency!r}")
         return Converted(amount=round(eur * rate, 2), currency=currency.upper(), rate=rate)
 
     @server.tool(description="The currencies this agent knows")
