@@ -27,7 +27,7 @@ class Converted(BaseModel):
 
 def currency_server(calls: list[dict[str, Any]] | None = None) -> MCPServer[Any]:
     """The MCP server; each call's arguments are appended to ``calls`` when given."""
-    server: MCPServer[Any] = MCPServer("currency", version="1")
+    server: MCPServer[Any] = MCPServer("currency", version="1", log_level="WARNING")
 
     @server.tool(description="Convert an amount in EUR into another currency")
     def convert(eur: float, currency: str) -> Converted:
