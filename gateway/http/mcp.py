@@ -41,7 +41,7 @@ PATH = "/mcp"
 METADATA_PATH = "/.well-known/oauth-protected-resource"
 SESSION_HEADER = "Mcp-Session-Id"
 VERSION_HEADER = "MCP-Protocol-Version"
-MAX_PAGE = 100
+MAX_LISTED = 10_000  # tasks/list pages reach this far back
 MAX_REVOKED = 100_000
 
 
@@ -52,6 +52,7 @@ class McpConfig:
     session_key: bytes
     wait_s: float = 60.0  # tools/call without task, and tasks/result
     poll_interval_ms: int = 1000
+    page_size: int = 50  # tasks/list
     server_version: str = "0.1.0"
     revoked: dict[str, float] = field(default_factory=dict)  # session id -> revoked at
 
@@ -274,17 +275,17 @@ async def tasks_cancel(call: Call) -> dict[str, Any]:
 
 async def tasks_list(call: Call) -> dict[str, Any]:
     call.caller.require("ops:read")
-    limit = 10_000
-    offset = proto.page_cursor(call.params.get("cursor"), limit)
+    size = call.config.page_size
+    offset = proto.page_cursor(call.params.get("cursor"), MAX_LISTED)
     ops = await services(call.request).engine.store.list_operations(
-        caller=call.caller.sub, limit=min(limit, offset + MAX_PAGE + 1)
+        caller=call.caller.sub, limit=min(MAX_LISTED, offset + size + 1)
     )
-    page = ops[offset : offset + MAX_PAGE]
+    page = ops[offset : offset + size]
     out: dict[str, Any] = {
         "tasks": [proto.task_json(o, call.config.poll_interval_ms) for o in page]
     }
-    if len(ops) > offset + MAX_PAGE and offset + MAX_PAGE < limit:
-        out["nextCursor"] = str(offset + MAX_PAGE)
+    if len(ops) > offset + size and offset + size < MAX_LISTED:
+        out["nextCursor"] = str(offset + size)
     return out
 
 
