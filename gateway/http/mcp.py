@@ -376,6 +376,11 @@ async def post(request: web.Request) -> web.StreamResponse:
     except proto.McpFault as fault:
         body = proto.error(msg.rpc_id, fault.code, fault.message, fault.data)
     except HandlerError as exc:
+        if exc.type is HandlerErrorType.UNAUTHORIZED:  # MCP authorization: a 403 names it
+            exc.headers.setdefault(
+                "WWW-Authenticate",
+                f'Bearer error="insufficient_scope", resource_metadata="{metadata_url(request)}"',
+            )
         if exc.type in (HandlerErrorType.UNAUTHENTICATED, HandlerErrorType.UNAUTHORIZED):
             raise
         body = proto.error(msg.rpc_id, proto.INTERNAL_ERROR, exc.message, exc.details)

@@ -216,3 +216,12 @@ async def test_with_auth_on_a_call_without_a_token_is_401_pointing_at_the_resour
             assert tools == ["worker__echo"]  # only what alice may start
             res = await client.call_tool("worker__echo", {"msg": "from alice"})
             assert res.structured_content == {"echo": {"msg": "from alice"}}
+        # tasks/* need ops:read: a token without it gets 403 naming the missing scope
+        starter = mint_token(auth, "bob", ["ops:start:worker/echo"])
+        async with gw.http.post(
+            gw.url + "/mcp",
+            json={"jsonrpc": "2.0", "id": 2, "method": "tasks/list"},
+            headers={"Authorization": f"Bearer {starter}"},
+        ) as resp:
+            assert resp.status == 403
+            assert 'error="insufficient_scope"' in resp.headers["WWW-Authenticate"]

@@ -117,6 +117,7 @@ async def test_an_mcp_server_with_tasks_is_called_with_a_task_polled_and_cancell
         assert outer is not None and outer.agent_token  # the inner task's id
         inner = await gw.gw.store.get_operation(outer.agent_token)
         assert inner is not None and (inner.service, inner.operation) == ("worker", "later")
+        assert inner.request_id == token  # the outer operation id deduplicates retried calls
 
         async with gw.http.post(gw.nexus("loop", "worker__hang"), json={}) as resp:
             hang = resp.headers["Nexus-Operation-Token"]
