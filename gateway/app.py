@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import secrets
 import signal
@@ -15,6 +16,7 @@ from aiohttp import web
 
 from adapters.a2a import A2AAgentAdapter
 from adapters.http import HttpAgentAdapter
+from adapters.mcp import McpAgentAdapter
 from adapters.transport import HttpTransport
 from gateway import logs
 from gateway.config import Settings
@@ -25,7 +27,8 @@ from gateway.domain.specs import SYSTEM_OWNER, AdapterKind, AgentSpec, RetryPoli
 from gateway.engine.engine import Engine, EngineConfig
 from gateway.engine.signing import CallbackSigner
 from gateway.http import a2a as a2a_routes
-from gateway.http import api, nexus
+from gateway.http import api, mcp_agents, nexus
+from gateway.http import mcp as mcp_routes
 from gateway.http.context import SERVICES, Services
 from gateway.http.errors import error_middleware
 from gateway.security.netguard import BlockedDestination, OutboundPolicy, screen_url
@@ -130,10 +133,15 @@ async def build(settings: Settings, *, clock: Clock | None = None) -> Gateway:
     )
 
     a2a = A2AAgentAdapter(transport)
+    mcp = McpAgentAdapter(transport)
     engine = Engine(
         store=store,
         registry=registry,
-        adapters={AdapterKind.HTTP: HttpAgentAdapter(transport), AdapterKind.A2A: a2a},
+        adapters={
+            AdapterKind.HTTP: HttpAgentAdapter(transport),
+            AdapterKind.A2A: a2a,
+            AdapterKind.MCP: mcp,
+        },
         transport=transport,
         clock=clock,
         config=config,
@@ -152,6 +160,14 @@ async def build(settings: Settings, *, clock: Clock | None = None) -> Gateway:
     nexus.add_routes(app)
     api.add_routes(app)
     a2a_routes.add_routes(app, a2a)
+    mcp_agents.add_routes(app, mcp)
+    mcp_routes.add_routes(
+        app,
+        mcp_routes.McpConfig(
+            session_key=hashlib.sha256(b"mcp-session:" + secret.encode()).digest(),
+            wait_s=settings.mcp_wait_s,
+        ),
+    )
     return Gateway(
         settings=settings,
         store=store,

@@ -88,6 +88,7 @@ class Settings:
     reuse_port: bool = False
     public_cards: bool = True  # A2A agent cards without a token (discovery); off: ops:read
     access_log: bool = False
+    mcp_wait_s: float = 60.0  # /mcp: tools/call without a task, and tasks/result, wait this long
 
     @property
     def base_url(self) -> str:
@@ -138,6 +139,7 @@ class Settings:
             "reuse_port": _flag(e, p + "REUSE_PORT", False),
             "public_cards": _flag(e, p + "PUBLIC_CARDS", cls.public_cards),
             "access_log": _flag(e, p + "ACCESS_LOG", False),
+            "mcp_wait_s": _f(e, p + "MCP_WAIT_S", cls.mcp_wait_s),
         }
         if e.get(p + "REPLICA_ID"):
             kw["replica_id"] = e[p + "REPLICA_ID"]

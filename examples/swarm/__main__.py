@@ -1,4 +1,4 @@
-"""Run the demo swarm: a gateway (SQLite file), five agents, a crash in the middle.
+"""Run the demo swarm: a gateway (SQLite file), seven agents, a crash in the middle.
 
 make demo            # or: python -m examples.swarm
 """
@@ -26,6 +26,7 @@ from examples.swarm.agents import (
     research_agent,
     summariser_agent,
 )
+from examples.swarm.mcp_currency import currency_server, currency_spec, serve_mcp
 from gateway.sdk import AgentApp, Client
 from gateway.testing import GatewayProcess, free_port
 from registry.auth import AuthConfig, mint_token
@@ -77,6 +78,7 @@ async def run_demo(workdir: Path, *, kill_after_s: float = 1.0) -> dict[str, Any
         async with (
             Client(gw.url, token=admin, retry_for_s=60) as client,
             serve_weather(free_port()) as (weather_url, weather),
+            serve_mcp(currency_server(), free_port()) as currency_url,
         ):
             for agent in agents:
                 runner, url = await serve(agent)
@@ -85,6 +87,9 @@ async def run_demo(workdir: Path, *, kill_after_s: float = 1.0) -> dict[str, Any
                 print(f"  registered agent {agent.name:<11} at {url}")
             await client.register(weather_spec(weather_url, DEMO_RETRY).to_json())
             print(f"  registered agent {'weather':<11} at {weather_url} (A2A JSON-RPC)")
+            only = {"convert": {"retry": DEMO_RETRY.to_json()}}
+            await client.register({**currency_spec("currency", currency_url), "operations": only})
+            print(f"  registered agent {'currency':<11} at {currency_url} (MCP, tools listed)")
             t0 = time.monotonic()
             started = {}
             for city, nights in TRIPS:
@@ -108,7 +113,8 @@ async def run_demo(workdir: Path, *, kill_after_s: float = 1.0) -> dict[str, Any
             elapsed = time.monotonic() - t0
             print(f"\nall {len(results)} trips completed in {elapsed:.1f} s:")
             for city, res in results.items():
-                print(f"  {city:<7} {res['summary']}")
+                local = res["local_total"]
+                print(f"  {city:<7} {res['summary']} ({local['amount']} {local['currency']})")
             effects = {a.name: a.effects for a in agents}
             effects["weather"] = weather.effects
             twice = {n: {k: v for k, v in e.items() if v != 1} for n, e in effects.items()}

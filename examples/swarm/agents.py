@@ -86,8 +86,12 @@ def summariser_agent() -> AgentApp:
     return agent
 
 
+LOCAL_CURRENCY = {"Kyoto": "JPY", "Oslo": "NOK", "Lima": "PEN", "Cairo": "EGP"}
+
+
 def planner_agent(gateway_url: str, token: str) -> AgentApp:
-    """Fans out durable calls through the gateway to four agents (one speaks A2A); request ids
+    """Fans out durable calls through the gateway to four agents (one speaks A2A), then asks
+    the currency agent (an MCP server) for the local price; request ids
     derive from its own key, so a retried plan (or a gateway crash) never starts a sub-call
     twice."""
     agent = AgentApp("planner", description="Plans a trip by calling the other agents")
@@ -103,11 +107,19 @@ def planner_agent(gateway_url: str, token: str) -> AgentApp:
                 gw.call("hotels", "book", trip, request_id=f"{ctx.key}/hotels"),
                 gw.call("weather", "forecast", trip, request_id=f"{ctx.key}/weather"),
             )
-            return await gw.call(
+            summary = await gw.call(
                 "summariser",
                 "summarise",
                 {"research": research, "flights": flights, "hotels": hotels, "weather": weather},
                 request_id=f"{ctx.key}/summary",
             )
+            # the currency agent is an MCP server: its tool is an operation like any other
+            local = await gw.call(
+                "currency",
+                "convert",
+                {"eur": summary["total_eur"], "currency": LOCAL_CURRENCY.get(trip["city"], "EUR")},
+                request_id=f"{ctx.key}/currency",
+            )
+            return {**summary, "local_total": local}
 
     return agent

@@ -12,9 +12,9 @@ from gateway.domain.model import (
     Operation,
     OperationState,
 )
-from gateway.domain.specs import AgentSpec
+from gateway.domain.specs import AdapterKind, AgentSpec
 from gateway.engine.signing import CallbackSigner
-from gateway.http import sse
+from gateway.http import mcp_agents, sse
 from gateway.http.bodies import int_param, json_body
 from gateway.http.context import check_outbound_url, principal, services
 from gateway.http.contract import registration_errors
@@ -83,6 +83,8 @@ async def register_agent(request: web.Request) -> web.Response:
     except (KeyError, TypeError, ValueError) as exc:
         raise HandlerError(HandlerErrorType.BAD_REQUEST, f"invalid registration: {exc!r}") from exc
     await check_outbound_url(request, spec.endpoint, "agent endpoint")
+    if spec.adapter is AdapterKind.MCP:  # its tools are its operations
+        spec = await mcp_agents.discover(request, spec)
     svc = services(request)
     version, created = await svc.registry.register_as(spec, p.sub, admin=p.is_admin)
     stored = await svc.registry.get(spec.name)
