@@ -13,6 +13,8 @@ the input is the first data part (else the text, parsed as JSON when it is JSON)
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import uuid
 from collections.abc import Collection, Iterable
@@ -37,8 +39,21 @@ STATE_OF = {
     OperationState.CANCELED: "TASK_STATE_CANCELED",
 }
 OP_STATE_OF = {v: k for k, v in STATE_OF.items()}
+TASK_STATES = frozenset(
+    {
+        "TASK_STATE_SUBMITTED",
+        "TASK_STATE_WORKING",
+        "TASK_STATE_COMPLETED",
+        "TASK_STATE_FAILED",
+        "TASK_STATE_CANCELED",
+        "TASK_STATE_REJECTED",
+        "TASK_STATE_INPUT_REQUIRED",
+        "TASK_STATE_AUTH_REQUIRED",
+    }
+)
 
-UNSUPPORTED = frozenset({"SendStreamingMessage", "SubscribeToTask", "GetExtendedAgentCard"})
+UNSUPPORTED = frozenset({"GetExtendedAgentCard"})
+STREAMING = frozenset({"SendStreamingMessage", "SubscribeToTask"})
 
 
 class RpcFault(Exception):
@@ -60,58 +75,112 @@ def task_not_found() -> RpcFault:
 
 # -- agent cards ------------------------------------------------------------------------------
 
+BINDINGS = ("JSONRPC", "HTTP+JSON")
+BEARER_SCHEME = "swarmgateBearer"
+CARD_CACHE_CONTROL = "public, max-age=60"
 
-def agent_card(agent: AgentSpec, base_url: str) -> dict[str, Any]:
+
+def interfaces(url: str) -> list[dict[str, Any]]:
+    """The interfaces served at ``url``: JSON-RPC and HTTP+JSON (REST), both A2A 1.0."""
+    return [{"url": url, "protocolBinding": b, "protocolVersion": A2A_VERSION} for b in BINDINGS]
+
+
+def security(auth_mode: str) -> dict[str, Any]:
+    """``securitySchemes``/``securityRequirements`` of a card: the JWT bearer every call needs
+    (none when the gateway runs with ``auth_mode`` none)."""
+    if auth_mode == "none":
+        return {}
+    scheme = {
+        "httpAuthSecurityScheme": {
+            "scheme": "Bearer",
+            "bearerFormat": "JWT",
+            "description": "A JWT issued for this gateway (Authorization: Bearer <token>)",
+        }
+    }
     return {
-        "name": agent.name,
-        "description": agent.description or f"{agent.name} (via swarmgate)",
-        "supportedInterfaces": [
-            {
-                "url": f"{base_url}{PREFIX}/{agent.name}",
-                "protocolBinding": "JSONRPC",
-                "protocolVersion": A2A_VERSION,
-            }
-        ],
+        "securitySchemes": {BEARER_SCHEME: scheme},
+        "securityRequirements": [{"schemes": {BEARER_SCHEME: {"list": []}}}],
+    }
+
+
+def _card(
+    name: str, description: str, url: str, version: str, base_url: str, auth_mode: str
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "description": description,
+        "supportedInterfaces": interfaces(url),
         "provider": {"organization": "swarmgate", "url": base_url},
-        "version": agent.version,
-        "capabilities": {"streaming": False, "pushNotifications": True},
+        "version": version,
+        "capabilities": {"streaming": True, "pushNotifications": True},
+        **security(auth_mode),
         "defaultInputModes": [JSON_CT, "text/plain"],
         "defaultOutputModes": [JSON_CT, "text/plain"],
-        "skills": [
-            {
-                "id": op.name,
-                "name": op.name,
-                "description": op.description or f"operation {op.name} of {agent.name}",
-                "tags": [agent.name],
-                "inputModes": [JSON_CT],
-                "outputModes": [JSON_CT],
-            }
-            for op in agent.operations.values()
-        ],
     }
 
 
-def gateway_card(agents: Iterable[AgentSpec], base_url: str) -> dict[str, Any]:
-    skills = [
+def agent_card(agent: AgentSpec, base_url: str, auth_mode: str = "none") -> dict[str, Any]:
+    card = _card(
+        agent.name,
+        agent.description or f"{agent.name} (via swarmgate)",
+        f"{base_url}{PREFIX}/{agent.name}",
+        agent.version,
+        base_url,
+        auth_mode,
+    )
+    card["skills"] = [
         {
-            "id": f"{a.name}/{op}",
-            "name": f"{a.name}/{op}",
-            "description": f"A2A agent card: {base_url}{PREFIX}/{a.name}{CARD_PATH}",
+            "id": op.name,
+            "name": op.name,
+            "description": op.description or f"operation {op.name} of {agent.name}",
+            "tags": [agent.name],
+            "inputModes": [JSON_CT],
+            "outputModes": [JSON_CT],
+        }
+        for op in agent.operations.values()
+    ]
+    return card
+
+
+def gateway_card(
+    agents: Iterable[AgentSpec], base_url: str, auth_mode: str = "none"
+) -> dict[str, Any]:
+    """The host's root card: one A2A agent (``/a2a``) whose skills are every agent's
+    operations (``{agent}/{operation}``), routed by ``metadata.skill``."""
+    card = _card(
+        "swarmgate",
+        "Durable agent gateway: every skill is an operation of a registered agent; choose it "
+        "with metadata.skill = '{agent}/{operation}' (each agent also has its own card at "
+        f"{base_url}{PREFIX}/{{agent}}{CARD_PATH})",
+        f"{base_url}{PREFIX}",
+        "1",
+        base_url,
+        auth_mode,
+    )
+    card["skills"] = [
+        {
+            "id": f"{a.name}/{op.name}",
+            "name": f"{a.name}/{op.name}",
+            "description": op.description or f"operation {op.name} of {a.name}",
             "tags": [a.name],
+            "inputModes": [JSON_CT],
+            "outputModes": [JSON_CT],
         }
         for a in agents
-        for op in a.operations
+        for op in a.operations.values()
     ]
-    return {
-        "name": "swarmgate",
-        "description": "Durable agent gateway; each agent has its own card under /a2a/{agent}",
-        "supportedInterfaces": [],
-        "version": "1",
-        "capabilities": {"streaming": False, "pushNotifications": True},
-        "defaultInputModes": [JSON_CT],
-        "defaultOutputModes": [JSON_CT],
-        "skills": skills,
-    }
+    return card
+
+
+def card_etag(body: bytes) -> str:
+    return '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+
+
+def etag_matches(if_none_match: str | None, etag: str) -> bool:
+    if not if_none_match:
+        return False
+    tags = {t.strip().removeprefix("W/") for t in if_none_match.split(",")}
+    return "*" in tags or etag in tags
 
 
 # -- operation <-> task -----------------------------------------------------------------------
@@ -148,7 +217,33 @@ def _result_value(op: Operation) -> tuple[bool, Any]:
     return False, body.decode(errors="replace")
 
 
-def task_json(op: Operation, *, include_artifacts: bool = True) -> dict[str, Any]:
+def _input_part(op: Operation) -> dict[str, Any]:
+    body = op.input or b""
+    if "json" in (op.input_content_type or JSON_CT).lower():
+        try:
+            return {"data": jsonio.loads(body) if body else None, "mediaType": JSON_CT}
+        except (ValueError, UnicodeDecodeError):
+            pass
+    return {"text": body.decode(errors="replace")}
+
+
+def history(op: Operation, status_message: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The task's messages: the caller's (the operation input) and the agent's final word."""
+    user = {
+        "messageId": op.request_id or f"{op.id}-input",
+        "contextId": context_id(op),
+        "taskId": op.id,
+        "role": "ROLE_USER",
+        "parts": [_input_part(op)],
+        "metadata": {"skill": op.operation},
+    }
+    return [user] + ([status_message] if status_message else [])
+
+
+def task_json(
+    op: Operation, *, include_artifacts: bool = True, history_length: int | None = None
+) -> dict[str, Any]:
+    """The A2A Task of an operation; ``history_length`` None: whole history, 0: none."""
     status: dict[str, Any] = {"state": STATE_OF[op.state]}
     stamp = _ts(op.closed_at or op.created_at)
     if stamp:
@@ -160,10 +255,8 @@ def task_json(op: Operation, *, include_artifacts: bool = True) -> dict[str, Any
         "metadata": {"skill": op.operation, "agent": op.service},
     }
     if op.state is OperationState.SUCCEEDED and include_artifacts:
-        is_json, value = _result_value(op)
-        part = {"data": value, "mediaType": JSON_CT} if is_json else {"text": value}
-        task["artifacts"] = [{"artifactId": f"{op.id}-result", "name": "result", "parts": [part]}]
-    elif op.state.terminal:
+        task["artifacts"] = [result_artifact(op)]
+    elif op.state.terminal and op.state is not OperationState.SUCCEEDED:
         message = str((op.failure or {}).get("message") or op.state.value)
         status["message"] = {
             "messageId": f"{op.id}-status",
@@ -174,7 +267,16 @@ def task_json(op: Operation, *, include_artifacts: bool = True) -> dict[str, Any
         }
         if op.failure:
             task["metadata"]["failure"] = op.failure
+    if history_length != 0:
+        messages = history(op, status.get("message"))
+        task["history"] = messages if history_length is None else messages[-history_length:]
     return task
+
+
+def result_artifact(op: Operation) -> dict[str, Any]:
+    is_json, value = _result_value(op)
+    part = {"data": value, "mediaType": JSON_CT} if is_json else {"text": value}
+    return {"artifactId": f"{op.id}-result", "name": "result", "parts": [part]}
 
 
 def message_input(message: dict[str, Any]) -> bytes:
@@ -193,13 +295,19 @@ def message_input(message: dict[str, Any]) -> bytes:
         return json.dumps(text).encode()
 
 
-def choose_skill(agent: AgentSpec, params: dict[str, Any], message: dict[str, Any]) -> str:
+def requested_skill(params: dict[str, Any], message: dict[str, Any]) -> str | None:
     for meta in (message.get("metadata"), params.get("metadata")):
         if isinstance(meta, dict) and isinstance(meta.get("skill"), str):
-            skill = str(meta["skill"])
-            if skill not in agent.operations:
-                raise invalid_params(f"agent {agent.name!r} has no skill {skill!r}")
-            return skill
+            return str(meta["skill"])
+    return None
+
+
+def choose_skill(agent: AgentSpec, params: dict[str, Any], message: dict[str, Any]) -> str:
+    skill = requested_skill(params, message)
+    if skill is not None:
+        if skill not in agent.operations:
+            raise invalid_params(f"agent {agent.name!r} has no skill {skill!r}")
+        return skill
     if len(agent.operations) == 1:
         return next(iter(agent.operations))
     raise invalid_params(
@@ -207,11 +315,32 @@ def choose_skill(agent: AgentSpec, params: dict[str, Any], message: dict[str, An
     )
 
 
+def gateway_skill(skills: Collection[str], params: dict[str, Any], message: dict[str, Any]) -> str:
+    """The ``{agent}/{operation}`` skill a message to the root interface asks for."""
+    skill = requested_skill(params, message)
+    if skill is None:
+        if len(skills) == 1:
+            return next(iter(skills))
+        raise invalid_params(
+            "choose a skill with metadata.skill = '{agent}/{operation}'; one of "
+            + ", ".join(sorted(skills)[:50])
+        )
+    if skill not in skills:
+        raise invalid_params(f"no skill {skill!r} (skills are '{{agent}}/{{operation}}')")
+    return skill
+
+
+ROLES = frozenset({"ROLE_USER", "ROLE_AGENT"})
+
+
 def check_send(params: dict[str, Any]) -> tuple[dict[str, Any], str]:
     """The message of a SendMessage and its id (RpcFault if malformed)."""
     message = params.get("message")
     if not isinstance(message, dict):
         raise invalid_params("params.message is required")
+    role = message.get("role")
+    if role not in ROLES:
+        raise invalid_params("message.role is required: ROLE_USER")
     if message.get("taskId"):
         raise RpcFault(-32004, "follow-up messages to an existing task are not supported")
     message_id = message.get("messageId")
@@ -227,11 +356,83 @@ def send_configuration(params: dict[str, Any]) -> dict[str, Any]:
     return configuration
 
 
-def page_size(params: dict[str, Any]) -> int:
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 100
+
+
+def _int_param(params: dict[str, Any], name: str) -> int | None:
+    value = params.get(name)
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        raise invalid_params(f"{name} must be an integer")
     try:
-        return min(100, max(1, int(params.get("pageSize") or 50)))
-    except (TypeError, ValueError) as exc:
-        raise invalid_params("pageSize must be an integer") from exc
+        number = int(value) if not isinstance(value, float) or value.is_integer() else None
+    except (TypeError, ValueError):
+        number = None
+    if number is None:
+        raise invalid_params(f"{name} must be an integer")
+    return number
+
+
+def page_size(params: dict[str, Any]) -> int:
+    size = _int_param(params, "pageSize")
+    if size is None or size == 0:
+        return DEFAULT_PAGE_SIZE
+    if not 1 <= size <= MAX_PAGE_SIZE:
+        raise invalid_params(f"pageSize must be between 1 and {MAX_PAGE_SIZE}")
+    return size
+
+
+def history_length(params: dict[str, Any]) -> int | None:
+    """``historyLength``: None (unset) means the whole history; negative is refused."""
+    n = _int_param(params, "historyLength")
+    if n is not None and n < 0:
+        raise invalid_params("historyLength must not be negative")
+    return n
+
+
+def status_filter(params: dict[str, Any]) -> OperationState | bool | None:
+    """The state a ListTasks asks for (None: any; False: a valid state no operation has)."""
+    value = params.get("status")
+    if value in (None, "", "TASK_STATE_UNSPECIFIED"):
+        return None
+    if value not in TASK_STATES:
+        raise invalid_params(f"status must be one of {', '.join(sorted(TASK_STATES))}")
+    return OP_STATE_OF.get(str(value), False)
+
+
+def timestamp_filter(params: dict[str, Any]) -> datetime | None:
+    value = params.get("statusTimestampAfter")
+    if value in (None, ""):
+        return None
+    if not isinstance(value, str):
+        raise invalid_params("statusTimestampAfter must be an RFC 3339 timestamp")
+    try:
+        stamp = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise invalid_params("statusTimestampAfter must be an RFC 3339 timestamp") from exc
+    if stamp.tzinfo is None:
+        raise invalid_params("statusTimestampAfter needs a time zone (e.g. Z)")
+    return stamp
+
+
+def page_offset(token: Any) -> int:
+    """The offset an opaque ``pageToken`` stands for (0 for none)."""
+    if token in (None, ""):
+        return 0
+    try:
+        raw = base64.urlsafe_b64decode(str(token).encode() + b"==").decode()
+        kind, _, number = raw.partition(":")
+        if kind == "o" and number.isdigit():
+            return int(number)
+    except (ValueError, UnicodeDecodeError):
+        pass
+    raise invalid_params("pageToken is not one this server issued")
+
+
+def page_token(offset: int) -> str:
+    return base64.urlsafe_b64encode(f"o:{offset}".encode()).decode().rstrip("=")
 
 
 def require_id(value: Any, what: str) -> str:
@@ -262,9 +463,13 @@ def push_config(raw: Any, task_id: str) -> dict[str, Any]:
     return config
 
 
+A2A_JSON_CT = "application/a2a+json"  # the HTTP+JSON binding's media type (pushes too)
+
+
 def push_headers(config: dict[str, Any]) -> dict[str, str]:
-    """The headers of a push to ``config`` (its token and authentication, if any)."""
-    headers = {"Content-Type": JSON_CT, "A2A-Version": A2A_VERSION}
+    """The headers of a push to ``config`` (its token and authentication, if any); the body
+    is a StreamResponse in the HTTP+JSON binding, so its media type is that binding's."""
+    headers = {"Content-Type": A2A_JSON_CT, "A2A-Version": A2A_VERSION}
     if config.get("token"):
         headers["X-A2A-Notification-Token"] = str(config["token"])
     auth = config.get("authentication") or {}
@@ -320,10 +525,53 @@ class RpcRequest:
     params: dict[str, Any]
 
 
-def _version_ok(value: str | None) -> bool:
-    if not value:
-        return True  # lenient: clients that send no header get 1.0
-    return value.strip().split(".")[0] == "1"
+LEGACY_VERSION = "0.3"  # what a request without A2A-Version speaks, per the spec
+
+
+def version_problem(value: str | None) -> str | None:
+    """Why the request's ``A2A-Version`` cannot be served (None: it can)."""
+    version = (value or "").strip() or LEGACY_VERSION
+    if version.split(".")[0] == "1":
+        return None
+    said = f"A2A-Version {version}" if value and value.strip() else "no A2A-Version header"
+    meaning = " (treated as 0.3, per the A2A specification)" if said.startswith("no") else ""
+    return f"{said}{meaning} is not supported; this server speaks A2A {A2A_VERSION}"
+
+
+def version_fault(value: str | None, rpc_id: Any = None) -> RpcFault | None:
+    problem = version_problem(value)
+    if problem is None:
+        return None
+    return RpcFault(-32009, problem, {"supportedVersions": [A2A_VERSION]}, rpc_id=rpc_id)
+
+
+def _valid_id(value: Any) -> bool:
+    if value is None or isinstance(value, str):
+        return True
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# ProtoJSON allows the proto field names (snake_case) as well as the JSON names; user data
+# (data parts, metadata) is left as it was sent.
+OPAQUE_KEYS = frozenset({"data", "metadata", "struct", "structValue", "struct_value"})
+
+
+def _camel(key: str) -> str:
+    head, *rest = key.split("_")
+    return head + "".join(w[:1].upper() + w[1:] for w in rest) if rest else key
+
+
+def camel_keys(value: Any) -> Any:
+    """``value`` with every snake_case field name as its JSON (lowerCamel) name."""
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            name = _camel(key) if isinstance(key, str) and "_" in key else key
+            out[name] = item if name in OPAQUE_KEYS else camel_keys(item)
+        return out
+    if isinstance(value, list):
+        return [camel_keys(v) for v in value]
+    return value
 
 
 def parse_rpc(raw: bytes, a2a_version: str | None, methods: Collection[str]) -> RpcRequest:
@@ -335,10 +583,13 @@ def parse_rpc(raw: bytes, a2a_version: str | None, methods: Collection[str]) -> 
     if not isinstance(body, dict):
         raise RpcFault(-32600, "batch requests are not supported")
     rpc_id = body.get("id")
+    if "id" not in body or not _valid_id(rpc_id):
+        raise RpcFault(-32600, "invalid JSON-RPC 2.0 request: id must be a string or integer")
     if body.get("jsonrpc") != "2.0" or not isinstance(body.get("method"), str):
         raise RpcFault(-32600, "invalid JSON-RPC 2.0 request", rpc_id=rpc_id)
-    if not _version_ok(a2a_version):
-        raise RpcFault(-32009, f"A2A version not supported; use {A2A_VERSION}", rpc_id=rpc_id)
+    fault = version_fault(a2a_version, rpc_id)
+    if fault is not None:
+        raise fault
     method = str(body["method"])
     if method not in methods:
         if method in UNSUPPORTED:
@@ -347,7 +598,7 @@ def parse_rpc(raw: bytes, a2a_version: str | None, methods: Collection[str]) -> 
     params = body.get("params") or {}
     if not isinstance(params, dict):
         raise RpcFault(-32602, "params must be an object", rpc_id=rpc_id)
-    return RpcRequest(rpc_id=rpc_id, method=method, params=params)
+    return RpcRequest(rpc_id=rpc_id, method=method, params=camel_keys(params))
 
 
 def rpc_error(rpc_id: Any, code: int, message: str, data: Any = None) -> dict[str, Any]:

@@ -99,7 +99,7 @@ async def swarm(db_url: str, **settings: Any) -> AsyncIterator[tuple[Running, Se
             yield gw, cfg
 
 
-async def test_the_agent_card_lists_one_skill_per_operation_and_a_jsonrpc_interface(
+async def test_the_agent_card_lists_one_skill_per_operation_and_both_bindings(
     db_url: str,
 ) -> None:
     async with swarm(db_url) as (gw, _cfg):
@@ -107,9 +107,10 @@ async def test_the_agent_card_lists_one_skill_per_operation_and_a_jsonrpc_interf
             assert r.status == 200
             card = await r.json()
         assert card["supportedInterfaces"] == [
-            {"url": f"{gw.url}/a2a/worker", "protocolBinding": "JSONRPC", "protocolVersion": "1.0"}
+            {"url": f"{gw.url}/a2a/worker", "protocolBinding": b, "protocolVersion": "1.0"}
+            for b in ("JSONRPC", "HTTP+JSON")
         ]
-        assert card["capabilities"] == {"streaming": False, "pushNotifications": True}
+        assert card["capabilities"] == {"streaming": True, "pushNotifications": True}
         assert {s["id"] for s in card["skills"]} == {"echo", "later", "hang", "flaky", "broken"}
         async with gw.http.get(f"{gw.url}/a2a/nobody/.well-known/agent-card.json") as r:
             assert r.status == 404
