@@ -326,7 +326,9 @@ def gateway_skill(skills: Collection[str], params: dict[str, Any], message: dict
             + ", ".join(sorted(skills)[:50])
         )
     if skill not in skills:
-        raise invalid_params(f"no skill {skill!r} (skills are '{{agent}}/{{operation}}')")
+        near = sorted(s for s in skills if s.split("/", 1)[-1] == skill)[:10]
+        hint = f"; did you mean {', '.join(near)}?" if near else ""
+        raise invalid_params(f"no skill {skill!r} (skills are '{{agent}}/{{operation}}'){hint}")
     return skill
 
 
