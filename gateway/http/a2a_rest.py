@@ -34,7 +34,9 @@ from gateway.http import sse
 from gateway.http.a2a_methods import METHODS, Call
 from gateway.http.context import principal
 
-AUTH_ERRORS = (HandlerErrorType.UNAUTHENTICATED, HandlerErrorType.UNAUTHORIZED)
+# request errors answered in the binding's own error format; any other HandlerError (401,
+# 403, 429, 503...) is answered by the error middleware as problem+json
+A2A_ERRORS = (HandlerErrorType.BAD_REQUEST, HandlerErrorType.NOT_FOUND)
 Params = Callable[[web.Request], Awaitable[dict[str, Any]]]
 
 
@@ -99,7 +101,7 @@ def _unary(method: str, source: str) -> Callable[[web.Request], Awaitable[web.St
             call = await _call(request, source)
             result = await METHODS[method](call)
         except (proto.RpcFault, HandlerError) as exc:
-            if isinstance(exc, HandlerError) and exc.type in AUTH_ERRORS:
+            if isinstance(exc, HandlerError) and exc.type not in A2A_ERRORS:
                 raise
             return _error(exc)
         return _answer(200, {} if result is None else result)
@@ -113,7 +115,7 @@ def _streaming(method: str, source: str) -> Callable[[web.Request], Awaitable[we
             call = await _call(request, source)
             op, after = await methods.open_stream(call, method)
         except (proto.RpcFault, HandlerError) as exc:
-            if isinstance(exc, HandlerError) and exc.type in AUTH_ERRORS:
+            if isinstance(exc, HandlerError) and exc.type not in A2A_ERRORS:
                 raise
             return _error(exc)
         return await sse.relay(request, _frames(call, op, after))
