@@ -250,22 +250,45 @@ class A2AWorker:
                 await asyncio.wait_for(self.wake.wait(), self.engine.config.poll_interval_s * 4)
             self.wake.clear()
 
+    def _delivery(self, op: Operation, config: dict[str, Any], body: bytes) -> CallbackDelivery:
+        now = self.engine.now()
+        return CallbackDelivery(
+            id=f"msg_{uuid.uuid4().hex}",
+            operation_id=op.id,
+            caller=op.caller,
+            url=str(config["url"]),
+            headers=proto.push_headers(config),
+            body=body,
+            created_at=now,
+            expires_at=now + timedelta(seconds=self.engine.config.callback_ttl_s),
+            next_attempt_at=now,
+        )
+
+    async def queue_progress(self) -> int:
+        """Queue the status updates of running tasks for their push configs (the same
+        StreamResponses a stream sends), moving each config's cursor by compare-and-set."""
+        store = self.engine.store
+        n = 0
+        for config_id, config, op, after in await store.a2a_progress_pushes(100):
+            events = await store.list_events(op.id, after=after)
+            if not events:
+                continue
+            deliveries = [
+                self._delivery(op, config, json.dumps(update).encode())
+                for e in events
+                for update in stream.event_updates(op, e)
+            ]
+            upto = events[-1].id or after
+            if await store.a2a_enqueue_progress(op.id, config_id, after, upto, deliveries):
+                n += len(deliveries)
+        return n
+
     async def queue_pushes(self) -> int:
         engine = self.engine
-        n = 0
+        n = await self.queue_progress()
         for config_id, config, op in await engine.store.a2a_due_pushes(100):
             now = engine.now()
-            delivery = CallbackDelivery(
-                id=f"msg_{uuid.uuid4().hex}",
-                operation_id=op.id,
-                caller=op.caller,
-                url=str(config["url"]),
-                headers=proto.push_headers(config),
-                body=proto.push_body(op),
-                created_at=now,
-                expires_at=now + timedelta(seconds=engine.config.callback_ttl_s),
-                next_attempt_at=now,
-            )
+            delivery = self._delivery(op, config, proto.push_body(op))
             event = Event(
                 operation_id=op.id,
                 kind="a2a.push.queued",

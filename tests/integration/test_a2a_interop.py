@@ -4,6 +4,7 @@ streaming, with resumable subscriptions, paged task lists and the auth the card 
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -28,9 +29,10 @@ from a2a.utils.errors import InvalidParamsError, TaskNotCancelableError
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.struct_pb2 import Struct
 
+from gateway.testing import eventually
 from registry.auth import AuthConfig, mint_token
-from tests.conftest import Running, make_settings, running_gateway, serving_agent
-from tests.helpers import make_test_agent, spec_with
+from tests.conftest import Running, make_settings, running_gateway, serving, serving_agent
+from tests.helpers import Receiver, make_test_agent, spec_with
 
 BINDINGS = ["JSONRPC", "HTTP+JSON"]
 SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
@@ -202,11 +204,12 @@ async def test_a_subscription_resumes_after_the_last_event_it_saw(
             client_for(url, binding, streaming=True) as client,
         ):
             task = await send(
-                starter, message("later", {"sleep": 0.4}, f"sub-{binding}"), immediately=True
+                starter, message("later", {"sleep": 0.8}, f"sub-{binding}"), immediately=True
             )
             first = [u async for u in client.subscribe(SubscribeToTaskRequest(id=task.id))]
             assert states(first)[0].startswith("task:")
-            assert states(first)[-1] == "TASK_STATE_COMPLETED"
+            # ends with the final state (in the snapshot, if the task finished meanwhile)
+            assert states(first)[-1].removeprefix("task:") == "TASK_STATE_COMPLETED"
             # a client that lost its stream resumes after the last event id it saw
             replay = await resume(client, task.id, 0)
             assert not replay[0].HasField("task")  # a resumed stream replays, no snapshot
@@ -266,6 +269,34 @@ async def test_cancel_ends_a_task_and_a_canceled_task_is_not_cancelable(
         assert canceled.status.state == TaskState.TASK_STATE_CANCELED
         with pytest.raises(TaskNotCancelableError):
             await client.cancel_task(CancelTaskRequest(id=task.id))
+
+
+async def test_push_configs_get_the_progress_of_a_running_task_and_then_the_final_task(
+    db_url: str,
+) -> None:
+    receiver = Receiver()
+    async with serving(receiver.app()) as hook, gateway(db_url) as gw:
+        async with client_for(gw.url + "/a2a/worker", "HTTP+JSON") as client:
+            req = request(message("later", {"sleep": 0.5}, "progress-1"), immediately=True)
+            req.configuration.task_push_notification_config.url = hook + "/progress"
+            req.configuration.task_push_notification_config.token = "tok-p"
+            answers = [r async for r in client.send_message(req)]
+            task = answers[0].task
+
+            def pushed() -> list[dict[str, Any]]:
+                return [json.loads(r["body"]) for r in receiver.requests]
+
+            await eventually(lambda: any("task" in b for b in pushed()), timeout=10)
+        bodies = pushed()
+        assert all(
+            r["headers"]["Content-Type"] == "application/a2a+json" for r in receiver.requests
+        )
+        assert all(r["headers"]["X-A2A-Notification-Token"] == "tok-p" for r in receiver.requests)
+        progress = [b["statusUpdate"] for b in bodies if "statusUpdate" in b]
+        assert progress and {p["taskId"] for p in progress} == {task.id}
+        assert {p["status"]["state"] for p in progress} == {"TASK_STATE_WORKING"}
+        final = [b["task"] for b in bodies if "task" in b]
+        assert len(final) == 1 and final[0]["status"]["state"] == "TASK_STATE_COMPLETED"
 
 
 async def rpc(gw: Running, body: Any, headers: dict[str, str] | None = None) -> dict[str, Any]:
