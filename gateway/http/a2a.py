@@ -1,18 +1,25 @@
-"""Inbound A2A 1.0 facade, served: the routes and the background pass that queues pushes.
+"""Inbound A2A 1.0 facade, served: cards, the JSON-RPC binding, the push receiver for
+outbound agents and the background pass that queues pushes.
 
 Routes:
-  GET  /a2a/{agent}/.well-known/agent-card.json   agent card (skills = operations)
-  POST /a2a/{agent}                               JSON-RPC: SendMessage, GetTask, CancelTask,
+  GET  /.well-known/agent-card.json               the host's root card: the gateway is one A2A
+                                                  agent at /a2a, skills = {agent}/{operation}
+  GET  /a2a/.well-known/agent-card.json           the same card, under the interface URL
+  GET  /a2a/{agent}/.well-known/agent-card.json   an agent's card (skills = its operations)
+  POST /a2a[/], /a2a/{agent}[/]                   JSON-RPC: SendMessage, SendStreamingMessage,
+                                                  SubscribeToTask (SSE), GetTask, CancelTask,
                                                   ListTasks, Create/Get/List/Delete
                                                   TaskPushNotificationConfig
-  GET  /.well-known/agent-card.json               the gateway's own card
+  ...  /a2a[/{agent}]/message:send, /tasks, ...   the HTTP+JSON binding (``a2a_rest``)
   POST /api/a2a/push/{op_id}                      push receiver for *outbound* A2A agents
                                                   (StreamResponse body, completion token)
 
-What A2A says (cards, task JSON, JSON-RPC envelope, push configs) is in
-``adapters.a2a_facade``; this module ties it to the engine. Push configs are stored durably;
-once the task is final a background pass queues one StreamResponse (``{"task": ...}``) per
-config in the callback outbox, which delivers it with retries.
+Cards carry ``ETag``/``Cache-Control`` (304 on ``If-None-Match``) and declare the JWT bearer
+(``securitySchemes``) unless auth is off. What A2A says is in ``adapters.a2a_facade``,
+``adapters.a2a_rpc`` and ``adapters.a2a_stream``; the methods are in ``a2a_methods``. Push
+configs are stored durably; a background pass queues, per config, the status updates of a
+running task (a cursor over its history) and, once the task is final, one StreamResponse
+``{"task": ...}``, in the callback outbox, which delivers them with retries.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from typing import Any
 from aiohttp import web
 
 from adapters import a2a_facade as proto
+from adapters import a2a_rpc as wire
 from adapters import a2a_stream as stream
 from adapters.a2a import JSON_CT, A2AAgentAdapter, final_state, outcome_from_task
 from gateway.domain.dispatch import Outcome, OutcomeKind
@@ -134,21 +142,21 @@ async def gateway_card(request: web.Request) -> web.Response:
 
 def _fault_body(rpc_id: Any, exc: Exception) -> dict[str, Any]:
     if isinstance(exc, RpcFault):
-        return proto.rpc_error(rpc_id, exc.code, exc.message, exc.data)
+        return wire.rpc_error(rpc_id, exc.code, exc.message, exc.data)
     assert isinstance(exc, HandlerError)
-    return proto.rpc_error(rpc_id, proto.rpc_code(exc.type), exc.message, exc.details)
+    return wire.rpc_error(rpc_id, wire.rpc_code(exc.type), exc.message, exc.details)
 
 
 async def rpc(request: web.Request) -> web.StreamResponse:
     agent = await methods.agent_of(request)
     caller = await principal(request)
     try:
-        parsed = proto.parse_rpc(
+        parsed = wire.parse_rpc(
             await request.read(), methods.a2a_version(request), {*METHODS, *proto.STREAMING}
         )
     except RpcFault as fault:
         return web.json_response(
-            proto.rpc_error(fault.rpc_id, fault.code, fault.message, fault.data)
+            wire.rpc_error(fault.rpc_id, fault.code, fault.message, fault.data)
         )
     rpc_id = parsed.rpc_id
     call = Call(request=request, agent=agent, caller=caller, params=parsed.params)
@@ -161,7 +169,7 @@ async def rpc(request: web.Request) -> web.StreamResponse:
         if isinstance(exc, HandlerError) and exc.type in AUTH_ERRORS:
             raise
         return web.json_response(_fault_body(rpc_id, exc))
-    return web.json_response(proto.rpc_result(rpc_id, result))
+    return web.json_response(wire.rpc_result(rpc_id, result))
 
 
 async def _rpc_frames(
@@ -172,7 +180,7 @@ async def _rpc_frames(
             yield None
             continue
         event_id, update = item
-        yield stream.sse_frame(event_id, proto.rpc_result(rpc_id, update))
+        yield stream.sse_frame(event_id, wire.rpc_result(rpc_id, update))
 
 
 # -- push receiver for outbound A2A agents ----------------------------------------------------

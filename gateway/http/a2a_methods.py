@@ -15,6 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from adapters import a2a_facade as proto
+from adapters import a2a_rpc as wire
 from adapters import a2a_stream as stream
 from adapters.a2a import JSON_CT
 from gateway.domain.errors import HandlerError, HandlerErrorType
@@ -154,12 +155,12 @@ async def send_message(call: Call) -> dict[str, Any]:
             op = await engine.wait_terminal(op.id, bound) or op
     else:
         op = await engine.store.get_operation(op.id) or op
-    length = proto.history_length(configuration)
+    length = wire.history_length(configuration)
     return {"task": proto.task_json(op, history_length=length)}
 
 
 async def get_task(call: Call) -> dict[str, Any]:
-    length = proto.history_length(call.params)
+    length = wire.history_length(call.params)
     return proto.task_json(await own_task(call, call.params.get("id")), history_length=length)
 
 
@@ -176,11 +177,11 @@ async def cancel_task(call: Call) -> dict[str, Any]:
 async def list_tasks(call: Call) -> dict[str, Any]:
     call.caller.require("ops:read")
     p = call.params
-    state = proto.status_filter(p)
-    size = proto.page_size(p)
-    length = proto.history_length(p)
-    after = proto.timestamp_filter(p)
-    offset = proto.page_offset(p.get("pageToken"))
+    state = wire.status_filter(p)
+    size = wire.page_size(p)
+    length = wire.history_length(p)
+    after = wire.timestamp_filter(p)
+    offset = wire.page_offset(p.get("pageToken"))
     if state is False:  # a valid A2A state no operation is ever in
         return {"tasks": [], "nextPageToken": "", "pageSize": size, "totalSize": 0}
     ops = await call.engine.store.list_operations(
@@ -202,7 +203,7 @@ async def list_tasks(call: Call) -> dict[str, Any]:
     more = offset + size < len(ops)
     return {
         "tasks": tasks,
-        "nextPageToken": proto.page_token(offset + size) if more else "",
+        "nextPageToken": wire.page_token(offset + size) if more else "",
         "pageSize": size,
         "totalSize": len(ops),
     }

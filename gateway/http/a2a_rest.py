@@ -25,6 +25,7 @@ from typing import Any
 from aiohttp import web
 
 from adapters import a2a_facade as proto
+from adapters import a2a_rpc as wire
 from adapters import a2a_stream as stream
 from gateway.domain import jsonio
 from gateway.domain.errors import HandlerError, HandlerErrorType
@@ -51,7 +52,7 @@ def _error(exc: Exception) -> web.Response:
         status, body = stream.rest_error(exc.code, exc.message, exc.data)
     else:
         assert isinstance(exc, HandlerError)
-        status, body = stream.rest_error(proto.rpc_code(exc.type), exc.message, exc.details)
+        status, body = stream.rest_error(wire.rpc_code(exc.type), exc.message, exc.details)
     return _answer(status, body)
 
 
@@ -65,11 +66,11 @@ async def _body(request: web.Request) -> dict[str, Any]:
         raise proto.RpcFault(-32700, f"the body is not JSON: {exc}") from exc
     if not isinstance(body, dict):
         raise proto.invalid_params("the body must be a JSON object")
-    return dict(proto.camel_keys(body))
+    return dict(wire.camel_keys(body))
 
 
 def _query(request: web.Request) -> dict[str, Any]:
-    params: dict[str, Any] = dict(proto.camel_keys(dict(request.query)))
+    params: dict[str, Any] = dict(wire.camel_keys(dict(request.query)))
     if "includeArtifacts" in params:
         params["includeArtifacts"] = str(params["includeArtifacts"]).lower() in ("true", "1")
     return params
@@ -89,7 +90,7 @@ async def _params(request: web.Request, source: str) -> dict[str, Any]:
 async def _call(request: web.Request, source: str) -> Call:
     agent = await methods.agent_of(request)
     caller = await principal(request)
-    fault = proto.version_fault(methods.a2a_version(request))
+    fault = wire.version_fault(methods.a2a_version(request))
     if fault is not None:
         raise fault
     return Call(request=request, agent=agent, caller=caller, params=await _params(request, source))
