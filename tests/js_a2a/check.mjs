@@ -1,9 +1,9 @@
-// Discovery from the host's root card, a blocking send routed by skill, and GetTask, with the
-// A2A JS SDK over the binding named on the command line. Prints one JSON line; exits 1 on error.
+// Discovery from a card URL, a blocking send routed by skill, and GetTask, with the A2A JS SDK
+// over the binding named on the command line: check.mjs <base url> <binding> <skill>. Prints one JSON line; exits 1 on error.
 import { ClientFactory, ClientFactoryOptions, JsonRpcTransportFactory, RestTransportFactory } from "@a2a-js/sdk/client";
 import { Role } from "@a2a-js/sdk";
 
-const [baseUrl, binding] = process.argv.slice(2);
+const [baseUrl, binding, skill] = process.argv.slice(2);
 const transport = binding === "HTTP+JSON" ? new RestTransportFactory() : new JsonRpcTransportFactory();
 const factory = new ClientFactory(
   ClientFactoryOptions.createFrom(ClientFactoryOptions.default, { transports: [transport], preferredTransports: [binding] }),
@@ -15,7 +15,7 @@ try {
       messageId: `js-${binding}-${Date.now()}`,
       role: Role.ROLE_USER,
       parts: [{ content: { $case: "data", value: { from: "js" } }, metadata: undefined, filename: "", mediaType: "" }],
-      metadata: { skill: "worker/echo" },
+      metadata: { skill },
       contextId: "",
       taskId: "",
       extensions: [],

@@ -1,6 +1,7 @@
 """The A2A JavaScript SDK (@a2a-js/sdk, the client other stacks use) against a live gateway:
-discovery from the host's root card, a blocking send routed by skill, and GetTask, over both
-bindings. The SDK is installed (npm ci) into tests/js_a2a, a folder of its own."""
+discovery from the host's root card and from an agent's card, a blocking send routed by
+skill, and GetTask, over both bindings. The SDK is installed (npm ci) into tests/js_a2a, a
+folder of its own."""
 
 from __future__ import annotations
 
@@ -43,9 +44,19 @@ async def _install() -> None:
     assert code == 0, f"npm ci failed:\n{out}\n{err}"
 
 
-@pytest.mark.parametrize("binding", ["JSONRPC", "HTTP+JSON"])
+# The SDK resolves the card URL relative to the base URL (WHATWG URL rules): the host root
+# gives the root card (skills "{agent}/{operation}"); "/a2a/worker/" gives the agent's card.
+CASES = [
+    ("JSONRPC", "", "worker/echo"),
+    ("HTTP+JSON", "", "worker/echo"),
+    ("JSONRPC", "/a2a/worker/", "echo"),
+    ("HTTP+JSON", "/a2a/worker/", "echo"),
+]
+
+
+@pytest.mark.parametrize(("binding", "path", "skill"), CASES)
 async def test_the_a2a_js_sdk_discovers_the_gateway_sends_and_gets_the_task(
-    tmp_path: Path, binding: str
+    tmp_path: Path, binding: str, path: str, skill: str
 ) -> None:
     await _install()
     agent = make_test_agent()
@@ -54,7 +65,9 @@ async def test_the_a2a_js_sdk_discovers_the_gateway_sends_and_gets_the_task(
         async with running_gateway(settings) as gw:
             await gw.gw.registry.register(spec_with(agent, agent_url))
             assert NODE is not None
-            code, out, err = await _run(NODE, "check.mjs", gw.url, binding, timeout=60)
+            code, out, err = await _run(
+                NODE, "check.mjs", gw.url + path, binding, skill, timeout=60
+            )
     assert code == 0, f"the JS SDK check failed:\n{out}\n{err}"
     answer = json.loads(out.strip().splitlines()[-1])
     assert answer["id"] == answer["sentId"]
