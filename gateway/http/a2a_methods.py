@@ -293,6 +293,12 @@ async def updates(call: Call, op: Operation, after: int | None) -> AsyncIterator
     while True:
         events = await store.list_events(op.id, after=after)
         current = await store.get_operation(op.id) or op
+        if not events and current.state.terminal:
+            # closed between the two reads: its events were committed with the change
+            events = await store.list_events(op.id, after=after)
+            if not events:
+                yield after, {"task": proto.task_json(current)}
+                return
         for e in events:
             for update in stream.event_updates(current, e):
                 yield e.id, update
@@ -300,8 +306,5 @@ async def updates(call: Call, op: Operation, after: int | None) -> AsyncIterator
                     return
             after = e.id or after
         if not events:
-            if current.state.terminal:
-                yield after, {"task": proto.task_json(current)}
-                return
             yield None
             await engine.wait_change(op.id, poll_s)
