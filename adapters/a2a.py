@@ -1,6 +1,9 @@
-"""Outbound adapter for agents that speak A2A 1.0 (JSON-RPC binding).
+"""Outbound adapter for agents that speak A2A 1.0 (JSON-RPC or HTTP+JSON binding).
 
-Start: JSON-RPC ``SendMessage`` to the agent's endpoint with ``returnImmediately: true``, the
+The binding is the first one the agent's card offers that the adapter speaks (see
+``adapters.a2a_card``; a registered URL without a card is a JSON-RPC endpoint).
+
+Start: ``SendMessage`` to the agent's endpoint with ``returnImmediately: true``, the
 operation id as ``messageId`` and ``Idempotency-Key`` (stable across every attempt and restart),
 the input as a data part (and a text part when the input is a JSON string), the operation name
 as ``metadata.skill``, and a push-notification config pointing at the gateway
@@ -27,7 +30,9 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
+from adapters.a2a_card import CardCache, rest_error_code
 from adapters.http import classify_error
 from gateway.domain import jsonio
 from gateway.domain.dispatch import (
@@ -211,6 +216,80 @@ class A2AAgentAdapter:
     def __init__(self, transport: Transport, *, push: bool = True) -> None:
         self.transport = transport
         self.push = push
+        self.cards = CardCache(transport)
+
+    async def _invoke(
+        self,
+        endpoint: str,
+        method: str,
+        params: dict[str, Any],
+        *,
+        rpc_id: str,
+        timeout_s: float,
+        extra_headers: dict[str, str] | None = None,
+    ) -> _Rpc:
+        """Call ``method`` on the agent, over the binding its card offers (JSON-RPC when the
+        registered URL serves no card)."""
+        iface = await self.cards.interface(endpoint, timeout_s)
+        if isinstance(iface, Outcome):
+            return _Rpc(outcome=iface)
+        if iface.binding == "HTTP+JSON":
+            return await self._rest(
+                iface.url, method, params, timeout_s=timeout_s, extra_headers=extra_headers
+            )
+        return await self._call(
+            iface.url,
+            method,
+            params,
+            rpc_id=rpc_id,
+            timeout_s=timeout_s,
+            extra_headers=extra_headers,
+        )
+
+    async def _rest(
+        self,
+        base: str,
+        method: str,
+        params: dict[str, Any],
+        *,
+        timeout_s: float,
+        extra_headers: dict[str, str] | None = None,
+    ) -> _Rpc:
+        """The HTTP+JSON binding: SendMessage, GetTask and CancelTask."""
+        body: bytes | None
+        if method == "SendMessage":
+            verb, path, body = "POST", "/message:send", json.dumps(params).encode()
+        else:
+            task = quote(str(params.get("id") or ""), safe="")
+            verb, path, body = (
+                ("GET", f"/tasks/{task}", None)
+                if method == "GetTask"
+                else ("POST", f"/tasks/{task}:cancel", json.dumps(params).encode())
+            )
+        headers = {"Accept": JSON_CT, "A2A-Version": A2A_VERSION, **(extra_headers or {})}
+        if body is not None:
+            headers["Content-Type"] = JSON_CT
+        try:
+            resp = await self.transport.request(
+                verb, base + path, headers=headers, body=body, timeout_s=timeout_s
+            )
+        except TransportError as exc:
+            kind = OutcomeKind.RETRYABLE if exc.retryable else OutcomeKind.PERMANENT
+            return _Rpc(outcome=Outcome(kind=kind, error=str(exc)))
+        try:
+            data = jsonio.loads(resp.body) if resp.body else None
+        except (ValueError, UnicodeDecodeError):
+            data = None
+        if not 200 <= resp.status < 300:
+            coded = rest_error_code(data)
+            if coded is not None and resp.status < 500:
+                raise RpcError(coded[0], coded[1])
+            return _Rpc(outcome=classify_error(resp))
+        if not isinstance(data, dict):
+            return _Rpc(
+                outcome=Outcome(kind=OutcomeKind.RETRYABLE, error="A2A agent answered non-JSON")
+            )
+        return _Rpc(result=data)
 
     async def _call(
         self,
@@ -298,7 +377,7 @@ class A2AAgentAdapter:
         if op.traceparent:
             headers["traceparent"] = op.traceparent
         try:
-            rpc = await self._call(
+            rpc = await self._invoke(
                 req.agent.endpoint,
                 "SendMessage",
                 self.send_message_params(req),
@@ -318,7 +397,7 @@ class A2AAgentAdapter:
         if not op.agent_token:
             return Outcome(kind=OutcomeKind.PERMANENT, error="no A2A task id to poll")
         try:
-            rpc = await self._call(
+            rpc = await self._invoke(
                 req.agent.endpoint,
                 "GetTask",
                 {"id": op.agent_token},
@@ -339,7 +418,7 @@ class A2AAgentAdapter:
             # Never accepted by the agent: nothing runs there that could be canceled.
             return Outcome(kind=OutcomeKind.SUCCEEDED, error="no A2A task to cancel")
         try:
-            rpc = await self._call(
+            rpc = await self._invoke(
                 req.agent.endpoint,
                 "CancelTask",
                 {"id": op.agent_token},

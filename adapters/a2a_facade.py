@@ -1,10 +1,13 @@
 """Inbound A2A 1.0 facade, protocol half: every registered agent is also an A2A agent
-(JSON-RPC binding), backed by durable operations (A2A task id == operation id).
+(JSON-RPC and HTTP+JSON bindings), backed by durable operations (A2A task id == operation
+id), and the gateway itself is one A2A agent whose skills are all agents' operations
+(``{agent}/{operation}``), described by the host's root card.
 
 This module holds what A2A says, with no web framework and no engine: the agent cards, the
 task JSON of an operation, the state mapping, JSON-RPC envelope parsing and error bodies, the
-message input and skill choice, push-notification configs and the pushes queued for them. The
-routes that serve it (and the background pass that queues pushes) are in ``gateway.http.a2a``.
+message input and skill choice, push-notification configs and the pushes queued for them
+(requests are read in ``adapters.a2a_rpc``, streams in ``adapters.a2a_stream``). The routes
+that serve it (and the background pass that queues pushes) are in ``gateway.http.a2a``.
 
 SendMessage picks the operation from ``metadata.skill`` (message or request), or the only one;
 the input is the first data part (else the text, parsed as JSON when it is JSON); the
@@ -13,6 +16,7 @@ the input is the first data part (else the text, parsed as JSON when it is JSON)
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 from collections.abc import Collection, Iterable
@@ -22,7 +26,6 @@ from typing import Any
 
 from adapters.a2a import A2A_VERSION, JSON_CT
 from gateway.domain import jsonio
-from gateway.domain.errors import HandlerErrorType
 from gateway.domain.model import Operation, OperationState
 from gateway.domain.specs import AgentSpec
 
@@ -37,8 +40,21 @@ STATE_OF = {
     OperationState.CANCELED: "TASK_STATE_CANCELED",
 }
 OP_STATE_OF = {v: k for k, v in STATE_OF.items()}
+TASK_STATES = frozenset(
+    {
+        "TASK_STATE_SUBMITTED",
+        "TASK_STATE_WORKING",
+        "TASK_STATE_COMPLETED",
+        "TASK_STATE_FAILED",
+        "TASK_STATE_CANCELED",
+        "TASK_STATE_REJECTED",
+        "TASK_STATE_INPUT_REQUIRED",
+        "TASK_STATE_AUTH_REQUIRED",
+    }
+)
 
-UNSUPPORTED = frozenset({"SendStreamingMessage", "SubscribeToTask", "GetExtendedAgentCard"})
+UNSUPPORTED = frozenset({"GetExtendedAgentCard"})
+STREAMING = frozenset({"SendStreamingMessage", "SubscribeToTask"})
 
 
 class RpcFault(Exception):
@@ -60,58 +76,112 @@ def task_not_found() -> RpcFault:
 
 # -- agent cards ------------------------------------------------------------------------------
 
+BINDINGS = ("JSONRPC", "HTTP+JSON")
+BEARER_SCHEME = "swarmgateBearer"
+CARD_CACHE_CONTROL = "public, max-age=60"
 
-def agent_card(agent: AgentSpec, base_url: str) -> dict[str, Any]:
+
+def interfaces(url: str) -> list[dict[str, Any]]:
+    """The interfaces served at ``url``: JSON-RPC and HTTP+JSON (REST), both A2A 1.0."""
+    return [{"url": url, "protocolBinding": b, "protocolVersion": A2A_VERSION} for b in BINDINGS]
+
+
+def security(auth_mode: str) -> dict[str, Any]:
+    """``securitySchemes``/``securityRequirements`` of a card: the JWT bearer every call needs
+    (none when the gateway runs with ``auth_mode`` none)."""
+    if auth_mode == "none":
+        return {}
+    scheme = {
+        "httpAuthSecurityScheme": {
+            "scheme": "Bearer",
+            "bearerFormat": "JWT",
+            "description": "A JWT issued for this gateway (Authorization: Bearer <token>)",
+        }
+    }
     return {
-        "name": agent.name,
-        "description": agent.description or f"{agent.name} (via swarmgate)",
-        "supportedInterfaces": [
-            {
-                "url": f"{base_url}{PREFIX}/{agent.name}",
-                "protocolBinding": "JSONRPC",
-                "protocolVersion": A2A_VERSION,
-            }
-        ],
+        "securitySchemes": {BEARER_SCHEME: scheme},
+        "securityRequirements": [{"schemes": {BEARER_SCHEME: {"list": []}}}],
+    }
+
+
+def _card(
+    name: str, description: str, url: str, version: str, base_url: str, auth_mode: str
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "description": description,
+        "supportedInterfaces": interfaces(url),
         "provider": {"organization": "swarmgate", "url": base_url},
-        "version": agent.version,
-        "capabilities": {"streaming": False, "pushNotifications": True},
+        "version": version,
+        "capabilities": {"streaming": True, "pushNotifications": True},
+        **security(auth_mode),
         "defaultInputModes": [JSON_CT, "text/plain"],
         "defaultOutputModes": [JSON_CT, "text/plain"],
-        "skills": [
-            {
-                "id": op.name,
-                "name": op.name,
-                "description": op.description or f"operation {op.name} of {agent.name}",
-                "tags": [agent.name],
-                "inputModes": [JSON_CT],
-                "outputModes": [JSON_CT],
-            }
-            for op in agent.operations.values()
-        ],
     }
 
 
-def gateway_card(agents: Iterable[AgentSpec], base_url: str) -> dict[str, Any]:
-    skills = [
+def agent_card(agent: AgentSpec, base_url: str, auth_mode: str = "none") -> dict[str, Any]:
+    card = _card(
+        agent.name,
+        agent.description or f"{agent.name} (via swarmgate)",
+        f"{base_url}{PREFIX}/{agent.name}",
+        agent.version,
+        base_url,
+        auth_mode,
+    )
+    card["skills"] = [
         {
-            "id": f"{a.name}/{op}",
-            "name": f"{a.name}/{op}",
-            "description": f"A2A agent card: {base_url}{PREFIX}/{a.name}{CARD_PATH}",
+            "id": op.name,
+            "name": op.name,
+            "description": op.description or f"operation {op.name} of {agent.name}",
+            "tags": [agent.name],
+            "inputModes": [JSON_CT],
+            "outputModes": [JSON_CT],
+        }
+        for op in agent.operations.values()
+    ]
+    return card
+
+
+def gateway_card(
+    agents: Iterable[AgentSpec], base_url: str, auth_mode: str = "none"
+) -> dict[str, Any]:
+    """The host's root card: one A2A agent (``/a2a``) whose skills are every agent's
+    operations (``{agent}/{operation}``), routed by ``metadata.skill``."""
+    card = _card(
+        "swarmgate",
+        "Durable agent gateway: every skill is an operation of a registered agent; choose it "
+        "with metadata.skill = '{agent}/{operation}' (each agent also has its own card at "
+        f"{base_url}{PREFIX}/{{agent}}{CARD_PATH})",
+        f"{base_url}{PREFIX}",
+        "1",
+        base_url,
+        auth_mode,
+    )
+    card["skills"] = [
+        {
+            "id": f"{a.name}/{op.name}",
+            "name": f"{a.name}/{op.name}",
+            "description": op.description or f"operation {op.name} of {a.name}",
             "tags": [a.name],
+            "inputModes": [JSON_CT],
+            "outputModes": [JSON_CT],
         }
         for a in agents
-        for op in a.operations
+        for op in a.operations.values()
     ]
-    return {
-        "name": "swarmgate",
-        "description": "Durable agent gateway; each agent has its own card under /a2a/{agent}",
-        "supportedInterfaces": [],
-        "version": "1",
-        "capabilities": {"streaming": False, "pushNotifications": True},
-        "defaultInputModes": [JSON_CT],
-        "defaultOutputModes": [JSON_CT],
-        "skills": skills,
-    }
+    return card
+
+
+def card_etag(body: bytes) -> str:
+    return '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+
+
+def etag_matches(if_none_match: str | None, etag: str) -> bool:
+    if not if_none_match:
+        return False
+    tags = {t.strip().removeprefix("W/") for t in if_none_match.split(",")}
+    return "*" in tags or etag in tags
 
 
 # -- operation <-> task -----------------------------------------------------------------------
@@ -148,7 +218,33 @@ def _result_value(op: Operation) -> tuple[bool, Any]:
     return False, body.decode(errors="replace")
 
 
-def task_json(op: Operation, *, include_artifacts: bool = True) -> dict[str, Any]:
+def _input_part(op: Operation) -> dict[str, Any]:
+    body = op.input or b""
+    if "json" in (op.input_content_type or JSON_CT).lower():
+        try:
+            return {"data": jsonio.loads(body) if body else None, "mediaType": JSON_CT}
+        except (ValueError, UnicodeDecodeError):
+            pass
+    return {"text": body.decode(errors="replace")}
+
+
+def history(op: Operation, status_message: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The task's messages: the caller's (the operation input) and the agent's final word."""
+    user = {
+        "messageId": op.request_id or f"{op.id}-input",
+        "contextId": context_id(op),
+        "taskId": op.id,
+        "role": "ROLE_USER",
+        "parts": [_input_part(op)],
+        "metadata": {"skill": op.operation},
+    }
+    return [user] + ([status_message] if status_message else [])
+
+
+def task_json(
+    op: Operation, *, include_artifacts: bool = True, history_length: int | None = None
+) -> dict[str, Any]:
+    """The A2A Task of an operation; ``history_length`` None: whole history, 0: none."""
     status: dict[str, Any] = {"state": STATE_OF[op.state]}
     stamp = _ts(op.closed_at or op.created_at)
     if stamp:
@@ -160,10 +256,8 @@ def task_json(op: Operation, *, include_artifacts: bool = True) -> dict[str, Any
         "metadata": {"skill": op.operation, "agent": op.service},
     }
     if op.state is OperationState.SUCCEEDED and include_artifacts:
-        is_json, value = _result_value(op)
-        part = {"data": value, "mediaType": JSON_CT} if is_json else {"text": value}
-        task["artifacts"] = [{"artifactId": f"{op.id}-result", "name": "result", "parts": [part]}]
-    elif op.state.terminal:
+        task["artifacts"] = [result_artifact(op)]
+    elif op.state.terminal and op.state is not OperationState.SUCCEEDED:
         message = str((op.failure or {}).get("message") or op.state.value)
         status["message"] = {
             "messageId": f"{op.id}-status",
@@ -174,7 +268,16 @@ def task_json(op: Operation, *, include_artifacts: bool = True) -> dict[str, Any
         }
         if op.failure:
             task["metadata"]["failure"] = op.failure
+    if history_length != 0:
+        messages = history(op, status.get("message"))
+        task["history"] = messages if history_length is None else messages[-history_length:]
     return task
+
+
+def result_artifact(op: Operation) -> dict[str, Any]:
+    is_json, value = _result_value(op)
+    part = {"data": value, "mediaType": JSON_CT} if is_json else {"text": value}
+    return {"artifactId": f"{op.id}-result", "name": "result", "parts": [part]}
 
 
 def message_input(message: dict[str, Any]) -> bytes:
@@ -193,13 +296,19 @@ def message_input(message: dict[str, Any]) -> bytes:
         return json.dumps(text).encode()
 
 
-def choose_skill(agent: AgentSpec, params: dict[str, Any], message: dict[str, Any]) -> str:
+def requested_skill(params: dict[str, Any], message: dict[str, Any]) -> str | None:
     for meta in (message.get("metadata"), params.get("metadata")):
         if isinstance(meta, dict) and isinstance(meta.get("skill"), str):
-            skill = str(meta["skill"])
-            if skill not in agent.operations:
-                raise invalid_params(f"agent {agent.name!r} has no skill {skill!r}")
-            return skill
+            return str(meta["skill"])
+    return None
+
+
+def choose_skill(agent: AgentSpec, params: dict[str, Any], message: dict[str, Any]) -> str:
+    skill = requested_skill(params, message)
+    if skill is not None:
+        if skill not in agent.operations:
+            raise invalid_params(f"agent {agent.name!r} has no skill {skill!r}")
+        return skill
     if len(agent.operations) == 1:
         return next(iter(agent.operations))
     raise invalid_params(
@@ -207,11 +316,34 @@ def choose_skill(agent: AgentSpec, params: dict[str, Any], message: dict[str, An
     )
 
 
+def gateway_skill(skills: Collection[str], params: dict[str, Any], message: dict[str, Any]) -> str:
+    """The ``{agent}/{operation}`` skill a message to the root interface asks for."""
+    skill = requested_skill(params, message)
+    if skill is None:
+        if len(skills) == 1:
+            return next(iter(skills))
+        raise invalid_params(
+            "choose a skill with metadata.skill = '{agent}/{operation}'; one of "
+            + ", ".join(sorted(skills)[:50])
+        )
+    if skill not in skills:
+        near = sorted(s for s in skills if s.split("/", 1)[-1] == skill)[:10]
+        hint = f"; did you mean {', '.join(near)}?" if near else ""
+        raise invalid_params(f"no skill {skill!r} (skills are '{{agent}}/{{operation}}'){hint}")
+    return skill
+
+
+ROLES = frozenset({"ROLE_USER", "ROLE_AGENT"})
+
+
 def check_send(params: dict[str, Any]) -> tuple[dict[str, Any], str]:
     """The message of a SendMessage and its id (RpcFault if malformed)."""
     message = params.get("message")
     if not isinstance(message, dict):
         raise invalid_params("params.message is required")
+    role = message.get("role")
+    if role not in ROLES:
+        raise invalid_params("message.role is required: ROLE_USER")
     if message.get("taskId"):
         raise RpcFault(-32004, "follow-up messages to an existing task are not supported")
     message_id = message.get("messageId")
@@ -225,13 +357,6 @@ def send_configuration(params: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(configuration, dict):
         raise invalid_params("params.configuration must be an object")
     return configuration
-
-
-def page_size(params: dict[str, Any]) -> int:
-    try:
-        return min(100, max(1, int(params.get("pageSize") or 50)))
-    except (TypeError, ValueError) as exc:
-        raise invalid_params("pageSize must be an integer") from exc
 
 
 def require_id(value: Any, what: str) -> str:
@@ -262,9 +387,13 @@ def push_config(raw: Any, task_id: str) -> dict[str, Any]:
     return config
 
 
+A2A_JSON_CT = "application/a2a+json"  # the HTTP+JSON binding's media type (pushes too)
+
+
 def push_headers(config: dict[str, Any]) -> dict[str, str]:
-    """The headers of a push to ``config`` (its token and authentication, if any)."""
-    headers = {"Content-Type": JSON_CT, "A2A-Version": A2A_VERSION}
+    """The headers of a push to ``config`` (its token and authentication, if any); the body
+    is a StreamResponse in the HTTP+JSON binding, so its media type is that binding's."""
+    headers = {"Content-Type": A2A_JSON_CT, "A2A-Version": A2A_VERSION}
     if config.get("token"):
         headers["X-A2A-Notification-Token"] = str(config["token"])
     auth = config.get("authentication") or {}
@@ -308,61 +437,3 @@ def read_push(body: Any) -> PushedUpdate:
             return PushedUpdate(fetch=True)
         task = {"id": update.get("taskId"), "status": update.get("status")}
     return PushedUpdate(task=task)
-
-
-# -- JSON-RPC envelope ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RpcRequest:
-    rpc_id: Any
-    method: str
-    params: dict[str, Any]
-
-
-def _version_ok(value: str | None) -> bool:
-    if not value:
-        return True  # lenient: clients that send no header get 1.0
-    return value.strip().split(".")[0] == "1"
-
-
-def parse_rpc(raw: bytes, a2a_version: str | None, methods: Collection[str]) -> RpcRequest:
-    """Read a JSON-RPC 2.0 request for one of ``methods`` (RpcFault with its id if not)."""
-    try:
-        body = jsonio.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise RpcFault(-32700, f"parse error: {exc}") from exc
-    if not isinstance(body, dict):
-        raise RpcFault(-32600, "batch requests are not supported")
-    rpc_id = body.get("id")
-    if body.get("jsonrpc") != "2.0" or not isinstance(body.get("method"), str):
-        raise RpcFault(-32600, "invalid JSON-RPC 2.0 request", rpc_id=rpc_id)
-    if not _version_ok(a2a_version):
-        raise RpcFault(-32009, f"A2A version not supported; use {A2A_VERSION}", rpc_id=rpc_id)
-    method = str(body["method"])
-    if method not in methods:
-        if method in UNSUPPORTED:
-            raise RpcFault(-32004, f"{method} is not supported by swarmgate", rpc_id=rpc_id)
-        raise RpcFault(-32601, "Method not found", rpc_id=rpc_id)
-    params = body.get("params") or {}
-    if not isinstance(params, dict):
-        raise RpcFault(-32602, "params must be an object", rpc_id=rpc_id)
-    return RpcRequest(rpc_id=rpc_id, method=method, params=params)
-
-
-def rpc_error(rpc_id: Any, code: int, message: str, data: Any = None) -> dict[str, Any]:
-    error: dict[str, Any] = {"code": code, "message": message}
-    if data is not None:
-        error["data"] = data
-    return {"jsonrpc": "2.0", "id": rpc_id, "error": error}
-
-
-def rpc_result(rpc_id: Any, result: Any) -> dict[str, Any]:
-    return {"jsonrpc": "2.0", "id": rpc_id, "result": result}
-
-
-def rpc_code(error_type: HandlerErrorType) -> int:
-    """The JSON-RPC error code of a request error the gateway raised."""
-    if error_type is HandlerErrorType.NOT_FOUND:
-        return -32001
-    return -32602 if error_type is HandlerErrorType.BAD_REQUEST else -32603

@@ -288,3 +288,26 @@ class Store(Protocol):
     ) -> bool:
         """Queue the push of one config in the callback outbox (once per config)."""
         ...
+
+    async def a2a_progress_pushes(
+        self, limit: int
+    ) -> list[tuple[str, dict[str, Any], Operation, int]]:
+        """Push configs of running operations with history after their progress cursor.
+
+        Rows are (config id, config, operation, cursor).
+        """
+        ...
+
+    async def a2a_enqueue_progress(
+        self,
+        op_id: str,
+        config_id: str,
+        after: int,
+        upto: int,
+        deliveries: Sequence[CallbackDelivery],
+    ) -> bool:
+        """Move the config's progress cursor from ``after`` to ``upto`` and queue deliveries.
+
+        A compare-and-set (False if another replica moved it), in one transaction.
+        """
+        ...

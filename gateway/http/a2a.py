@@ -1,43 +1,55 @@
-"""Inbound A2A 1.0 facade, served: the routes and the background pass that queues pushes.
+"""Inbound A2A 1.0 facade, served: cards, the JSON-RPC binding, the push receiver for
+outbound agents and the background pass that queues pushes.
 
 Routes:
-  GET  /a2a/{agent}/.well-known/agent-card.json   agent card (skills = operations)
-  POST /a2a/{agent}                               JSON-RPC: SendMessage, GetTask, CancelTask,
+  GET  /.well-known/agent-card.json               the host's root card: the gateway is one A2A
+                                                  agent at /a2a, skills = {agent}/{operation}
+  GET  /a2a/.well-known/agent-card.json           the same card, under the interface URL
+  GET  /a2a/{agent}/.well-known/agent-card.json   an agent's card (skills = its operations)
+  POST /a2a[/], /a2a/{agent}[/]                   JSON-RPC: SendMessage, SendStreamingMessage,
+                                                  SubscribeToTask (SSE), GetTask, CancelTask,
                                                   ListTasks, Create/Get/List/Delete
                                                   TaskPushNotificationConfig
-  GET  /.well-known/agent-card.json               the gateway's own card
+  ...  /a2a[/{agent}]/message:send, /tasks, ...   the HTTP+JSON binding (``a2a_rest``)
   POST /api/a2a/push/{op_id}                      push receiver for *outbound* A2A agents
                                                   (StreamResponse body, completion token)
 
-What A2A says (cards, task JSON, JSON-RPC envelope, push configs) is in
-``adapters.a2a_facade``; this module ties it to the engine. Push configs are stored durably;
-once the task is final a background pass queues one StreamResponse (``{"task": ...}``) per
-config in the callback outbox, which delivers it with retries.
+Cards carry ``ETag``/``Cache-Control`` (304 on ``If-None-Match``) and declare the JWT bearer
+(``securitySchemes``) unless auth is off. What A2A says is in ``adapters.a2a_facade``,
+``adapters.a2a_rpc`` and ``adapters.a2a_stream``; the methods are in ``a2a_methods``. Push
+configs are stored durably; a background pass queues, per config, the status updates of a
+running task (a cursor over its history) and, once the task is final, one StreamResponse
+``{"task": ...}``, in the callback outbox, which delivers them with retries.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
 from aiohttp import web
 
 from adapters import a2a_facade as proto
+from adapters import a2a_rpc as wire
+from adapters import a2a_stream as stream
 from adapters.a2a import JSON_CT, A2AAgentAdapter, final_state, outcome_from_task
 from gateway.domain.dispatch import Outcome, OutcomeKind
 from gateway.domain.errors import HandlerError, HandlerErrorType
 from gateway.domain.model import CallbackDelivery, Event, Operation, OperationState
 from gateway.domain.specs import AgentSpec
-from gateway.engine.engine import Engine, StartRequest, fingerprint
+from gateway.engine.engine import Engine
+from gateway.http import a2a_methods as methods
+from gateway.http import a2a_rest as rest
+from gateway.http import sse
+from gateway.http.a2a_methods import METHODS, Call
 from gateway.http.bodies import json_body
-from gateway.http.context import SERVICES, check_outbound_url, principal, services
-from registry.auth import Principal
+from gateway.http.context import SERVICES, principal, services
 
 log = logging.getLogger("swarmgate.a2a.facade")
 poll_log = logging.getLogger("swarmgate.a2a")  # the outbound adapter's log, as before
@@ -46,6 +58,7 @@ PREFIX = proto.PREFIX
 CARD_PATH = proto.CARD_PATH
 RpcFault = proto.RpcFault
 invalid_params = proto.invalid_params
+AUTH_ERRORS = (HandlerErrorType.UNAUTHENTICATED, HandlerErrorType.UNAUTHORIZED)
 
 
 # -- engine glue ------------------------------------------------------------------------------
@@ -80,19 +93,11 @@ async def poll_one(
     return await apply_final(engine, op, outcome)
 
 
-# -- agent card -------------------------------------------------------------------------------
+# -- agent cards ------------------------------------------------------------------------------
 
 
 def public_base(request: web.Request) -> str:
     return services(request).engine.config.public_url.rstrip("/")
-
-
-async def _agent(request: web.Request) -> AgentSpec:
-    name = request.match_info["agent"]
-    agent = await services(request).registry.get(name)
-    if agent is None:
-        raise HandlerError(HandlerErrorType.NOT_FOUND, f"no agent named {name!r}")
-    return agent
 
 
 async def _card_reader(request: web.Request) -> None:
@@ -101,192 +106,81 @@ async def _card_reader(request: web.Request) -> None:
         await principal(request)
 
 
+def _card_response(request: web.Request, card: dict[str, Any]) -> web.Response:
+    body = json.dumps(card).encode()
+    etag = proto.card_etag(body)
+    headers = {"ETag": etag, "Cache-Control": proto.CARD_CACHE_CONTROL, "Vary": "Authorization"}
+    if proto.etag_matches(request.headers.get("If-None-Match"), etag):
+        return web.Response(status=304, headers=headers)
+    return web.Response(body=body, content_type=JSON_CT, headers=headers)
+
+
+def _auth_mode(request: web.Request) -> str:
+    return str(services(request).verifier.config.mode)
+
+
 async def card(request: web.Request) -> web.Response:
     await _card_reader(request)
-    return web.json_response(proto.agent_card(await _agent(request), public_base(request)))
+    agent = await methods.agent_of(request)
+    if agent is None:
+        return await gateway_card(request)
+    return _card_response(
+        request, proto.agent_card(agent, public_base(request), _auth_mode(request))
+    )
 
 
 async def gateway_card(request: web.Request) -> web.Response:
     await _card_reader(request)
     agents = [a for a, _v in await services(request).registry.list()]
-    return web.json_response(proto.gateway_card(agents, public_base(request)))
-
-
-# -- JSON-RPC methods -------------------------------------------------------------------------
-
-
-@dataclass
-class Call:
-    request: web.Request
-    agent: AgentSpec
-    caller: Principal
-    params: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def engine(self) -> Engine:
-        return services(self.request).engine
-
-
-async def _own_task(call: Call, task_id: Any) -> Operation:
-    if not isinstance(task_id, str) or not task_id:
-        raise invalid_params("a task id is required")
-    call.caller.require("ops:read")
-    op = await call.engine.store.get_operation(task_id)
-    if (
-        op is None
-        or op.service != call.agent.name
-        or not (call.caller.is_admin or op.caller == call.caller.sub)
-    ):
-        raise proto.task_not_found()
-    return op
-
-
-async def _save_push(call: Call, op: Operation, raw: Any) -> dict[str, Any]:
-    config = proto.push_config(raw, op.id)
-    try:
-        await check_outbound_url(call.request, config["url"], "push notification URL")
-    except HandlerError as exc:
-        raise invalid_params(exc.message) from exc
-    await call.engine.store.a2a_save_push_config(op.id, config["id"], config, call.engine.now())
-    if op.state.terminal:
-        wake_pushes(call.request.app)
-    return config
-
-
-async def send_message(call: Call) -> dict[str, Any]:
-    message, message_id = proto.check_send(call.params)
-    skill = proto.choose_skill(call.agent, call.params, message)
-    call.caller.require(f"ops:start:{call.agent.name}/{skill}")
-    configuration = proto.send_configuration(call.params)
-    engine = call.engine
-    req = StartRequest(
-        service=call.agent.name,
-        operation=skill,
-        caller=call.caller.sub,
-        input=proto.message_input(message),
-        content_type=JSON_CT,
-        request_id=message_id,
-        idempotency_key=call.request.headers.get("Idempotency-Key") or None,
-        links=proto.context_links(message),
-        traceparent=call.request.headers.get("traceparent"),
+    return _card_response(
+        request, proto.gateway_card(agents, public_base(request), _auth_mode(request))
     )
-    try:
-        started = await engine.start(req)
-    except HandlerError as exc:
-        if exc.type is HandlerErrorType.BAD_REQUEST:
-            raise invalid_params(exc.message, exc.details) from exc
-        raise
-    if started.replay is not None and started.replay.fingerprint != fingerprint(req):
-        raise invalid_params("this messageId was already used with a different message")
-    op = started.operation
-    push = configuration.get("taskPushNotificationConfig")
-    if push:
-        await _save_push(call, op, push)
-    if not configuration.get("returnImmediately"):
-        op = await engine.wait_inline(op.id) or op
-        if not op.state.terminal:
-            op = await engine.wait_terminal(op.id, engine.config.sync_wait_s) or op
-    else:
-        op = await engine.store.get_operation(op.id) or op
-    return {"task": proto.task_json(op)}
 
 
-async def get_task(call: Call) -> dict[str, Any]:
-    return proto.task_json(await _own_task(call, call.params.get("id")))
+# -- JSON-RPC binding -------------------------------------------------------------------------
 
 
-async def cancel_task(call: Call) -> dict[str, Any]:
-    op = await _own_task(call, call.params.get("id"))
-    if op.state in (OperationState.SUCCEEDED, OperationState.FAILED):
-        raise RpcFault(-32002, f"Task cannot be canceled: it is {proto.STATE_OF[op.state]}")
-    if op.state is OperationState.RUNNING:
-        engine = call.engine
-        await engine.cancel(op.id, by=call.caller.sub)
-        op = await engine.wait_terminal(op.id, engine.config.sync_wait_s) or op
-    return proto.task_json(op)
+def _fault_body(rpc_id: Any, exc: Exception) -> dict[str, Any]:
+    if isinstance(exc, RpcFault):
+        return wire.rpc_error(rpc_id, exc.code, exc.message, exc.data)
+    assert isinstance(exc, HandlerError)
+    return wire.rpc_error(rpc_id, wire.rpc_code(exc.type), exc.message, exc.details)
 
 
-async def list_tasks(call: Call) -> dict[str, Any]:
-    call.caller.require("ops:read")
-    p = call.params
-    state: OperationState | None = None
-    if p.get("status"):
-        state = proto.OP_STATE_OF.get(str(p["status"]))
-        if state is None:
-            return {"tasks": [], "nextPageToken": "", "pageSize": 0, "totalSize": 0}
-    size = proto.page_size(p)
-    ops = await call.engine.store.list_operations(
-        caller=None if call.caller.is_admin else call.caller.sub,
-        service=call.agent.name,
-        state=state,
-        limit=size,
-    )
-    context_id = p.get("contextId")
-    if context_id:
-        ops = [o for o in ops if proto.context_id(o) == context_id]
-    with_artifacts = bool(p.get("includeArtifacts"))
-    tasks = [proto.task_json(o, include_artifacts=with_artifacts) for o in ops]
-    return {"tasks": tasks, "nextPageToken": "", "pageSize": size, "totalSize": len(tasks)}
-
-
-async def create_push_config(call: Call) -> dict[str, Any]:
-    op = await _own_task(call, call.params.get("taskId"))
-    return await _save_push(call, op, call.params)
-
-
-async def get_push_config(call: Call) -> dict[str, Any]:
-    op = await _own_task(call, call.params.get("taskId"))
-    wanted = call.params.get("id")
-    for config in await call.engine.store.a2a_push_configs(op.id):
-        if not wanted or config.get("id") == wanted:
-            return config
-    raise proto.task_not_found()
-
-
-async def list_push_configs(call: Call) -> dict[str, Any]:
-    op = await _own_task(call, call.params.get("taskId"))
-    return {"configs": await call.engine.store.a2a_push_configs(op.id), "nextPageToken": ""}
-
-
-async def delete_push_config(call: Call) -> None:
-    op = await _own_task(call, call.params.get("taskId"))
-    config_id = proto.require_id(call.params.get("id"), "push notification config id")
-    await call.engine.store.a2a_delete_push_config(op.id, config_id)
-    return None
-
-
-METHODS: dict[str, Callable[[Call], Awaitable[Any]]] = {
-    "SendMessage": send_message,
-    "GetTask": get_task,
-    "CancelTask": cancel_task,
-    "ListTasks": list_tasks,
-    "CreateTaskPushNotificationConfig": create_push_config,
-    "GetTaskPushNotificationConfig": get_push_config,
-    "ListTaskPushNotificationConfigs": list_push_configs,
-    "DeleteTaskPushNotificationConfig": delete_push_config,
-}
-
-
-async def rpc(request: web.Request) -> web.Response:
-    agent = await _agent(request)
+async def rpc(request: web.Request) -> web.StreamResponse:
+    agent = await methods.agent_of(request)
     caller = await principal(request)
     try:
-        parsed = proto.parse_rpc(await request.read(), request.headers.get("A2A-Version"), METHODS)
+        parsed = wire.parse_rpc(
+            await request.read(), methods.a2a_version(request), {*METHODS, *proto.STREAMING}
+        )
     except RpcFault as fault:
-        return web.json_response(proto.rpc_error(fault.rpc_id, fault.code, fault.message))
+        return web.json_response(
+            wire.rpc_error(fault.rpc_id, fault.code, fault.message, fault.data)
+        )
     rpc_id = parsed.rpc_id
     call = Call(request=request, agent=agent, caller=caller, params=parsed.params)
     try:
+        if parsed.method in proto.STREAMING:
+            op, after = await methods.open_stream(call, parsed.method)
+            return await sse.relay(request, _rpc_frames(call, rpc_id, op, after))
         result = await METHODS[parsed.method](call)
-    except RpcFault as fault:
-        return web.json_response(proto.rpc_error(rpc_id, fault.code, fault.message, fault.data))
-    except HandlerError as exc:
-        if exc.type in (HandlerErrorType.UNAUTHENTICATED, HandlerErrorType.UNAUTHORIZED):
+    except (RpcFault, HandlerError) as exc:
+        if isinstance(exc, HandlerError) and exc.type in AUTH_ERRORS:
             raise
-        return web.json_response(
-            proto.rpc_error(rpc_id, proto.rpc_code(exc.type), exc.message, exc.details)
-        )
-    return web.json_response(proto.rpc_result(rpc_id, result))
+        return web.json_response(_fault_body(rpc_id, exc))
+    return web.json_response(wire.rpc_result(rpc_id, result))
+
+
+async def _rpc_frames(
+    call: Call, rpc_id: Any, op: Operation, after: int | None
+) -> AsyncIterator[bytes | None]:
+    async for item in methods.updates(call, op, after):
+        if item is None:
+            yield None
+            continue
+        event_id, update = item
+        yield stream.sse_frame(event_id, wire.rpc_result(rpc_id, update))
 
 
 # -- push receiver for outbound A2A agents ----------------------------------------------------
@@ -364,22 +258,45 @@ class A2AWorker:
                 await asyncio.wait_for(self.wake.wait(), self.engine.config.poll_interval_s * 4)
             self.wake.clear()
 
+    def _delivery(self, op: Operation, config: dict[str, Any], body: bytes) -> CallbackDelivery:
+        now = self.engine.now()
+        return CallbackDelivery(
+            id=f"msg_{uuid.uuid4().hex}",
+            operation_id=op.id,
+            caller=op.caller,
+            url=str(config["url"]),
+            headers=proto.push_headers(config),
+            body=body,
+            created_at=now,
+            expires_at=now + timedelta(seconds=self.engine.config.callback_ttl_s),
+            next_attempt_at=now,
+        )
+
+    async def queue_progress(self) -> int:
+        """Queue the status updates of running tasks for their push configs (the same
+        StreamResponses a stream sends), moving each config's cursor by compare-and-set."""
+        store = self.engine.store
+        n = 0
+        for config_id, config, op, after in await store.a2a_progress_pushes(100):
+            events = await store.list_events(op.id, after=after)
+            if not events:
+                continue
+            deliveries = [
+                self._delivery(op, config, json.dumps(update).encode())
+                for e in events
+                for update in stream.event_updates(op, e)
+            ]
+            upto = events[-1].id or after
+            if await store.a2a_enqueue_progress(op.id, config_id, after, upto, deliveries):
+                n += len(deliveries)
+        return n
+
     async def queue_pushes(self) -> int:
         engine = self.engine
-        n = 0
+        n = await self.queue_progress()
         for config_id, config, op in await engine.store.a2a_due_pushes(100):
             now = engine.now()
-            delivery = CallbackDelivery(
-                id=f"msg_{uuid.uuid4().hex}",
-                operation_id=op.id,
-                caller=op.caller,
-                url=str(config["url"]),
-                headers=proto.push_headers(config),
-                body=proto.push_body(op),
-                created_at=now,
-                expires_at=now + timedelta(seconds=engine.config.callback_ttl_s),
-                next_attempt_at=now,
-            )
+            delivery = self._delivery(op, config, proto.push_body(op))
             event = Event(
                 operation_id=op.id,
                 kind="a2a.push.queued",
@@ -409,9 +326,15 @@ def add_routes(
     """Install the facade routes, the push receiver and the background worker (started and
     stopped with the app)."""
     r = app.router
-    r.add_get(PREFIX + "/{agent}" + CARD_PATH, card)
-    r.add_post(PREFIX + "/{agent}", rpc)
     r.add_get(CARD_PATH, gateway_card)
+    r.add_get(PREFIX + CARD_PATH, card)
+    r.add_get(PREFIX + "/{agent}" + CARD_PATH, card)
+    rest.add_routes(app, PREFIX)  # the root interface's HTTP+JSON routes come before {agent}
+    r.add_post(PREFIX, rpc)
+    r.add_post(PREFIX + "/", rpc)
+    r.add_post(PREFIX + "/{agent}", rpc)
+    r.add_post(PREFIX + "/{agent}/", rpc)
+    rest.add_routes(app, PREFIX + "/{agent}")
     r.add_post("/api/a2a/push/{op_id}", push_receiver)
     if adapter is None:
         return

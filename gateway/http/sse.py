@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
@@ -70,5 +70,24 @@ async def stream_events(
                 await resp.write(b": keep-alive\n\n")
                 last_write = loop.time()
             await wait_change(op_id, poll_s)
+    await resp.write_eof()
+    return resp
+
+
+async def relay(request: web.Request, frames: AsyncIterator[bytes | None]) -> web.StreamResponse:
+    """Send SSE ``frames`` as they come; a ``None`` is an idle moment (a keep-alive comment
+    once nothing was written for ``HEARTBEAT_S``). The A2A streams use this."""
+    resp = web.StreamResponse(headers=HEADERS)
+    await resp.prepare(request)
+    await resp.write(b"retry: 1000\n\n")
+    loop = asyncio.get_running_loop()
+    last_write = loop.time()
+    async for chunk in frames:
+        if chunk is not None:
+            await resp.write(chunk)
+            last_write = loop.time()
+        elif loop.time() - last_write >= HEARTBEAT_S:
+            await resp.write(b": keep-alive\n\n")
+            last_write = loop.time()
     await resp.write_eof()
     return resp

@@ -7,7 +7,7 @@ from __future__ import annotations
 import copy
 import itertools
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -37,6 +37,7 @@ class _PushConfig:
     config: dict[str, Any]
     created_at: datetime
     delivery_id: str | None = None
+    pushed_event_id: int = 0
 
 
 class MemoryTables:
@@ -234,6 +235,39 @@ class MemoryTables:
             if v.delivery_id is None and op is not None and op.state.terminal:
                 due.append((config_id, copy.deepcopy(v.config), copy.deepcopy(op)))
         return due[:limit]
+
+    async def a2a_progress_pushes(
+        self, limit: int
+    ) -> list[tuple[str, dict[str, Any], Operation, int]]:
+        due = []
+        for (op_id, config_id), v in self._configs():
+            op = self._ops.get(op_id)
+            if v.delivery_id is not None or op is None or op.state.terminal:
+                continue
+            if any(
+                e.operation_id == op_id and (e.id or 0) > v.pushed_event_id for e in self._events
+            ):
+                due.append(
+                    (config_id, copy.deepcopy(v.config), copy.deepcopy(op), v.pushed_event_id)
+                )
+        return due[:limit]
+
+    async def a2a_enqueue_progress(
+        self,
+        op_id: str,
+        config_id: str,
+        after: int,
+        upto: int,
+        deliveries: Sequence[CallbackDelivery],
+    ) -> bool:
+        with self._tx():
+            row = self._push.get((op_id, config_id))
+            if row is None or row.delivery_id is not None or row.pushed_event_id != after:
+                return False
+            for d in deliveries:
+                self._add_callback(d)
+            self._push[(op_id, config_id)] = replace(row, pushed_event_id=upto)
+        return True
 
     async def a2a_enqueue_push(
         self, op_id: str, config_id: str, delivery: CallbackDelivery, event: Event

@@ -5,7 +5,7 @@ through :class:`gateway.store.base.SqlStore`.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
@@ -263,6 +263,36 @@ class RecordTables:
         async with self.engine.connect() as conn:
             rs = (await conn.execute(s.A2A_DUE_PUSHES, {"b_limit": limit})).all()
         return [(str(r[0]), dict(r[1]), rows.OPERATION.load(r)) for r in rs]
+
+    @translate
+    async def a2a_progress_pushes(
+        self, limit: int
+    ) -> list[tuple[str, dict[str, Any], Operation, int]]:
+        """(config id, config, operation, cursor) for configs of running operations with
+        history after the config's progress cursor."""
+        async with self.engine.connect() as conn:
+            rs = (await conn.execute(s.A2A_PROGRESS_PUSHES, {"b_limit": limit})).all()
+        return [(str(r[0]), dict(r[1]), rows.OPERATION.load(r), int(r[2])) for r in rs]
+
+    @translate
+    async def a2a_enqueue_progress(
+        self,
+        op_id: str,
+        config_id: str,
+        after: int,
+        upto: int,
+        deliveries: Sequence[CallbackDelivery],
+    ) -> bool:
+        """Move the config's progress cursor from ``after`` to ``upto`` (compare-and-set) and
+        queue ``deliveries`` in the callback outbox, in one transaction."""
+        params = {"b_id": op_id, "b_config": config_id, "b_after": after, "b_upto": upto}
+        async with self._tx() as conn:
+            res = await conn.execute(s.A2A_ADVANCE_PROGRESS, params)
+            if not res.rowcount:
+                return False
+            for d in deliveries:
+                await conn.execute(insert(t.callbacks).values(**rows.CALLBACK.values(d)))
+        return True
 
     @translate
     async def a2a_enqueue_push(

@@ -166,6 +166,8 @@ a2a_push_configs = Table(
     Column("config", Json, nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
     Column("delivery_id", String(64)),
+    # the last history event whose progress (a status update) was queued for this config
+    Column("pushed_event_id", BigInteger, nullable=False, server_default="0"),
 )
 
 __all__ = [

@@ -274,6 +274,30 @@ A2A_DUE_PUSHES = (
     .order_by(_p.c.created_at)
     .limit(bindparam("b_limit", type_=Integer()))
 )
+# configs of running operations with history after the config's progress cursor
+A2A_PROGRESS_PUSHES = (
+    select(_p.c.config_id, _p.c.config, _p.c.pushed_event_id, _o)
+    .join(_o, _o.c.id == _p.c.operation_id)
+    .where(
+        _p.c.delivery_id.is_(None),
+        _o.c.state == OperationState.RUNNING.value,
+        select(_e.c.id)
+        .where(_e.c.operation_id == _p.c.operation_id, _e.c.id > _p.c.pushed_event_id)
+        .exists(),
+    )
+    .order_by(_p.c.created_at)
+    .limit(bindparam("b_limit", type_=Integer()))
+)
+A2A_ADVANCE_PROGRESS = (
+    update(_p)
+    .where(
+        _p.c.operation_id == bindparam("b_id"),
+        _p.c.config_id == bindparam("b_config"),
+        _p.c.pushed_event_id == bindparam("b_after"),
+        _p.c.delivery_id.is_(None),
+    )
+    .values(pushed_event_id=bindparam("b_upto"))
+)
 A2A_MARK_QUEUED = (
     update(_p)
     .where(

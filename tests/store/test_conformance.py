@@ -800,3 +800,25 @@ async def test_a_push_is_due_once_its_task_is_closed_and_is_queued_once(port_sto
     assert await port_store.a2a_due_pushes(10) == []
     assert await port_store.list_callbacks(op.id) == [push]
     assert (await kinds(port_store, op)).count("push.queued") == 1
+
+
+async def test_progress_of_a_running_task_is_queued_once_per_range_of_its_history(
+    port_store: Store,
+) -> None:
+    op = await start(port_store)
+    assert await port_store.a2a_progress_pushes(10) == []  # no config yet
+    await port_store.a2a_save_push_config(op.id, "c1", {"url": "https://a.example/1"}, at(1))
+    due = await port_store.a2a_progress_pushes(10)
+    assert [(c, cfg, o.id, cursor) for c, cfg, o, cursor in due] == [
+        ("c1", {"url": "https://a.example/1"}, op.id, 0)
+    ]
+    upto = (await port_store.list_events(op.id))[-1].id or 0
+    first = delivery(op, 2)
+    assert await port_store.a2a_enqueue_progress(op.id, "c1", 0, upto, [first])
+    # another replica that read the same cursor loses the compare-and-set and queues nothing
+    assert not await port_store.a2a_enqueue_progress(op.id, "c1", 0, upto, [delivery(op, 3)])
+    assert await port_store.a2a_progress_pushes(10) == []  # nothing new after the cursor
+    assert await port_store.list_callbacks(op.id) == [first]
+    await port_store.complete(closing(op, 4))
+    assert await port_store.a2a_progress_pushes(10) == []  # closed: the final push takes over
+    assert [c for c, _cfg, _o in await port_store.a2a_due_pushes(10)] == ["c1"]
