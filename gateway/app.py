@@ -15,6 +15,7 @@ from aiohttp import web
 
 from adapters.a2a import A2AAgentAdapter
 from adapters.http import HttpAgentAdapter
+from adapters.nexus import NexusAgentAdapter
 from adapters.transport import HttpTransport
 from gateway import logs
 from gateway.config import Settings
@@ -97,13 +98,18 @@ async def build(settings: Settings, *, clock: Clock | None = None) -> Gateway:
         breaker_cooldown_s=settings.breaker_cooldown_s,
         shutdown_grace_s=settings.shutdown_grace_s,
         task_poll_s=settings.task_poll_s,
+        cancel_grace_s=settings.cancel_grace_s,
     )
 
     a2a = A2AAgentAdapter(transport)
     engine = Engine(
         store=store,
         registry=registry,
-        adapters={AdapterKind.HTTP: HttpAgentAdapter(transport), AdapterKind.A2A: a2a},
+        adapters={
+            AdapterKind.HTTP: HttpAgentAdapter(transport),
+            AdapterKind.A2A: a2a,
+            AdapterKind.NEXUS: NexusAgentAdapter(transport),
+        },
         transport=transport,
         clock=clock,
         config=config,

@@ -18,7 +18,7 @@ and one object per concern, and forwards each public method to its room:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any
@@ -172,6 +172,14 @@ class Engine:
         """Wait (bounded) for the in-process first attempt (see :meth:`Starts.wait_inline`)."""
         return await self._starts.wait_inline(op_id, timeout_s)
 
+    def sync_links(self, op_id: str) -> list[str] | None:
+        """The agent's links for a synchronous answer (see :meth:`Starts.sync_links`)."""
+        return self._starts.sync_links(op_id)
+
+    def accepted_links(self, op_id: str) -> list[str]:
+        """The links of the agent's async answer, for the start's 201 (in-process only)."""
+        return self._core.answer_links.pop(op_id, [])
+
     # -- background loops -------------------------------------------------------------------
 
     async def run(self) -> None:
@@ -229,9 +237,10 @@ class Engine:
         result: bytes | None = None,
         content_type: str | None = None,
         fail: dict[str, Any] | None = None,
+        links: Sequence[str] = (),
     ) -> tuple[Operation, bool]:
         return await self._closer.complete_from_agent(
-            op_id, state, result=result, content_type=content_type, fail=fail
+            op_id, state, result=result, content_type=content_type, fail=fail, links=links
         )
 
     async def redrive(self, op_id: str, by: str) -> bool:
