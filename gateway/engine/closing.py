@@ -64,6 +64,7 @@ class Closer:
         if sync:  # the start still waiting inline answers with this outcome: no callback
             core.sync_claimed[op.id] = list(links)
             callback = None
+            data["answered"] = "sync"  # why this close wrote no callback
         else:
             callback = outbox.row_for(op, state, now, result, content_type, failure, links)
         direct = callback is not None and outbox.has_room()

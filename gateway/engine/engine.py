@@ -176,6 +176,17 @@ class Engine:
         """The agent's links for a synchronous answer (see :meth:`Starts.sync_links`)."""
         return self._starts.sync_links(op_id)
 
+    async def replay_answer_state(self, op: Operation) -> Operation | None:
+        """For a retried start (same request id) with no stored answer: the operation if it
+        is to be answered synchronously (closed, and no callback was written for it), else
+        None (answer 201; a first start still waiting inline here now owes a callback)."""
+        self._core.sync_waiting.discard(op.id)
+        if not op.state.terminal:
+            return None
+        if op.callback_url and await self._core.store.list_callbacks(op.id):
+            return None
+        return op
+
     def accepted_links(self, op_id: str) -> list[str]:
         """The links of the agent's async answer, for the start's 201 (in-process only)."""
         return self._core.answer_links.pop(op_id, [])

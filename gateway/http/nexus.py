@@ -221,6 +221,11 @@ async def _start(request: web.Request) -> web.Response:
                 "the original request with this Idempotency-Key is still in progress",
             )
         # A request id whose first answer was 201 keeps no stored copy: it is the same 201.
+        # An operation closed with no callback was answered synchronously and that answer
+        # was lost (e.g. a crash before it was stored): answer it again, synchronously.
+        closed = await svc.engine.replay_answer_state(result.operation)
+        if closed is not None:
+            return operation_response(closed)
         return running_response(result.operation)
     wait = svc.engine.config.sync_wait_s
     if req_timeout is not None:
