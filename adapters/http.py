@@ -70,6 +70,13 @@ def returned_links(headers: Mapping[str, str]) -> tuple[str, ...]:
     return tuple(nexus_links.format_link(link) for link in parsed)
 
 
+def forwardable_links(values: list[str]) -> str | None:
+    """The operation's links as one ``Nexus-Link`` value, well-formed ones only (links made
+    inside the gateway, e.g. an A2A ``contextId``, may not be URLs)."""
+    parsed = nexus_links.lenient(values)
+    return nexus_links.header_value(parsed) if parsed else None
+
+
 def retryable_header(headers: Mapping[str, str]) -> bool | None:
     """``Nexus-Request-Retryable: true|false`` (None when absent or neither)."""
     value = (headers.get("Nexus-Request-Retryable") or "").strip().lower()
@@ -184,8 +191,9 @@ def start_headers(req: DispatchRequest) -> dict[str, str]:
         headers["Operation-Timeout"] = f"{max(0, int(remaining * 1000))}ms"
     if op.traceparent:
         headers["traceparent"] = op.traceparent
-    if op.links:  # every link, comma-separated in one header (the spec allows both forms)
-        headers["Nexus-Link"] = ", ".join(op.links)
+    links = forwardable_links(op.links)
+    if links:  # every link, comma-separated in one header (the spec allows both forms)
+        headers["Nexus-Link"] = links
     return headers
 
 

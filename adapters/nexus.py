@@ -28,7 +28,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from urllib.parse import urlencode
 
-from adapters.http import cancel_outcome, operation_url, start_outcome
+from adapters.http import cancel_outcome, forwardable_links, operation_url, start_outcome
 from gateway.domain.dispatch import (
     CancelRequest,
     DispatchRequest,
@@ -55,8 +55,9 @@ def nexus_start_headers(req: DispatchRequest) -> dict[str, str]:
     if req.deadline is not None:
         remaining = (req.deadline - datetime.now(UTC)).total_seconds()
         headers["Operation-Timeout"] = f"{max(0, int(remaining * 1000))}ms"
-    if op.links:
-        headers["Nexus-Link"] = ", ".join(op.links)
+    links = forwardable_links(op.links)
+    if links:
+        headers["Nexus-Link"] = links
     if op.traceparent:
         headers["traceparent"] = op.traceparent
     headers.update(req.headers)
