@@ -70,6 +70,21 @@ def returned_links(headers: Mapping[str, str]) -> tuple[str, ...]:
     return tuple(nexus_links.format_link(link) for link in parsed)
 
 
+def merge_headers(*layers: Mapping[str, str]) -> dict[str, str]:
+    """Header layers merged case-insensitively: a later layer's header replaces an earlier
+    one of the same name (the caller's headers < the gateway's < extra ones, e.g. credentials)."""
+    out: dict[str, str] = {}
+    names: dict[str, str] = {}
+    for layer in layers:
+        for name, value in layer.items():
+            old = names.get(name.lower())
+            if old is not None:
+                del out[old]
+            names[name.lower()] = name
+            out[name] = value
+    return out
+
+
 def forwardable_links(values: list[str]) -> str | None:
     """The operation's links as one ``Nexus-Link`` value, well-formed ones only (links made
     inside the gateway, e.g. an A2A ``contextId``, may not be URLs)."""
@@ -137,9 +152,8 @@ class HttpAgentAdapter:
 
     async def start(self, req: DispatchRequest) -> Outcome:
         op = req.operation
-        headers = dict(op.handler_headers)  # the caller's headers for the handler
-        headers.update(start_headers(req))
-        headers.update(req.headers)
+        # the caller's headers for the handler < the gateway's < extra (credentials)
+        headers = merge_headers(op.handler_headers, start_headers(req), req.headers)
         url = (
             operation_url(req.agent.endpoint, op.operation)
             + "?"
@@ -156,11 +170,13 @@ class HttpAgentAdapter:
 
     async def cancel(self, req: CancelRequest) -> Outcome:
         op = req.operation
-        headers = {
-            "Nexus-Request-Id": f"cancel-{op.id}",
-            "Nexus-Operation-Token": op.agent_token or op.id,
-            **req.extra,
-        }
+        headers = merge_headers(
+            {
+                "Nexus-Request-Id": f"cancel-{op.id}",
+                "Nexus-Operation-Token": op.agent_token or op.id,
+            },
+            req.extra,
+        )
         url = operation_url(req.agent.endpoint, op.operation) + "/cancel"
         try:
             resp = await self.transport.request(

@@ -28,7 +28,13 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from urllib.parse import urlencode
 
-from adapters.http import cancel_outcome, forwardable_links, operation_url, start_outcome
+from adapters.http import (
+    cancel_outcome,
+    forwardable_links,
+    merge_headers,
+    operation_url,
+    start_outcome,
+)
 from gateway.domain.dispatch import (
     CancelRequest,
     DispatchRequest,
@@ -42,14 +48,11 @@ from gateway.domain.dispatch import (
 def nexus_start_headers(req: DispatchRequest) -> dict[str, str]:
     """The headers of a Nexus start request for this attempt."""
     op = req.operation
-    headers = dict(op.handler_headers)  # the caller's headers for the handler first
-    headers.update(
-        {
-            "Nexus-Request-Id": op.id,
-            "Nexus-Callback-Token": req.completion_token,
-            "Request-Timeout": f"{max(1, int(req.timeout_s * 1000))}ms",
-        }
-    )
+    headers = {
+        "Nexus-Request-Id": op.id,
+        "Nexus-Callback-Token": req.completion_token,
+        "Request-Timeout": f"{max(1, int(req.timeout_s * 1000))}ms",
+    }
     if op.input_content_type and op.input:
         headers["Content-Type"] = op.input_content_type
     if req.deadline is not None:
@@ -60,8 +63,8 @@ def nexus_start_headers(req: DispatchRequest) -> dict[str, str]:
         headers["Nexus-Link"] = links
     if op.traceparent:
         headers["traceparent"] = op.traceparent
-    headers.update(req.headers)
-    return headers
+    # the caller's headers for the handler < the gateway's < extra (credentials)
+    return merge_headers(op.handler_headers, headers, req.headers)
 
 
 class NexusAgentAdapter:
@@ -103,7 +106,7 @@ class NexusAgentAdapter:
             return Outcome(
                 kind=OutcomeKind.PERMANENT, error="the handler gave no operation token to cancel"
             )
-        headers = {"Nexus-Operation-Token": op.agent_token, **req.extra}
+        headers = merge_headers({"Nexus-Operation-Token": op.agent_token}, req.extra)
         url = operation_url(req.agent.endpoint, op.operation) + "/cancel"
         try:
             resp = await self.transport.request(

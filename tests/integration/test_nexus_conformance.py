@@ -494,3 +494,35 @@ async def test_a_sync_answer_from_a_nexus_handler_is_the_result(db_url: str) -> 
         # the handler's link on its answer comes back to the caller
         assert strict_links(headers.getall("Nexus-Link"))[0]["type"].startswith("temporal.")
         assert handler.violations == []
+
+
+async def test_extra_request_headers_of_a_dispatch_reach_the_handler_last(db_url: str) -> None:
+    """Where agent credentials plug in: ``DispatchRequest.headers`` / ``CancelRequest.extra``
+    are applied after everything else, through the real transport."""
+    from dataclasses import replace
+
+    from adapters.nexus import NexusAgentAdapter
+    from gateway.domain.dispatch import CancelRequest, OutcomeKind
+
+    async with gateway_with_handler(db_url) as (gw, handler):
+        _, headers, _ = await strict_request(
+            gw.http, "POST", gw.nexus("temporal", "async"), json={}, headers={"X-Key": "caller"}
+        )
+        op = await gw.gw.engine.store.get_operation(headers["Nexus-Operation-Token"])
+        agent = await gw.gw.registry.get("temporal")
+        assert op is not None and agent is not None
+        adapter = NexusAgentAdapter(gw.gw.transport)
+        req = gw.gw.engine.dispatch_request(op, agent, agent.operations["async"])
+        creds = {"Authorization": "Bearer agent-secret", "X-KEY": "agent"}
+        outcome = await adapter.start(replace(req, headers=creds))
+        assert outcome.kind is OutcomeKind.ACCEPTED
+        sent = handler.requests[-1]["headers"]
+        assert sent["Authorization"] == "Bearer agent-secret"
+        assert [v for k, v in sent.items() if k.lower() == "x-key"] == ["agent"]
+        cancel = CancelRequest(
+            operation=replace(op, agent_token=outcome.agent_token),
+            agent=agent,
+            timeout_s=5,
+            extra={"Authorization": "Bearer agent-secret"},
+        )
+        assert (await adapter.cancel(cancel)).kind is OutcomeKind.ACCEPTED
