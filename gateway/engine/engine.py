@@ -168,9 +168,11 @@ class Engine:
     async def start(self, req: StartRequest) -> StartResult:
         return await self._starts.start(req)
 
-    async def wait_inline(self, op_id: str, timeout_s: float | None = None) -> Operation | None:
+    async def wait_inline(
+        self, op_id: str, timeout_s: float | None = None, *, answers_sync: bool = False
+    ) -> Operation | None:
         """Wait (bounded) for the in-process first attempt (see :meth:`Starts.wait_inline`)."""
-        return await self._starts.wait_inline(op_id, timeout_s)
+        return await self._starts.wait_inline(op_id, timeout_s, answers_sync=answers_sync)
 
     def sync_links(self, op_id: str) -> list[str] | None:
         """The agent's links for a synchronous answer (see :meth:`Starts.sync_links`)."""

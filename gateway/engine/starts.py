@@ -180,21 +180,25 @@ class Starts:
             operation=stored, created=True, idempotency_keys=tuple((r.scope, r.key) for r in idem)
         )
 
-    async def wait_inline(self, op_id: str, timeout_s: float | None = None) -> Operation | None:
+    async def wait_inline(
+        self, op_id: str, timeout_s: float | None = None, *, answers_sync: bool = False
+    ) -> Operation | None:
         """Wait (bounded) for the in-process first attempt. Returns the operation as stored
         once that attempt is over, or None while it is still running (the caller answers 201
         with what it has, without reading it back).
 
-        While it waits, a close by that attempt writes no callback: the caller gets the
-        outcome in this answer (see :meth:`sync_links`). A close that claimed the answer
-        just as the wait ran out is waited for, so a claimed close is always answered."""
+        With ``answers_sync`` (a Nexus start), a close by that attempt while it waits writes
+        no callback: the caller gets the outcome in this answer (see :meth:`sync_links`). A
+        close that claimed the answer just as the wait ran out is waited for, so a claimed
+        close is always answered."""
         core = self._core
         task = core.inflight.get(op_id)
         if task is not None:
             wait = timeout_s if timeout_s is not None else core.config.sync_wait_s
             if wait <= 0:
                 return None
-            core.sync_waiting.add(op_id)
+            if answers_sync:
+                core.sync_waiting.add(op_id)
             try:
                 with contextlib.suppress(TimeoutError, asyncio.CancelledError):
                     await asyncio.wait_for(asyncio.shield(task), wait)

@@ -88,11 +88,14 @@ def nexus_failure(err: HandlerError) -> web.Response:
             headers=err.headers,
         )
         err = mapped
+    headers = dict(err.headers)
+    if err.retryable_override is not None:  # the spec's header form of the override
+        headers["Nexus-Request-Retryable"] = "true" if err.retryable_override else "false"
     return web.Response(
         status=err.status,
         body=json.dumps(err.to_failure()).encode(),
         content_type="application/json",
-        headers=err.headers or None,
+        headers=headers or None,
     )
 
 

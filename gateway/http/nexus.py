@@ -231,7 +231,7 @@ async def _start(request: web.Request) -> web.Response:
     if req_timeout is not None:
         wait = min(wait, max(0.0, req_timeout - 0.1))
     op_id = result.operation.id
-    op = await svc.engine.wait_inline(op_id, wait) or result.operation
+    op = await svc.engine.wait_inline(op_id, wait, answers_sync=True) or result.operation
     claimed = svc.engine.sync_links(op_id)  # a close claimed for this answer: no callback
     accepted = svc.engine.accepted_links(op_id)
     if op.state.terminal and claimed is None and op.callback_url:
