@@ -526,3 +526,42 @@ async def test_extra_request_headers_of_a_dispatch_reach_the_handler_last(db_url
             extra={"Authorization": "Bearer agent-secret"},
         )
         assert (await adapter.cancel(cancel)).kind is OutcomeKind.ACCEPTED
+
+
+async def test_a_retried_start_whose_synchronous_answer_was_lost_is_answered_synchronously(
+    db_url: str,
+) -> None:
+    """The first start closed synchronously (no callback written) but its answer never reached
+    the caller (here: the engine ran it without an HTTP answer, as a crash after the commit
+    would leave it). The caller's retry with the same request id gets the outcome as a sync
+    answer, not a 201 that no callback would ever follow."""
+    from gateway.engine.engine import StartRequest
+
+    receiver = StrictReceiver()
+    async with gateway_with_agent(db_url) as (gw, _seen), serving(receiver.app()) as cb:
+        engine = gw.gw.engine
+        first = await engine.start(
+            StartRequest(
+                service="strict",
+                operation="echo",
+                caller="anonymous",
+                input=b'{"n": 1}',
+                content_type="application/json",
+                request_id="rid-lost",
+                callback_url=cb,
+            )
+        )
+        done = await engine.wait_inline(first.operation.id, 5.0, answers_sync=True)
+        assert done is not None and done.state.value == "succeeded"
+        assert engine.sync_links(first.operation.id) is not None  # claimed: no callback
+        status, headers, body = await strict_request(
+            gw.http,
+            "POST",
+            gw.nexus("strict", "echo"),
+            data=b'{"n": 1}',
+            params={"callback": cb},
+            headers={"Nexus-Request-Id": "rid-lost", "Content-Type": "application/json"},
+        )
+        assert status == 200 and json.loads(body) == {"echo": {"n": 1}}
+        assert headers["Nexus-Operation-Token"] == first.operation.id
+        assert await callbacks(gw, first.operation.id) == [] and receiver.callbacks == []
