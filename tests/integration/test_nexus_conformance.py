@@ -258,6 +258,11 @@ async def test_every_caller_link_reaches_the_agent_and_none_comes_back_in_its_ca
             "https://caller.example/a",
             "https://caller.example/b",
         ]
+        # stored with the operation, shown parsed
+        async with gw.http.get(f"{gw.url}/api/operations/{headers['Nexus-Operation-Token']}") as r:
+            shown = (await r.json())["links"]
+        assert shown[0] == {"url": "https://caller.example/runs/1", "type": "caller.v1.Run"}
+        assert [x["type"] for x in shown[1:]] == ["caller.v1.A", "caller.v1.B"]
         handler_link = '<https://handler.example/done>; type="handler.v1.Done"'
         assert await handler.complete(op.token, "succeeded", b'{"ok":1}', links=[handler_link])
         await receiver.wait()
