@@ -9,11 +9,13 @@ Cancel: ``POST {endpoint}/{operation}/cancel`` with ``Nexus-Operation-Token``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlencode
 
 from gateway.domain import jsonio
+from gateway.domain import links as nexus_links
 from gateway.domain.dispatch import (
     CancelRequest,
     DispatchRequest,
@@ -53,12 +55,74 @@ def _json(body: bytes) -> Any:
         return None
 
 
+def header_values(headers: Mapping[str, str], name: str) -> list[str]:
+    """Every value of a header (a response's headers are a multidict)."""
+    getall = getattr(headers, "getall", None)
+    if getall is not None:
+        return list(getall(name, []))
+    value = headers.get(name)
+    return [value] if value is not None else []
+
+
+def returned_links(headers: Mapping[str, str]) -> tuple[str, ...]:
+    """The well-formed ``Nexus-Link``s of an agent's answer, in header form."""
+    parsed = nexus_links.lenient(header_values(headers, "Nexus-Link"))
+    return tuple(nexus_links.format_link(link) for link in parsed)
+
+
+def merge_headers(*layers: Mapping[str, str]) -> dict[str, str]:
+    """Header layers merged case-insensitively: a later layer's header replaces an earlier
+    one of the same name (the caller's headers < the gateway's < extra ones, e.g. credentials)."""
+    out: dict[str, str] = {}
+    names: dict[str, str] = {}
+    for layer in layers:
+        for name, value in layer.items():
+            old = names.get(name.lower())
+            if old is not None:
+                del out[old]
+            names[name.lower()] = name
+            out[name] = value
+    return out
+
+
+def forwardable_links(values: list[str]) -> str | None:
+    """The operation's links as one ``Nexus-Link`` value, well-formed ones only (links made
+    inside the gateway, e.g. an A2A ``contextId``, may not be URLs)."""
+    parsed = nexus_links.lenient(values)
+    return nexus_links.header_value(parsed) if parsed else None
+
+
+def retryable_header(headers: Mapping[str, str]) -> bool | None:
+    """``Nexus-Request-Retryable: true|false`` (None when absent or neither)."""
+    value = (headers.get("Nexus-Request-Retryable") or "").strip().lower()
+    return True if value == "true" else False if value == "false" else None
+
+
+def nexus_refusal(resp: HttpResponse) -> str | None:
+    """When a non-2xx answer is a Nexus answer that says "do not retry": its message.
+
+    A Nexus answer is one with ``Nexus-Request-Retryable`` or a Failure body; a plain
+    webhook receiver's error (no Failure body) is not one and stays retryable."""
+    header = retryable_header(resp.headers)
+    if header is True:
+        return None
+    body = _json(resp.body)
+    is_failure = isinstance(body, dict) and isinstance(body.get("message"), str)
+    if header is None and not is_failure:
+        return None
+    outcome = classify_error(resp)
+    if outcome.kind is OutcomeKind.RETRYABLE:
+        return None
+    return str(body["message"]) if is_failure and isinstance(body, dict) else "not retryable"
+
+
 def classify_error(resp: HttpResponse) -> Outcome:
-    """Map a non-success response to an outcome: HandlerError body wins over status."""
+    """Map a non-success response to an outcome: HandlerError body wins over status, and
+    ``Nexus-Request-Retryable`` wins over both."""
     body = _json(resp.body)
     retry_after = parse_retry_after(resp.headers.get("Retry-After"))
     etype = HandlerErrorType.from_status(resp.status)
-    retryable: bool | None = None
+    retryable: bool | None = retryable_header(resp.headers)
     message = f"agent answered HTTP {resp.status}"
     failure: dict[str, Any] | None = None
     if isinstance(body, dict) and isinstance(body.get("message"), str):
@@ -69,7 +133,7 @@ def classify_error(resp: HttpResponse) -> Outcome:
             named = HandlerErrorType.from_name(str(details.get("type", "")))
             if named is not None:
                 etype = named
-            if isinstance(details.get("retryableOverride"), bool):
+            if retryable is None and isinstance(details.get("retryableOverride"), bool):
                 retryable = details["retryableOverride"]
     if retryable is None:
         retryable = etype.default_retryable
@@ -88,22 +152,8 @@ class HttpAgentAdapter:
 
     async def start(self, req: DispatchRequest) -> Outcome:
         op = req.operation
-        headers = {
-            "Content-Type": op.input_content_type or "application/json",
-            "Nexus-Request-Id": op.id,
-            "Idempotency-Key": op.id,
-            "Nexus-Callback-Authorization": f"Bearer {req.completion_token}",
-            "Request-Timeout": f"{int(req.timeout_s * 1000)}ms",
-            "Swarmgate-Attempt": str(req.attempt),
-            "Swarmgate-Caller": op.caller,
-        }
-        if req.deadline is not None:
-            remaining = (req.deadline - datetime.now(UTC)).total_seconds()
-            headers["Operation-Timeout"] = f"{max(0, int(remaining * 1000))}ms"
-        if op.traceparent:
-            headers["traceparent"] = op.traceparent
-        for link in op.links:
-            headers.setdefault("Nexus-Link", link)
+        # the caller's headers for the handler < the gateway's < extra (credentials)
+        headers = merge_headers(op.handler_headers, start_headers(req), req.headers)
         url = (
             operation_url(req.agent.endpoint, op.operation)
             + "?"
@@ -116,46 +166,17 @@ class HttpAgentAdapter:
         except TransportError as exc:
             kind = OutcomeKind.RETRYABLE if exc.retryable else OutcomeKind.PERMANENT
             return Outcome(kind=kind, error=str(exc))
-        if resp.status == 200:
-            return Outcome(
-                kind=OutcomeKind.SUCCEEDED,
-                result=resp.body,
-                content_type=resp.headers.get("Content-Type"),
-                status=200,
-            )
-        if resp.status in (201, 202):
-            body = _json(resp.body)
-            token = None
-            if isinstance(body, dict):
-                token = body.get("token") or body.get("id")
-            return Outcome(
-                kind=OutcomeKind.ACCEPTED,
-                agent_token=str(token) if token else None,
-                status=resp.status,
-            )
-        if resp.status == 424:
-            body = _json(resp.body)
-            failure = (
-                body if isinstance(body, dict) else {"message": resp.body.decode(errors="replace")}
-            )
-            state = resp.headers.get("Nexus-Operation-State")
-            details = failure.get("details")
-            if isinstance(details, dict) and details.get("state") in ("failed", "canceled"):
-                state = details["state"]
-            return Outcome(
-                kind=OutcomeKind.OPERATION_FAILED,
-                state="canceled" if state == "canceled" else "failed",
-                failure=failure,
-                status=424,
-            )
-        return classify_error(resp)
+        return start_outcome(resp)
 
     async def cancel(self, req: CancelRequest) -> Outcome:
         op = req.operation
-        headers = {
-            "Nexus-Request-Id": f"cancel-{op.id}",
-            "Nexus-Operation-Token": op.agent_token or op.id,
-        }
+        headers = merge_headers(
+            {
+                "Nexus-Request-Id": f"cancel-{op.id}",
+                "Nexus-Operation-Token": op.agent_token or op.id,
+            },
+            req.extra,
+        )
         url = operation_url(req.agent.endpoint, op.operation) + "/cancel"
         try:
             resp = await self.transport.request(
@@ -164,6 +185,80 @@ class HttpAgentAdapter:
         except TransportError as exc:
             kind = OutcomeKind.RETRYABLE if exc.retryable else OutcomeKind.PERMANENT
             return Outcome(kind=kind, error=str(exc))
-        if 200 <= resp.status < 300:
-            return Outcome(kind=OutcomeKind.SUCCEEDED, status=resp.status)
-        return classify_error(resp)
+        return cancel_outcome(resp)
+
+
+def start_headers(req: DispatchRequest) -> dict[str, str]:
+    """The Nexus start headers the gateway sets (``Content-Type`` only when the caller sent
+    one: no content is no ``Content-Type`` and an empty body)."""
+    op = req.operation
+    headers = {
+        "Nexus-Request-Id": op.id,
+        "Idempotency-Key": op.id,
+        "Nexus-Callback-Authorization": f"Bearer {req.completion_token}",
+        "Request-Timeout": f"{int(req.timeout_s * 1000)}ms",
+        "Swarmgate-Attempt": str(req.attempt),
+        "Swarmgate-Caller": op.caller,
+    }
+    if op.input_content_type:
+        headers["Content-Type"] = op.input_content_type
+    if req.deadline is not None:
+        remaining = (req.deadline - datetime.now(UTC)).total_seconds()
+        headers["Operation-Timeout"] = f"{max(0, int(remaining * 1000))}ms"
+    if op.traceparent:
+        headers["traceparent"] = op.traceparent
+    links = forwardable_links(op.links)
+    if links:  # every link, comma-separated in one header (the spec allows both forms)
+        headers["Nexus-Link"] = links
+    return headers
+
+
+def start_outcome(resp: HttpResponse) -> Outcome:
+    """What a Nexus(-style) handler's answer to a start means."""
+    links = returned_links(resp.headers)
+    if resp.status == 200:
+        return Outcome(
+            kind=OutcomeKind.SUCCEEDED,
+            result=resp.body,
+            content_type=resp.headers.get("Content-Type") if resp.body else None,
+            status=200,
+            links=links,
+        )
+    if resp.status in (201, 202):
+        body = _json(resp.body)
+        token = None
+        if isinstance(body, dict):
+            token = body.get("token") or body.get("id")
+        return Outcome(
+            kind=OutcomeKind.ACCEPTED,
+            agent_token=str(token) if token else None,
+            status=resp.status,
+            links=links,
+        )
+    if resp.status == 424:
+        body = _json(resp.body)
+        failure = (
+            body if isinstance(body, dict) else {"message": resp.body.decode(errors="replace")}
+        )
+        state = resp.headers.get("Nexus-Operation-State")
+        details = failure.get("details")
+        if isinstance(details, dict) and details.get("state") in ("failed", "canceled"):
+            state = details["state"]
+        return Outcome(
+            kind=OutcomeKind.OPERATION_FAILED,
+            state="canceled" if state == "canceled" else "failed",
+            failure=failure,
+            status=424,
+            links=links,
+        )
+    return classify_error(resp)
+
+
+def cancel_outcome(resp: HttpResponse) -> Outcome:
+    """202: the handler took the cancel request (the operation ends later, in any state);
+    another 2xx: the cancel is final (the operation is canceled now)."""
+    if resp.status == 202:
+        return Outcome(kind=OutcomeKind.ACCEPTED, status=202)
+    if 200 <= resp.status < 300:
+        return Outcome(kind=OutcomeKind.SUCCEEDED, status=resp.status)
+    return classify_error(resp)

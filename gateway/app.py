@@ -17,6 +17,7 @@ from aiohttp import web
 from adapters.a2a import A2AAgentAdapter
 from adapters.http import HttpAgentAdapter
 from adapters.mcp import McpAgentAdapter
+from adapters.nexus import NexusAgentAdapter
 from adapters.transport import HttpTransport
 from gateway import logs
 from gateway.config import Settings
@@ -130,6 +131,7 @@ async def build(settings: Settings, *, clock: Clock | None = None) -> Gateway:
         breaker_cooldown_s=settings.breaker_cooldown_s,
         shutdown_grace_s=settings.shutdown_grace_s,
         task_poll_s=settings.task_poll_s,
+        cancel_grace_s=settings.cancel_grace_s,
     )
 
     a2a = A2AAgentAdapter(transport)
@@ -141,6 +143,7 @@ async def build(settings: Settings, *, clock: Clock | None = None) -> Gateway:
             AdapterKind.HTTP: HttpAgentAdapter(transport),
             AdapterKind.A2A: a2a,
             AdapterKind.MCP: mcp,
+            AdapterKind.NEXUS: NexusAgentAdapter(transport),
         },
         transport=transport,
         clock=clock,

@@ -79,6 +79,7 @@ class Settings:
     breaker_cooldown_s: float = 60.0
     shutdown_grace_s: float = 5.0
     task_poll_s: float = 5.0
+    cancel_grace_s: float = 300.0
     event_loop: str = "uvloop"
     log_format: str = "json"
     log_level: str = "INFO"
@@ -130,6 +131,7 @@ class Settings:
             "breaker_cooldown_s": _f(e, p + "BREAKER_COOLDOWN_S", cls.breaker_cooldown_s),
             "shutdown_grace_s": _f(e, p + "SHUTDOWN_GRACE_S", cls.shutdown_grace_s),
             "task_poll_s": _f(e, p + "TASK_POLL_S", cls.task_poll_s),
+            "cancel_grace_s": _f(e, p + "CANCEL_GRACE_S", cls.cancel_grace_s),
             "event_loop": e.get(p + "EVENT_LOOP") or cls.event_loop,
             "log_format": e.get(p + "LOG_FORMAT") or cls.log_format,
             "log_level": e.get(p + "LOG_LEVEL") or cls.log_level,

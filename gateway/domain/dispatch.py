@@ -39,6 +39,7 @@ class Outcome:
     error: str | None = None
     status: int | None = None
     retry_after_s: float | None = None
+    links: tuple[str, ...] = ()  # Nexus links the agent returned (header form)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -53,6 +54,8 @@ class DispatchRequest:
     completion_token: str
     timeout_s: float
     deadline: datetime | None = None
+    # Extra request headers for the agent (e.g. its credentials), applied last by adapters.
+    headers: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -62,7 +65,7 @@ class CancelRequest:
     operation: Operation
     agent: AgentSpec
     timeout_s: float
-    extra: dict[str, str] = field(default_factory=dict)
+    extra: dict[str, str] = field(default_factory=dict)  # extra request headers, applied last
 
 
 class AgentAdapter(Protocol):

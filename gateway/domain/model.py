@@ -28,6 +28,7 @@ class Work(enum.StrEnum):
     DISPATCH = "dispatch"
     CANCEL = "cancel"
     POLL = "poll"  # ask the agent for the state of an accepted task (e.g. A2A GetTask)
+    CANCEL_WAIT = "cancel_wait"  # the agent took the cancel (202): close it at grace end
 
 
 class DeliveryState(enum.StrEnum):
@@ -70,6 +71,7 @@ class Operation:
     last_error: str | None = None
     traceparent: str | None = None
     prev_lease_owner: str | None = None  # set when this lease took over an expired one
+    handler_headers: dict[str, str] = field(default_factory=dict)  # caller's, for the agent
 
     @property
     def token(self) -> str:

@@ -15,6 +15,7 @@ class AdapterKind(enum.StrEnum):
     HTTP = "http"  # Nexus-style HTTP (plain webhook agents work too: 200 = result)
     A2A = "a2a"  # A2A 1.0 JSON-RPC binding
     MCP = "mcp"  # an MCP server (Streamable HTTP); its tools are the operations
+    NEXUS = "nexus"  # a Nexus HTTP handler (e.g. a Temporal Nexus endpoint), strictly per spec
 
 
 @dataclass(frozen=True, kw_only=True)

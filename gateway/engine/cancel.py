@@ -85,6 +85,23 @@ class Cancels:
                 ),
             )
             return
+        if outcome.kind is OutcomeKind.ACCEPTED:
+            # Cancel is a request (Nexus): the agent took it and ends the operation itself,
+            # in whatever state; if it has not within the grace, the gateway closes it.
+            grace_until = core.now() + timedelta(seconds=core.config.cancel_grace_s)
+            await core.store.update_running(
+                op.id,
+                core.config.owner,
+                work=Work.CANCEL_WAIT,
+                next_attempt_at=grace_until,
+                event=core.event(
+                    op.id,
+                    "cancel.delivered",
+                    status=outcome.status,
+                    grace_until=grace_until.isoformat(),
+                ),
+            )
+            return
         await self._closer.finish(
             op,
             OperationState.CANCELED,
@@ -93,6 +110,20 @@ class Cancels:
             owner=core.config.owner,
             agent_acknowledged=outcome.kind is OutcomeKind.SUCCEEDED,
             agent_error=outcome.error,
+        )
+
+    async def grace_over(self, op: Operation) -> None:
+        """The agent took the cancel but did not end the operation in time: close it."""
+        core = self._core
+        await self._closer.finish(
+            op,
+            OperationState.CANCELED,
+            failure=operation_error(
+                OperationState.CANCELED, "operation canceled (the agent did not confirm in time)"
+            ),
+            kind="operation.canceled",
+            owner=core.config.owner,
+            reason="cancel grace ran out",
         )
 
     async def after_close(self, op: Operation, agent: AgentSpec | None) -> None:
@@ -119,7 +150,8 @@ class Cancels:
                 event=core.event(op.id, "cancel.failed", error=outcome.error),
             )
             return
-        kind = "cancel.sent" if outcome.kind is OutcomeKind.SUCCEEDED else "cancel.abandoned"
+        sent = outcome.kind in (OutcomeKind.SUCCEEDED, OutcomeKind.ACCEPTED)
+        kind = "cancel.sent" if sent else "cancel.abandoned"
         await core.store.update_closed(
             op.id,
             core.config.owner,

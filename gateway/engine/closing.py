@@ -8,7 +8,9 @@ starting the callback), the failure shorthands, and completions reported by an a
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import timedelta
 from typing import Any
@@ -53,11 +55,18 @@ class Closer:
         failure: dict[str, Any] | None = None,
         owner: str | None = None,
         then_cancel_agent: bool = False,
+        links: Sequence[str] = (),
         **data: Any,
     ) -> bool:
         core, outbox = self._core, self._outbox
         now = core.now()
-        callback = outbox.row_for(op, state, now, result, content_type, failure)
+        sync = op.id in core.sync_waiting and asyncio.current_task() is core.inflight.get(op.id)
+        if sync:  # the start still waiting inline answers with this outcome: no callback
+            core.sync_claimed[op.id] = list(links)
+            callback = None
+            data["answered"] = "sync"  # why this close wrote no callback
+        else:
+            callback = outbox.row_for(op, state, now, result, content_type, failure, links)
         direct = callback is not None and outbox.has_room()
         if callback is not None and direct:  # leased to us in the same transaction
             callback = replace(
@@ -145,6 +154,7 @@ class Closer:
         result: bytes | None = None,
         content_type: str | None = None,
         fail: dict[str, Any] | None = None,
+        links: Sequence[str] = (),
     ) -> tuple[Operation, bool]:
         core = self._core
         op = await core.store.get_operation(op_id)
@@ -168,12 +178,18 @@ class Closer:
                 content_type=content_type,
                 kind="operation.succeeded",
                 via="completion",
+                links=links,
             )
         else:
             body = fail or {"message": f"operation {state.value}"}
             if (body.get("metadata") or {}).get("type") != "nexus.OperationError":
                 body = operation_error(state, str(body.get("message") or state.value), cause=body)
             applied = await self.finish(
-                op, state, failure=body, kind=f"operation.{state.value}", via="completion"
+                op,
+                state,
+                failure=body,
+                kind=f"operation.{state.value}",
+                via="completion",
+                links=links,
             )
         return op, applied

@@ -39,3 +39,4 @@ class EngineConfig:
     # PostgreSQL one statement); a lone write pays nothing extra.
     group_commit: bool = True
     cancel_after_close_s: float = 3600.0  # keep telling an agent to stop for this long
+    cancel_grace_s: float = 300.0  # after an agent took a cancel (202): close it as canceled

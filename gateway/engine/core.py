@@ -55,6 +55,12 @@ class EngineCore:
     wake_callbacks: asyncio.Event = field(default_factory=asyncio.Event)
     inflight: Tasks = field(default_factory=dict)  # operation id -> its task
     cb_inflight: Tasks = field(default_factory=dict)  # delivery id (or recheck-<op>) -> task
+    # Starts waiting inline for their first attempt (they answer 200/424 if it closes), and
+    # the closes that first attempt claimed for such an answer, with the agent's links: a
+    # start answered synchronously gets no completion callback.
+    sync_waiting: set[str] = field(default_factory=set)
+    sync_claimed: dict[str, list[str]] = field(default_factory=dict)
+    answer_links: dict[str, list[str]] = field(default_factory=dict)  # of an async answer
 
     def __post_init__(self) -> None:
         self.breaker = CircuitBreaker(

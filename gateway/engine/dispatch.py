@@ -122,6 +122,9 @@ class Dispatcher:
             if op.work is Work.CANCEL:
                 await self._cancels.propagate(op, agent)
                 return
+            if op.work is Work.CANCEL_WAIT:
+                await self._cancels.grace_over(op)
+                return
             if op.work is Work.POLL:
                 await self._poll(op, agent, spec)
                 return
@@ -258,8 +261,11 @@ class Dispatcher:
                 owner=owner,
                 attempt=op.attempts,
                 elapsed_ms=elapsed_ms,
+                links=outcome.links,
             )
         elif outcome.kind is OutcomeKind.ACCEPTED:
+            if outcome.links and op.id in core.sync_waiting:
+                core.answer_links[op.id] = list(outcome.links)
             poll_at = core.now() + timedelta(seconds=core.config.task_poll_s)
             await core.store.update_running(
                 op.id,
@@ -293,6 +299,7 @@ class Dispatcher:
                 owner=owner,
                 attempt=op.attempts,
                 elapsed_ms=elapsed_ms,
+                links=outcome.links,
             )
         elif outcome.kind is OutcomeKind.RETRYABLE:
             exhausted = (

@@ -18,7 +18,7 @@ and one object per concern, and forwards each public method to its room:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any
@@ -168,9 +168,30 @@ class Engine:
     async def start(self, req: StartRequest) -> StartResult:
         return await self._starts.start(req)
 
-    async def wait_inline(self, op_id: str, timeout_s: float | None = None) -> Operation | None:
+    async def wait_inline(
+        self, op_id: str, timeout_s: float | None = None, *, answers_sync: bool = False
+    ) -> Operation | None:
         """Wait (bounded) for the in-process first attempt (see :meth:`Starts.wait_inline`)."""
-        return await self._starts.wait_inline(op_id, timeout_s)
+        return await self._starts.wait_inline(op_id, timeout_s, answers_sync=answers_sync)
+
+    def sync_links(self, op_id: str) -> list[str] | None:
+        """The agent's links for a synchronous answer (see :meth:`Starts.sync_links`)."""
+        return self._starts.sync_links(op_id)
+
+    async def replay_answer_state(self, op: Operation) -> Operation | None:
+        """For a retried start (same request id) with no stored answer: the operation if it
+        is to be answered synchronously (closed, and no callback was written for it), else
+        None (answer 201; a first start still waiting inline here now owes a callback)."""
+        self._core.sync_waiting.discard(op.id)
+        if not op.state.terminal:
+            return None
+        if op.callback_url and await self._core.store.list_callbacks(op.id):
+            return None
+        return op
+
+    def accepted_links(self, op_id: str) -> list[str]:
+        """The links of the agent's async answer, for the start's 201 (in-process only)."""
+        return self._core.answer_links.pop(op_id, [])
 
     # -- background loops -------------------------------------------------------------------
 
@@ -229,9 +250,10 @@ class Engine:
         result: bytes | None = None,
         content_type: str | None = None,
         fail: dict[str, Any] | None = None,
+        links: Sequence[str] = (),
     ) -> tuple[Operation, bool]:
         return await self._closer.complete_from_agent(
-            op_id, state, result=result, content_type=content_type, fail=fail
+            op_id, state, result=result, content_type=content_type, fail=fail, links=links
         )
 
     async def redrive(self, op_id: str, by: str) -> bool:

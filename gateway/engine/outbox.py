@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from adapters.http import parse_retry_after
+from adapters.http import nexus_refusal, parse_retry_after
 from gateway.domain.dispatch import TransportError
 from gateway.domain.errors import StoreError
 from gateway.domain.model import CallbackDelivery, DeliveryState, Event, Operation, OperationState
@@ -52,8 +52,12 @@ class Outbox:
         result: bytes | None,
         content_type: str | None,
         fail: dict[str, Any] | None,
+        links: Sequence[str] = (),
     ) -> CallbackDelivery | None:
-        """The callback an operation closing as ``state`` owes its caller, if it asked."""
+        """The callback an operation closing as ``state`` owes its caller, if it asked.
+
+        It carries the links the agent returned (never the caller's own); a null result
+        is an empty body without ``Content-Type``."""
         if not op.callback_url:
             return None
         headers = dict(op.callback_headers)
@@ -66,13 +70,14 @@ class Outbox:
                 "Nexus-Operation-Close-Time": rfc3339_ms(now),
             }
         )
-        if op.links:
-            headers["Nexus-Link"] = ", ".join(op.links)
+        if links:
+            headers["Nexus-Link"] = ", ".join(links)
         if op.traceparent:
             headers["traceparent"] = op.traceparent
         if state is OperationState.SUCCEEDED:
             body = result or b""
-            headers["Content-Type"] = content_type or "application/json"
+            if body:
+                headers["Content-Type"] = content_type or "application/json"
         else:
             body = json.dumps(fail or {}).encode()
             headers["Content-Type"] = "application/json"
@@ -184,6 +189,10 @@ class Outbox:
             if status in (429, 502, 503, 504):
                 retry_after = parse_retry_after(resp.headers.get("Retry-After"))
             permanent = False
+            if error is not None:
+                refused = nexus_refusal(resp)
+                if refused is not None:  # a Nexus receiver said: do not retry
+                    error, permanent = f"{error}: {refused}", True
         except TransportError as exc:
             error = str(exc)
             permanent = not exc.retryable
@@ -204,6 +213,8 @@ class Outbox:
         nxt = backoff.next_attempt_at(config.callback_retry, d.attempts, now, retry_after)
         if status == 410 or permanent:
             state, kind = DeliveryState.DISABLED, "callback.disabled"
+            if status is not None and status != 410:
+                kind = "callback.rejected"
         elif nxt >= d.expires_at:
             state, kind = DeliveryState.EXPIRED, "callback.expired"
         else:

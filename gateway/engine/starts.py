@@ -37,6 +37,7 @@ class StartRequest:
     callback_url: str | None = None
     callback_headers: Mapping[str, str] = field(default_factory=dict)
     links: tuple[str, ...] = ()
+    handler_headers: Mapping[str, str] = field(default_factory=dict)
     timeout_s: float | None = None
     traceparent: str | None = None
 
@@ -131,6 +132,7 @@ class Starts:
             callback_url=req.callback_url,
             callback_headers=dict(req.callback_headers),
             links=list(req.links),
+            handler_headers=dict(req.handler_headers),
             work=Work.DISPATCH,
             attempts=1,
             next_attempt_at=now,
@@ -178,17 +180,39 @@ class Starts:
             operation=stored, created=True, idempotency_keys=tuple((r.scope, r.key) for r in idem)
         )
 
-    async def wait_inline(self, op_id: str, timeout_s: float | None = None) -> Operation | None:
+    async def wait_inline(
+        self, op_id: str, timeout_s: float | None = None, *, answers_sync: bool = False
+    ) -> Operation | None:
         """Wait (bounded) for the in-process first attempt. Returns the operation as stored
         once that attempt is over, or None while it is still running (the caller answers 201
-        with what it has, without reading it back)."""
-        task = self._core.inflight.get(op_id)
+        with what it has, without reading it back).
+
+        With ``answers_sync`` (a Nexus start), a close by that attempt while it waits writes
+        no callback: the caller gets the outcome in this answer (see :meth:`sync_links`). A
+        close that claimed the answer just as the wait ran out is waited for, so a claimed
+        close is always answered."""
+        core = self._core
+        task = core.inflight.get(op_id)
         if task is not None:
-            wait = timeout_s if timeout_s is not None else self._core.config.sync_wait_s
+            wait = timeout_s if timeout_s is not None else core.config.sync_wait_s
             if wait <= 0:
                 return None
-            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(asyncio.shield(task), wait)
+            if answers_sync:
+                core.sync_waiting.add(op_id)
+            try:
+                with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                    await asyncio.wait_for(asyncio.shield(task), wait)
+            finally:
+                core.sync_waiting.discard(op_id)
+            if not task.done() and op_id in core.sync_claimed:
+                with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                    await asyncio.wait_for(asyncio.shield(task), core.config.lease_s)
             if not task.done():
+                core.sync_claimed.pop(op_id, None)
                 return None
-        return await self._core.store.get_operation(op_id)
+        return await core.store.get_operation(op_id)
+
+    def sync_links(self, op_id: str) -> list[str] | None:
+        """The agent's links of a close claimed for a synchronous answer (None: not claimed,
+        a callback was written). Taking them ends the claim."""
+        return self._core.sync_claimed.pop(op_id, None)

@@ -7,6 +7,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway.domain import jsonio
+from gateway.domain import links as nexus_links
 from gateway.domain.errors import HandlerError, HandlerErrorType
 from gateway.domain.model import (
     Operation,
@@ -44,9 +45,16 @@ async def complete(request: web.Request) -> web.Response:
     if not state.terminal:
         raise HandlerError(HandlerErrorType.BAD_REQUEST, "a completion needs a terminal state")
     body = await request.read()
+    # The links the agent (a Nexus handler) returns go on to the caller's callback.
+    parsed = nexus_links.lenient(request.headers.getall("Nexus-Link", []))
+    links = [nexus_links.format_link(link) for link in parsed]
     if state is OperationState.SUCCEEDED:
         await svc.engine.complete_from_agent(
-            op_id, state, result=body, content_type=request.headers.get("Content-Type")
+            op_id,
+            state,
+            result=body,
+            content_type=request.headers.get("Content-Type") if body else None,
+            links=links,
         )
     else:
         try:
@@ -57,7 +65,7 @@ async def complete(request: web.Request) -> web.Response:
             fail = {"message": body.decode(errors="replace")}
         if not isinstance(fail, dict):
             fail = {"message": str(fail)}
-        await svc.engine.complete_from_agent(op_id, state, fail=fail)
+        await svc.engine.complete_from_agent(op_id, state, fail=fail, links=links)
     return web.Response(status=200)
 
 

@@ -63,12 +63,39 @@ def problem(
     )
 
 
+# The Nexus spec's predefined handler errors: the only statuses an error on /nexus answers.
+NEXUS_STATUSES = frozenset({400, 401, 403, 404, 408, 409, 429, 500, 501, 503, 520})
+
+
+def nexus_type(status: int) -> HandlerErrorType:
+    """The handler error type an HTTP status becomes on /nexus: a status outside the
+    spec's table maps into it (405 -> NOT_IMPLEMENTED; 413, 415, 422 and other 4xx ->
+    BAD_REQUEST; other 5xx -> INTERNAL)."""
+    if status == 405:
+        return HandlerErrorType.NOT_IMPLEMENTED
+    if status in NEXUS_STATUSES:
+        return HandlerErrorType.from_status(status)
+    return HandlerErrorType.BAD_REQUEST if 400 <= status < 500 else HandlerErrorType.INTERNAL
+
+
 def nexus_failure(err: HandlerError) -> web.Response:
+    if err.status not in NEXUS_STATUSES:
+        mapped = HandlerError(
+            nexus_type(err.status),
+            err.message,
+            retryable_override=err.retryable_override,
+            details=err.details,
+            headers=err.headers,
+        )
+        err = mapped
+    headers = dict(err.headers)
+    if err.retryable_override is not None:  # the spec's header form of the override
+        headers["Nexus-Request-Retryable"] = "true" if err.retryable_override else "false"
     return web.Response(
         status=err.status,
         body=json.dumps(err.to_failure()).encode(),
         content_type="application/json",
-        headers=err.headers or None,
+        headers=headers or None,
     )
 
 
@@ -106,12 +133,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        etype = HandlerErrorType.from_status(exc.status)
-        mapped = HandlerError(etype, exc.reason or exc.text or "error")
         if request.path.startswith(NEXUS_PREFIX):
-            resp = nexus_failure(mapped)
-            resp.set_status(exc.status)
-            return resp
+            return nexus_failure(
+                HandlerError(nexus_type(exc.status), exc.reason or exc.text or "error")
+            )
         return problem(exc.status, exc.reason, instance=request.path)
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)

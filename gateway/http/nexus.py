@@ -9,6 +9,7 @@ import time
 from aiohttp import web
 from multidict import CIMultiDictProxy
 
+from gateway.domain import links as nexus_links
 from gateway.domain.errors import HandlerError, HandlerErrorType
 from gateway.domain.model import Operation, OperationState
 from gateway.engine.engine import StartRequest, fingerprint
@@ -40,30 +41,110 @@ def callback_headers(headers: CIMultiDictProxy[str]) -> dict[str, str]:
     return {k[len(prefix) :]: v for k, v in headers.items() if k.lower().startswith(prefix)}
 
 
-def operation_response(op: Operation) -> web.Response:
-    """200 with the result, 424 with the Failure, or 201 with the token."""
+# Request headers that are not the caller's headers for the handler: transport, auth,
+# content, and the Nexus/gateway headers the gateway itself sets towards the agent.
+_NOT_FOR_HANDLER = frozenset(
+    {
+        "accept",
+        "accept-encoding",
+        "authorization",
+        "connection",
+        "cookie",
+        "expect",
+        "forwarded",
+        "host",
+        "idempotency-key",
+        "keep-alive",
+        "nexus-link",
+        "nexus-request-id",
+        "operation-timeout",
+        "proxy-authorization",
+        "request-timeout",
+        "te",
+        "traceparent",
+        "tracestate",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "user-agent",
+    }
+)
+_NOT_FOR_HANDLER_PREFIXES = (
+    "content-",
+    "nexus-callback-",
+    "nexus-operation-",
+    "swarmgate-",
+    "x-forwarded-",
+)
+MAX_HANDLER_HEADERS = 64
+
+
+def handler_headers(headers: CIMultiDictProxy[str]) -> dict[str, str]:
+    """The caller's headers for the handler (the spec's header passing; Temporal's
+    ``nexus_header``), lower-cased, as the agent will get them."""
+    out: dict[str, str] = {}
+    for name, value in headers.items():
+        low = name.lower()
+        if low in _NOT_FOR_HANDLER or low.startswith(_NOT_FOR_HANDLER_PREFIXES):
+            continue
+        out[low] = value if low not in out else f"{out[low]}, {value}"
+    if len(out) > MAX_HANDLER_HEADERS:
+        raise HandlerError(
+            HandlerErrorType.BAD_REQUEST, f"at most {MAX_HANDLER_HEADERS} headers for the handler"
+        )
+    return out
+
+
+def request_links(headers: CIMultiDictProxy[str]) -> tuple[str, ...]:
+    """The caller's ``Nexus-Link``s, validated (400 for a malformed one), in header form."""
+    try:
+        parsed = nexus_links.parse_headers(headers.getall("Nexus-Link", []))
+    except nexus_links.LinkError as exc:
+        raise HandlerError(HandlerErrorType.BAD_REQUEST, f"invalid Nexus-Link: {exc}") from exc
+    return tuple(nexus_links.format_link(link) for link in parsed)
+
+
+def _with_links(headers: dict[str, str], links: list[str] | None) -> dict[str, str]:
+    if links:
+        headers["Nexus-Link"] = ", ".join(links)
+    return headers
+
+
+def operation_response(op: Operation, links: list[str] | None = None) -> web.Response:
+    """200 with the result, 424 with the Failure, or 201 with the token. A null result is an
+    empty body without ``Content-Type``."""
     state_header = {"Nexus-Operation-State": op.state.value, "Nexus-Operation-Token": op.id}
     if op.state is OperationState.SUCCEEDED:
-        return web.Response(
-            status=200,
-            body=op.result or b"",
-            headers={**state_header, "Content-Type": op.result_content_type or "application/json"},
-        )
+        headers = _with_links(dict(state_header), links)
+        if op.result:
+            headers["Content-Type"] = op.result_content_type or "application/json"
+        return web.Response(status=200, body=op.result or None, headers=headers)
     if op.state.terminal:
         return web.Response(
             status=424,
             body=json.dumps(op.failure or {"message": op.state.value}).encode(),
-            headers={**state_header, "Content-Type": "application/json"},
+            headers=_with_links({**state_header, "Content-Type": "application/json"}, links),
         )
-    return running_response(op)
+    return running_response(op, links)
 
 
-def running_response(op: Operation) -> web.Response:
+def running_response(op: Operation, links: list[str] | None = None) -> web.Response:
     return web.Response(
         status=201,
         body=running_body(op),
         content_type="application/json",
-        headers={"Nexus-Operation-State": "running", "Nexus-Operation-Token": op.id},
+        headers=_with_links(
+            {"Nexus-Operation-State": "running", "Nexus-Operation-Token": op.id}, links
+        ),
+    )
+
+
+def request_token(request: web.Request) -> str | None:
+    """The operation token: ``Nexus-Operation-Token`` header or ``?token=`` (or the path)."""
+    return (
+        request.match_info.get("token")
+        or request.headers.get("Nexus-Operation-Token")
+        or request.query.get("token")
     )
 
 
@@ -102,8 +183,9 @@ async def _start(request: web.Request) -> web.Response:
         await check_outbound_url(request, callback, "callback URL")
     op_timeout = parse_duration(request.headers.get("Operation-Timeout"), "Operation-Timeout")
     req_timeout = parse_duration(request.headers.get("Request-Timeout"), "Request-Timeout")
+    links = request_links(request.headers)
     body = await request.read()
-    content_type = request.headers.get("Content-Type")
+    content_type = request.headers.get("Content-Type") if body else None
     req = StartRequest(
         service=service,
         operation=operation,
@@ -114,7 +196,8 @@ async def _start(request: web.Request) -> web.Response:
         idempotency_key=_idempotency_key(request.headers.get("Idempotency-Key")),
         callback_url=callback,
         callback_headers=callback_headers(request.headers),
-        links=tuple(request.headers.getall("Nexus-Link", [])),
+        links=links,
+        handler_headers=handler_headers(request.headers),
         timeout_s=op_timeout,
         traceparent=request.headers.get("traceparent"),
     )
@@ -138,12 +221,23 @@ async def _start(request: web.Request) -> web.Response:
                 "the original request with this Idempotency-Key is still in progress",
             )
         # A request id whose first answer was 201 keeps no stored copy: it is the same 201.
+        # An operation closed with no callback was answered synchronously and that answer
+        # was lost (e.g. a crash before it was stored): answer it again, synchronously.
+        closed = await svc.engine.replay_answer_state(result.operation)
+        if closed is not None:
+            return operation_response(closed)
         return running_response(result.operation)
     wait = svc.engine.config.sync_wait_s
     if req_timeout is not None:
         wait = min(wait, max(0.0, req_timeout - 0.1))
-    op = await svc.engine.wait_inline(result.operation.id, wait) or result.operation
-    resp = operation_response(op)
+    op_id = result.operation.id
+    op = await svc.engine.wait_inline(op_id, wait, answers_sync=True) or result.operation
+    claimed = svc.engine.sync_links(op_id)  # a close claimed for this answer: no callback
+    accepted = svc.engine.accepted_links(op_id)
+    if op.state.terminal and claimed is None and op.callback_url:
+        resp = running_response(op, accepted)  # its callback is on its way: answer async
+    else:
+        resp = operation_response(op, claimed if op.state.terminal else accepted)
     for scope, key in result.idempotency_keys:
         if resp.status == 201 and key.startswith("rid:"):
             continue  # replayed as running_response(): one write fewer on the hot path
@@ -169,13 +263,12 @@ def _idempotency_key(value: str | None) -> str | None:
 
 
 async def info(request: web.Request) -> web.Response:
-    op = await load_for_caller(request, request.query.get("token"))
+    op = await load_for_caller(request, request_token(request))
     return web.json_response(operation_info(op))
 
 
 async def result(request: web.Request) -> web.Response:
-    token = request.query.get("token")
-    op = await load_for_caller(request, token)
+    op = await load_for_caller(request, request_token(request))
     wait = parse_duration(request.query.get("wait"), "wait")
     if wait and not op.state.terminal:
         op = await services(request).engine.wait_terminal(op.id, min(wait, MAX_WAIT_S)) or op
@@ -188,12 +281,7 @@ async def result(request: web.Request) -> web.Response:
 
 
 async def cancel(request: web.Request) -> web.Response:
-    token = (
-        request.match_info.get("token")
-        or request.headers.get("Nexus-Operation-Token")
-        or request.query.get("token")
-    )
-    op = await load_for_caller(request, token)
+    op = await load_for_caller(request, request_token(request))
     p = await principal(request)
     await services(request).engine.cancel(op.id, by=p.sub)
     return web.Response(status=202)

@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from gateway.domain import jsonio
+from gateway.domain import links as nexus_links
 from gateway.domain.model import CallbackDelivery, CallerSecrets, Event, Operation, OperationState
 
 
@@ -51,6 +52,7 @@ def operation_json(op: Operation) -> dict[str, Any]:
         "lastError": op.last_error,
         "callbackUrl": op.callback_url,
         "failure": op.failure,
+        "links": nexus_links.lenient(op.links),
     }
     if op.state is OperationState.SUCCEEDED and op.result is not None:
         ct = op.result_content_type or ""

@@ -313,7 +313,9 @@ class AgentApp:
                     "details": {"state": "canceled"},
                 }
             ).encode()
-        return web.Response(status=202)
+            # Stopped here and now: a final answer (the gateway closes the operation at once).
+            return web.Response(status=200, headers={"Nexus-Operation-State": "canceled"})
+        return web.Response(status=202)  # nothing running here: a request, completed later
 
     async def _cleanup(self, _app: web.Application) -> None:
         for job in self._jobs.values():

@@ -289,6 +289,7 @@ class SqlStore(RecordTables):
             "b_id": op_id,
             "b_owner": owner,
             "b_cancelable": work in (None, Work.POLL),
+            "b_due_now": work is not Work.CANCEL_WAIT,  # a cancel's grace keeps its own time
             "b_work": work.value if work else None,
             "b_now": now or (event.at if event else next_attempt_at),
             "b_next": next_attempt_at,

@@ -171,7 +171,7 @@ class MemoryStore(MemoryTables):
             work=Work.CANCEL if cancel_pending and work in (None, Work.POLL) else work,
             next_attempt_at=(
                 (now or (event.at if event else next_attempt_at))
-                if cancel_pending
+                if cancel_pending and work is not Work.CANCEL_WAIT
                 else next_attempt_at
             ),
             lease_owner=None,

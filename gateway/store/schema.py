@@ -16,6 +16,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
@@ -100,6 +101,7 @@ operations = Table(
     Column("last_error", Text),
     Column("traceparent", String(100)),
     Column("prev_lease_owner", String(100)),
+    Column("handler_headers", Json, nullable=False, server_default=text("'{}'")),
 )
 
 events = Table(

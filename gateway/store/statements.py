@@ -122,7 +122,10 @@ def _update_running_statement(fenced: bool) -> Any:
                 else_=bindparam("b_work", type_=String()),
             ),
             next_attempt_at=case(
-                (cancel_pending, bindparam("b_now", type_=_TS)),
+                (
+                    and_(cancel_pending, bindparam("b_due_now", type_=Boolean())),
+                    bindparam("b_now", type_=_TS),
+                ),
                 else_=bindparam("b_next", type_=_TS),
             ),
             lease_owner=None,

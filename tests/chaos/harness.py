@@ -61,6 +61,7 @@ KIND_WEIGHTS: dict[str, float] = {
 SYNC_KINDS = {"quick", "slow", "broken"}
 OPS_TABLE = schema.operations.name
 CALLBACKS_TABLE = schema.callbacks.name
+EVENTS_TABLE = schema.events.name
 # the database is (re)starting: try again later; anything else is a harness bug and raises
 DB_TRANSIENT: tuple[type[BaseException], ...] = (
     OSError,
@@ -508,7 +509,10 @@ class Chaos:
                         "AS pending, "
                         f"(SELECT count(*) FROM {OPS_TABLE} o WHERE o.state <> 'running' "
                         " AND o.callback_url IS NOT NULL AND NOT EXISTS "
-                        f" (SELECT 1 FROM {CALLBACKS_TABLE} c WHERE c.operation_id = o.id)) "
+                        f" (SELECT 1 FROM {CALLBACKS_TABLE} c WHERE c.operation_id = o.id)"
+                        # answered synchronously (200/424): no callback is owed
+                        f" AND NOT EXISTS (SELECT 1 FROM {EVENTS_TABLE} e"
+                        "  WHERE e.operation_id = o.id AND e.data->>'answered' = 'sync')) "
                         "AS no_cb"
                     )
                 finally:
@@ -629,10 +633,17 @@ class Chaos:
 
         not_terminal, terminal_events_bad, unexpected = [], [], []
         cb_rows_bad, cb_not_delivered, cb_never_received, cb_many_ids = [], [], [], []
-        cb_id_mismatch, cb_state_mismatch = [], []
+        cb_id_mismatch, cb_state_mismatch, cb_after_sync, sync_mismatch = [], [], [], []
+        answered_sync = {t for rec in answered if rec.status in (200, 424) for t in rec.tokens}
+        answered_tokens = {t for rec in answered for t in rec.tokens}
         for op_id, r in ops.items():
             events, cbs = details[op_id]
             kinds = [e["kind"] for e in events]
+            # A start answered synchronously (200/424) gets no callback (Nexus: callbacks are
+            # for async operations only); every other operation gets exactly one.
+            sync = any((e.get("data") or {}).get("answered") == "sync" for e in events)
+            if op_id in answered_tokens and sync != (op_id in answered_sync):
+                sync_mismatch.append(f"{op_id}: closed sync={sync}, answered 200/424={not sync}")
             term = [k for k in kinds if k in TERMINAL_EVENTS]
             if r["state"] == "running":
                 not_terminal.append(op_id)
@@ -641,6 +652,10 @@ class Chaos:
             exp_state, exp_event = EXPECTED[r["operation"]]
             if r["state"] != exp_state or term != [exp_event]:
                 unexpected.append(f"{op_id} ({r['operation']}): {r['state']} {term}")
+            if sync:
+                if cbs or self.receiver.ids_for(op_id):
+                    cb_after_sync.append(f"{op_id}: {len(cbs)} deliveries")
+                continue
             if len(cbs) != 1:
                 cb_rows_bad.append(f"{op_id}: {len(cbs)} deliveries")
             if any(cb["state"] != "delivered" for cb in cbs):
@@ -673,7 +688,9 @@ class Chaos:
         check("outcomes without an agent effect", missing_effects)
         check("agent effects for unknown keys", unknown_effects)
 
-        check("callback deliveries != 1 per operation", cb_rows_bad)
+        check("callback deliveries != 1 per async operation", cb_rows_bad)
+        check("callbacks after a synchronous answer", cb_after_sync)
+        check("synchronous close != synchronous answer", sync_mismatch)
         check("callbacks not delivered (gateway)", cb_not_delivered)
         check("callbacks never received", cb_never_received)
         check("callbacks with 2+ webhook-ids", cb_many_ids)

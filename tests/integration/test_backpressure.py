@@ -123,8 +123,8 @@ async def test_metrics_count_operations_attempts_and_callbacks(db_url: str) -> N
         running_gateway(make_settings(db_url)) as gw,
     ):
         await gw.gw.registry.register(agent.spec(url))
-        for _ in range(3):
-            async with gw.http.post(gw.nexus("worker", "echo"), json={}, params={"callback": cb}):
+        for _ in range(3):  # async: a sync (200) answer gets no callback
+            async with gw.http.post(gw.nexus("worker", "later"), json={}, params={"callback": cb}):
                 pass
         async with gw.http.post(gw.nexus("worker", "broken"), json={}):
             pass
@@ -138,7 +138,7 @@ async def test_metrics_count_operations_attempts_and_callbacks(db_url: str) -> N
             text = await r.text()
         assert 'swarmgate_operations{state="succeeded"} 3.0' in text
         assert 'swarmgate_operations{state="failed"} 1.0' in text
-        assert 'swarmgate_dispatch_attempts_total{agent="worker",outcome="succeeded"} 3.0' in text
+        assert 'swarmgate_dispatch_attempts_total{agent="worker",outcome="accepted"} 3.0' in text
         assert 'swarmgate_callback_deliveries_total{outcome="delivered"} 3.0' in text
         assert "swarmgate_start_seconds_bucket" in text
 
@@ -149,7 +149,7 @@ async def test_traceparent_travels_from_the_caller_to_the_agent_and_the_callback
     agent = AgentApp("traced")
     seen: dict[str, str] = {}
 
-    @agent.operation("work")
+    @agent.operation("work", mode="async")  # async: a sync (200) answer gets no callback
     async def work(ctx: OpContext, payload: Any) -> Any:
         seen["traceparent"] = ctx.headers.get("traceparent", "")
         return {}

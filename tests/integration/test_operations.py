@@ -98,7 +98,7 @@ async def test_the_same_request_id_returns_the_same_operation_and_the_same_respo
             assert len((await r.json())["operations"]) == 1
 
 
-async def test_an_idempotency_key_reused_with_another_body_is_refused_with_422(
+async def test_an_idempotency_key_reused_with_another_body_is_refused_as_a_bad_request(
     db_url: str,
 ) -> None:
     async with swarm(db_url) as (gw, _agent):
@@ -106,9 +106,10 @@ async def test_an_idempotency_key_reused_with_another_body_is_refused_with_422(
         async with gw.http.post(gw.nexus("worker", "echo"), json={"a": 1}, headers=headers) as r:
             assert r.status == 200
         async with gw.http.post(gw.nexus("worker", "echo"), json={"a": 2}, headers=headers) as r:
-            assert r.status == 422
+            assert r.status == 400  # 422 is not in the Nexus handler-error table
             failure = await r.json()
             assert failure["metadata"]["type"] == "nexus.HandlerError"
+            assert failure["details"]["type"] == "BAD_REQUEST"
 
 
 async def test_a_flaky_agent_is_retried_with_backoff_and_every_attempt_is_in_the_history(
@@ -224,7 +225,9 @@ async def test_during_a_secret_rotation_callbacks_carry_both_signatures(db_url: 
             rotated = await r.json()
         new = rotated["secret"]
         assert new != old and rotated["previousSecretValidUntil"]
-        async with gw.http.post(gw.nexus("worker", "echo"), json={}, params={"callback": cb_url}):
+        async with gw.http.post(  # async: a sync (200) answer gets no callback
+            gw.nexus("worker", "later"), json={}, params={"callback": cb_url}
+        ):
             pass
         await receiver.wait()
         req = receiver.requests[0]
@@ -241,8 +244,8 @@ async def test_during_a_secret_rotation_callbacks_carry_both_signatures(db_url: 
 async def test_a_refused_callback_is_retried_with_the_same_delivery_id(db_url: str) -> None:
     receiver = Receiver(refuse_first=2)
     async with swarm(db_url) as (gw, _agent), serving(receiver.app()) as cb_url:
-        async with gw.http.post(
-            gw.nexus("worker", "echo"), json={}, params={"callback": cb_url}
+        async with gw.http.post(  # async: a sync (200) answer gets no callback
+            gw.nexus("worker", "later"), json={}, params={"callback": cb_url}
         ) as r:
             token = r.headers["Nexus-Operation-Token"]
         await receiver.wait()
