@@ -21,6 +21,7 @@ from gateway.domain.model import IdempotencyRecord, Operation, OperationState, W
 from gateway.domain.ports import Created, NewOperation
 from gateway.engine.batching import GroupCommit
 from gateway.engine.core import EngineCore
+from gateway.engine import faults
 from gateway.engine.dispatch import Dispatcher
 from registry.service import check_payload
 
@@ -63,6 +64,8 @@ class Starts:
         self._core = core
         self._dispatcher = dispatcher
         self.pending = 0  # start requests in progress
+        # (scope, key) of the Idempotency-Keys whose first request is being answered here
+        self.answering: set[tuple[str, str]] = set()
         # Through core.store at call time, so a wrapped store (fault injection) sees the calls.
         self._starts: GroupCommit[NewOperation, Created] = GroupCommit(
             lambda batch: core.store.create_operations(batch),
@@ -84,6 +87,18 @@ class Starts:
             yield
         finally:
             self.pending -= 1
+
+    @contextlib.contextmanager
+    def answer(self, keys: tuple[tuple[str, str], ...]) -> Iterator[None]:
+        """While the first request of these idempotency keys is being answered (its response
+        saved): a retry meanwhile is "in progress" (409). Only in this process: after a crash
+        nothing holds the key and a retry regenerates the answer from the operation."""
+        held = [k for k in keys if k not in self.answering]
+        self.answering.update(held)
+        try:
+            yield
+        finally:
+            self.answering.difference_update(held)
 
     async def start(self, req: StartRequest) -> StartResult:
         core = self._core
@@ -155,6 +170,7 @@ class Starts:
             stored, existing = await self._starts.submit(new)
         else:
             stored, existing = await core.store.create_operation(*new)
+        faults.point(faults.AFTER_START_COMMIT)
         if existing is not None:
             core.metrics.deduplicated.inc()
             if (

@@ -141,12 +141,22 @@ async def _own_task(call: Call, task_id: Any) -> Operation:
     return op
 
 
-async def _save_push(call: Call, op: Operation, raw: Any) -> dict[str, Any]:
-    config = proto.push_config(raw, op.id)
+async def _checked_push(call: Call, raw: Any, task_id: str) -> dict[str, Any]:
+    """The push config ``raw`` as stored, its URL screened (-32602 when refused)."""
+    config = proto.push_config(raw, task_id)
     try:
         await check_outbound_url(call.request, config["url"], "push notification URL")
     except HandlerError as exc:
         raise invalid_params(exc.message) from exc
+    return config
+
+
+async def _save_push(call: Call, op: Operation, raw: Any) -> dict[str, Any]:
+    return await _store_push(call, op, await _checked_push(call, raw, op.id))
+
+
+async def _store_push(call: Call, op: Operation, config: dict[str, Any]) -> dict[str, Any]:
+    config = {**config, "taskId": op.id}
     await call.engine.store.a2a_save_push_config(op.id, config["id"], config, call.engine.now())
     if op.state.terminal:
         wake_pushes(call.request.app)
@@ -158,6 +168,9 @@ async def send_message(call: Call) -> dict[str, Any]:
     skill = proto.choose_skill(call.agent, call.params, message)
     call.caller.require(f"ops:start:{call.agent.name}/{skill}")
     configuration = proto.send_configuration(call.params)
+    push = configuration.get("taskPushNotificationConfig")
+    # Checked before the start: a refused push URL must not leave a task created and dispatched.
+    push_config = await _checked_push(call, push, "") if push else None
     engine = call.engine
     req = StartRequest(
         service=call.agent.name,
@@ -179,9 +192,8 @@ async def send_message(call: Call) -> dict[str, Any]:
     if started.replay is not None and started.replay.fingerprint != fingerprint(req):
         raise invalid_params("this messageId was already used with a different message")
     op = started.operation
-    push = configuration.get("taskPushNotificationConfig")
-    if push:
-        await _save_push(call, op, push)
+    if push_config is not None:
+        await _store_push(call, op, push_config)
     if not configuration.get("returnImmediately"):
         op = await engine.wait_inline(op.id) or op
         if not op.state.terminal:

@@ -132,28 +132,34 @@ async def _start(request: web.Request) -> web.Response:
             return web.Response(
                 status=rec.response_status, body=rec.response_body or b"", headers=headers
             )
-        if rec.key.startswith("key:"):
+        if rec.key.startswith("key:") and svc.engine.is_answering(rec.scope, rec.key):
             raise HandlerError(
                 HandlerErrorType.CONFLICT,
                 "the original request with this Idempotency-Key is still in progress",
             )
-        # A request id whose first answer was 201 keeps no stored copy: it is the same 201.
-        return running_response(result.operation)
+        # No saved copy: the first answer is not known to have been sent (a 201 for a request
+        # id is never saved; a crash or a store error may come between the start's commit and
+        # the save). The operation is committed, so the answer is regenerated from it: a
+        # dedupe never depends on a write made after the start's commit.
+        resp = operation_response(result.operation)
+        resp.headers["Idempotent-Replayed"] = "true"
+        return resp
     wait = svc.engine.config.sync_wait_s
     if req_timeout is not None:
         wait = min(wait, max(0.0, req_timeout - 0.1))
-    op = await svc.engine.wait_inline(result.operation.id, wait) or result.operation
-    resp = operation_response(op)
-    for scope, key in result.idempotency_keys:
-        if resp.status == 201 and key.startswith("rid:"):
-            continue  # replayed as running_response(): one write fewer on the hot path
-        await svc.engine.store.save_response(
-            scope,
-            key,
-            resp.status,
-            resp.body if isinstance(resp.body, bytes) else b"",
-            {k: v for k, v in resp.headers.items() if k.lower() != "content-length"},
-        )
+    with svc.engine.answering(result.idempotency_keys):
+        op = await svc.engine.wait_inline(result.operation.id, wait) or result.operation
+        resp = operation_response(op)
+        for scope, key in result.idempotency_keys:
+            if resp.status == 201 and key.startswith("rid:"):
+                continue  # replayed as running_response(): one write fewer on the hot path
+            await svc.engine.store.save_response(
+                scope,
+                key,
+                resp.status,
+                resp.body if isinstance(resp.body, bytes) else b"",
+                {k: v for k, v in resp.headers.items() if k.lower() != "content-length"},
+            )
     return resp
 
 
