@@ -19,9 +19,9 @@ from datetime import timedelta
 from gateway.domain.errors import HandlerError, HandlerErrorType
 from gateway.domain.model import IdempotencyRecord, Operation, OperationState, Work
 from gateway.domain.ports import Created, NewOperation
+from gateway.engine import faults
 from gateway.engine.batching import GroupCommit
 from gateway.engine.core import EngineCore
-from gateway.engine import faults
 from gateway.engine.dispatch import Dispatcher
 from registry.service import check_payload
 
