@@ -129,6 +129,16 @@ class StoreUnavailable(StoreError):
     """The database is unreachable; try again later."""
 
 
+class StoreFull(StoreUnavailable):
+    """The database's disk is full; writes fail until space returns."""
+
+
+class DataRejected(StoreError):
+    """The database refused a value (too long, out of range, not representable); writing it
+    again cannot succeed.
+    """
+
+
 class UniqueViolation(StoreError):
     """A row with this key already exists."""
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.domain.errors import HandlerError, HandlerErrorType, StoreUnavailable
+from gateway.domain.errors import HandlerError, HandlerErrorType, StoreFull, StoreUnavailable
 
 log = logging.getLogger("swarmgate.http")
 
@@ -93,6 +93,16 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return await handler(request)
     except HandlerError as err:
         return error_response(request, err)
+    except StoreFull:
+        # logged once by the store when it became full (no line, no traceback per request)
+        return error_response(
+            request,
+            HandlerError(
+                HandlerErrorType.UNAVAILABLE,
+                "the database's disk is full; retry later",
+                headers={"Retry-After": "5"},
+            ),
+        )
     except StoreUnavailable as exc:
         log.warning("store unavailable on %s %s: %s", request.method, request.path, exc)
         return error_response(
