@@ -134,9 +134,7 @@ class StoreFull(StoreUnavailable):
 
 
 class DataRejected(StoreError):
-    """The database refused a value (too long, out of range, not representable); writing it
-    again cannot succeed.
-    """
+    """The database refused a value; writing it again cannot succeed."""
 
 
 class UniqueViolation(StoreError):
