@@ -13,7 +13,8 @@ from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
-from gateway.domain.errors import HandlerError, HandlerErrorType, StoreError
+from gateway.domain import jsonio
+from gateway.domain.errors import DataRejected, HandlerError, HandlerErrorType, StoreError
 from gateway.domain.model import (
     Completion,
     Event,
@@ -29,6 +30,30 @@ from gateway.engine.waiters import Waiters
 from registry.service import check_payload
 
 log = logging.getLogger("swarmgate.engine")
+
+MAX_CONTENT_TYPE = 200  # the columns' width (result_content_type, input_content_type)
+_CONTROL = dict.fromkeys(range(32)) | {127: None}
+
+
+def bound_content_type(value: str | None) -> str | None:
+    """A content type as stored: control characters dropped, at most MAX_CONTENT_TYPE long."""
+    if value is None:
+        return None
+    return value.translate(_CONTROL).strip()[:MAX_CONTENT_TYPE] or None
+
+
+def storable(value: dict[str, Any] | None, what: str) -> dict[str, Any] | None:
+    """``value`` if it can be stored as JSON, else a small stand-in saying why not."""
+    if value is None:
+        return None
+    try:
+        jsonio.check_storable(value)
+    except jsonio.JsonRejected as exc:
+        return {"message": f"the {what} could not be stored: {exc}"}
+    return value
+
+
+UNSTORABLE = "the operation's outcome could not be stored"
 
 
 class Closer:
@@ -53,10 +78,20 @@ class Closer:
         failure: dict[str, Any] | None = None,
         owner: str | None = None,
         then_cancel_agent: bool = False,
+        last_resort: bool = False,
         **data: Any,
     ) -> bool:
+        """Close ``op`` in ``state`` (compare-and-set: False if something else closed it).
+
+        Values are bounded before they are written (content type cut to the column, a failure
+        or event data that is not storable JSON replaced by a note); if the database still
+        refuses a value (a data error), the operation is closed as failed with a clear error
+        instead: a refused write would be refused at every retry.
+        """
         core, outbox = self._core, self._outbox
         now = core.now()
+        content_type = bound_content_type(content_type)
+        failure = storable(failure, "failure")
         callback = outbox.row_for(op, state, now, result, content_type, failure)
         direct = callback is not None and outbox.has_room()
         if callback is not None and direct:  # leased to us in the same transaction
@@ -69,6 +104,7 @@ class Closer:
         data = {k: v for k, v in data.items() if v is not None}
         if failure is not None:
             data.setdefault("message", failure.get("message"))
+        data = storable(data, "event data") or {}
         completion = Completion(
             operation_id=op.id,
             state=state,
@@ -86,6 +122,27 @@ class Closer:
                 applied = await self._completions.submit(completion)
             else:
                 applied = await core.store.complete(completion)
+        except DataRejected as exc:
+            if last_resort:
+                raise
+            log.error(
+                "operation outcome refused by the database (%s); closing it as failed",
+                exc,
+                extra={"operation_id": op.id},
+            )
+            return await self.finish(
+                op,
+                OperationState.FAILED,
+                failure=operation_error(
+                    OperationState.FAILED,
+                    f"{UNSTORABLE} ({state.value}: the database refused a value)",
+                ),
+                kind="operation.failed",
+                owner=owner,
+                then_cancel_agent=then_cancel_agent,
+                last_resort=True,
+                unstorable=True,
+            )
         except StoreError:
             if callback is not None and direct:
                 # The commit may have happened with the callback leased to us: look again

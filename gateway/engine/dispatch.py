@@ -11,18 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
 import logging
 from datetime import timedelta
 
 from gateway.domain.dispatch import AgentAdapter, DispatchRequest, Outcome, OutcomeKind
-from gateway.domain.errors import StoreError
+from gateway.domain.errors import DataRejected, StoreError
 from gateway.domain.model import Operation, OperationState, Work, operation_error
 from gateway.domain.specs import AgentSpec, OperationSpec
 from gateway.engine import backoff
 from gateway.engine.cancel import Cancels
-from gateway.engine.closing import Closer
+from gateway.engine.closing import UNSTORABLE, Closer
 from gateway.engine.core import EngineCore, claim_round, spawn
 from registry.service import check_payload
 
@@ -128,6 +129,14 @@ class Dispatcher:
             await self._dispatch(op, agent, spec)
         except asyncio.CancelledError:
             raise
+        except DataRejected as exc:
+            # A value the database refuses is refused at every retry: close the operation
+            # rather than re-dispatch it at every lease expiry (issue 13, item 11).
+            log.error("data refused by the store: %s", exc, extra={"operation_id": op.id})
+            with contextlib.suppress(StoreError):
+                await self._closer.fail(
+                    op, f"{UNSTORABLE} (the database refused a value)", owner=core.config.owner
+                )
         except StoreError as exc:
             # The lease runs out and another attempt happens later; nothing is lost.
             log.warning("store error, lease left to expire: %s", exc, extra={"operation_id": op.id})

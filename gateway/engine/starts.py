@@ -59,6 +59,23 @@ def fingerprint(req: StartRequest) -> str:
     return h.hexdigest()
 
 
+MAX_REQUEST_ID = 200  # the columns' widths: a longer value would be a data error at commit
+MAX_CONTENT_TYPE = 200
+MAX_TRACEPARENT = 100
+
+
+def _check_bounds(req: StartRequest) -> None:
+    """400 for values the operation's columns cannot hold (never a data error at commit)."""
+    if req.request_id is not None and len(req.request_id) > MAX_REQUEST_ID:
+        raise HandlerError(
+            HandlerErrorType.BAD_REQUEST, f"the request id is over {MAX_REQUEST_ID} characters"
+        )
+    if req.content_type is not None and len(req.content_type) > MAX_CONTENT_TYPE:
+        raise HandlerError(
+            HandlerErrorType.BAD_REQUEST, f"Content-Type is over {MAX_CONTENT_TYPE} characters"
+        )
+
+
 class Starts:
     def __init__(self, core: EngineCore, dispatcher: Dispatcher) -> None:
         self._core = core
@@ -103,6 +120,7 @@ class Starts:
     async def start(self, req: StartRequest) -> StartResult:
         core = self._core
         config = core.config
+        _check_bounds(req)
         agent, spec = await core.registry.resolve(req.service, req.operation)
         errors = check_payload(spec.input_schema, req.input, req.content_type, "input")
         if errors:
@@ -152,7 +170,12 @@ class Starts:
             lease_owner=config.owner,
             lease_until=now + timedelta(seconds=config.lease_s),
             deadline_at=now + timedelta(seconds=timeout),
-            traceparent=req.traceparent,
+            # not ours to refuse: an over-long trace context is dropped, not stored
+            traceparent=(
+                req.traceparent
+                if req.traceparent and len(req.traceparent) <= MAX_TRACEPARENT
+                else None
+            ),
         )
         started = core.event(
             op_id,

@@ -9,7 +9,13 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.domain.errors import HandlerError, HandlerErrorType, StoreFull, StoreUnavailable
+from gateway.domain.errors import (
+    DataRejected,
+    HandlerError,
+    HandlerErrorType,
+    StoreFull,
+    StoreUnavailable,
+)
 
 log = logging.getLogger("swarmgate.http")
 
@@ -93,6 +99,16 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return await handler(request)
     except HandlerError as err:
         return error_response(request, err)
+    except DataRejected:
+        # a value of this request the database refused (too long, out of range): the same
+        # request can never succeed, so it is the caller's to change
+        return error_response(
+            request,
+            HandlerError(
+                HandlerErrorType.BAD_REQUEST,
+                "a value in the request is too long or out of range for the gateway to store",
+            ),
+        )
     except StoreFull:
         # logged once by the store when it became full (no line, no traceback per request)
         return error_response(

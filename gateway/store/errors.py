@@ -140,7 +140,7 @@ def translate_error(exc: BaseException) -> StoreError | None:
     if isinstance(exc, IntegrityError):
         return UniqueViolation(describe(exc.orig))
     if isinstance(exc, DBAPIError):
-        orig = exc.orig
+        orig: BaseException = exc.orig if exc.orig is not None else exc
         state = str(getattr(orig, "sqlstate", "") or "")
         if state and (by_state := _by_sqlstate(state, orig)) is not None:
             return by_state
