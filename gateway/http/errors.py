@@ -13,6 +13,7 @@ from gateway.domain.errors import (
     DataRejected,
     HandlerError,
     HandlerErrorType,
+    StoreError,
     StoreFull,
     StoreUnavailable,
 )
@@ -139,6 +140,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             resp.set_status(exc.status)
             return resp
         return problem(exc.status, exc.reason, instance=request.path)
+    except StoreError as exc:
+        # One line, no traceback: the chained driver exception's text may carry a statement's
+        # parameters (a generated secret, an endpoint password); the store's message does not.
+        log.error("store error on %s %s: %s", request.method, request.path, exc)
+        return error_response(request, HandlerError(HandlerErrorType.INTERNAL, "internal error"))
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return error_response(request, HandlerError(HandlerErrorType.INTERNAL, "internal error"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 import sqlite3
 import time
 from collections.abc import Callable, Coroutine
@@ -78,11 +79,18 @@ class FullState:
         self._until = time.monotonic() + FULL_HOLD_S
 
 
+# quoted values inside a driver message ('invalid input for query argument $2: 'whsec_..'',
+# 'invalid input syntax for type uuid: "..."')
+_QUOTED = re.compile(r"""'[^']*'|"[^"]*"|'.*$""")
+
+
 def describe(exc: BaseException | None) -> str:
-    """``Type: first line`` of a driver error, without SQL text, parameters or DETAIL."""
+    """``Type: first line`` of a driver error, without SQL text, parameters, DETAIL or the
+    quoted values some messages carry."""
     if isinstance(exc, StatementError) and exc.orig is not None:
         exc = exc.orig
     first = str(exc).split("\n", 1)[0].split("[SQL:", 1)[0].strip()
+    first = _QUOTED.sub("'…'", first)
     name = type(exc).__name__
     return f"{name}: {first}" if first else name
 
