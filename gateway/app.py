@@ -28,6 +28,7 @@ from gateway.http import api, nexus
 from gateway.http.context import SERVICES, Services
 from gateway.http.errors import error_middleware
 from gateway.security.netguard import OutboundPolicy
+from gateway.startup import migrate_when_reachable
 from gateway.store.sqlstore import SqlStore
 from registry.auth import AuthConfig, Verifier
 from registry.service import Registry
@@ -65,7 +66,7 @@ async def build(settings: Settings, *, clock: Clock | None = None) -> Gateway:
         pool_size=settings.db_pool_size,
         sqlite_synchronous=settings.sqlite_synchronous,
     )
-    await store.migrate()
+    await migrate_when_reachable(store, settings.startup_db_wait_s)
     for warning in await store.maintenance_warnings():
         log.warning(warning)
     secret = settings.secret or await store.get_or_create_setting(

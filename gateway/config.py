@@ -70,6 +70,8 @@ class Settings:
     workers: int = 1
     reuse_port: bool = False
     public_cards: bool = True  # A2A agent cards without a token (discovery); off: ops:read
+    startup_db_wait_s: float = 60.0  # how long a starting replica retries an unreachable DB
+    body_timeout_s: float = 10.0  # a start's body must arrive within this (before admission)
 
     @property
     def base_url(self) -> str:
@@ -119,6 +121,8 @@ class Settings:
             "workers": int(_f(e, p + "WORKERS", cls.workers)),
             "reuse_port": e.get(p + "REUSE_PORT", "") in ("1", "true", "yes"),
             "public_cards": _flag(e, p + "PUBLIC_CARDS", cls.public_cards),
+            "startup_db_wait_s": _f(e, p + "STARTUP_DB_WAIT_S", cls.startup_db_wait_s),
+            "body_timeout_s": _f(e, p + "BODY_TIMEOUT_S", cls.body_timeout_s),
         }
         if e.get(p + "REPLICA_ID"):
             kw["replica_id"] = e[p + "REPLICA_ID"]
