@@ -119,6 +119,7 @@ async def build(settings: Settings, *, clock: Clock | None = None) -> Gateway:
         verifier=verifier,
         outbound=outbound,
         public_cards=settings.public_cards,
+        body_timeout_s=settings.body_timeout_s,
     )
     nexus.add_routes(app)
     api.add_routes(app)

@@ -12,6 +12,7 @@ from multidict import CIMultiDictProxy
 from gateway.domain.errors import HandlerError, HandlerErrorType
 from gateway.domain.model import Operation, OperationState
 from gateway.engine.engine import StartRequest, fingerprint
+from gateway.http.bodies import read_body
 from gateway.http.context import check_outbound_url, principal, services
 from gateway.http.wire import operation_info, running_body
 from registry.auth import Principal
@@ -86,23 +87,25 @@ async def load_for_caller(request: web.Request, token: str | None) -> Operation:
 async def start(request: web.Request) -> web.Response:
     svc = services(request)
     t0 = time.perf_counter()
+    p = await principal(request)
+    p.require(f"ops:start:{request.match_info['service']}/{request.match_info['operation']}")
+    # The body first (bounded by SWARMGATE_BODY_TIMEOUT_S), then the admission slot: slow
+    # uploads must not take the slots every other caller's starts need (issue 13, item 10).
+    body = await read_body(request, svc.body_timeout_s)
     with svc.engine.admit():
-        resp = await _start(request)
+        resp = await _start(request, p, body)
     svc.engine.metrics.start_seconds.observe(time.perf_counter() - t0)
     return resp
 
 
-async def _start(request: web.Request) -> web.Response:
+async def _start(request: web.Request, p: Principal, body: bytes) -> web.Response:
     svc = services(request)
     service, operation = request.match_info["service"], request.match_info["operation"]
-    p = await principal(request)
-    p.require(f"ops:start:{service}/{operation}")
     callback = request.query.get("callback") or None
     if callback:
         await check_outbound_url(request, callback, "callback URL")
     op_timeout = parse_duration(request.headers.get("Operation-Timeout"), "Operation-Timeout")
     req_timeout = parse_duration(request.headers.get("Request-Timeout"), "Request-Timeout")
-    body = await request.read()
     content_type = request.headers.get("Content-Type")
     req = StartRequest(
         service=service,
