@@ -124,6 +124,8 @@ class Loops:
         core = self._core
         until = core.now() + timedelta(seconds=core.config.lease_s)
         await core.store.extend_leases(core.config.owner, list(core.inflight), until)
+        deliveries = [k for k in core.cb_inflight if not k.startswith("recheck-")]
+        await core.store.extend_callback_leases(core.config.owner, deliveries, until)
 
     async def _timeout_loop(self) -> None:
         while not self._stopping:

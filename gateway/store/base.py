@@ -265,6 +265,16 @@ class SqlStore(RecordTables):
             )
 
     @translate
+    async def extend_callback_leases(self, owner: str, ids: Sequence[str], until: datetime) -> None:
+        if not ids:
+            return
+        async with self._tx() as conn:
+            await conn.execute(
+                s.EXTEND_CALLBACK_LEASES,
+                {"b_ids": sorted(ids), "b_owner": owner, "b_until": until},
+            )
+
+    @translate
     async def release_leases(self, owner: str) -> int:
         """Give up every lease this owner holds (graceful shutdown): others take over at once."""
         async with self._tx() as conn:
