@@ -668,7 +668,7 @@ async def test_pending_callbacks_are_leased_once_and_count_an_attempt(port_store
 
 
 async def test_callback_leases_are_extended_only_for_their_owner(port_store: Store) -> None:
-    op, (d0, d1) = await closed_with_callbacks(port_store, 2)
+    op, _ = await closed_with_callbacks(port_store, 2)
     (mine,) = await port_store.claim_callbacks("w1", at(0.5), at(0.5) + LEASE, 1)
     (theirs,) = await port_store.claim_callbacks("w2", at(2), at(2) + LEASE, 1)
     await port_store.extend_callback_leases("w1", [mine.id, theirs.id], at(500))
