@@ -222,6 +222,25 @@ class Registry:
         return agent, spec
 
 
+INLINE_PAYLOAD_BYTES = 4096  # validated on the event loop up to this size; larger: off it
+
+
+async def check_payload_off_loop(
+    schema: dict[str, Any] | None, body: bytes, content_type: str | None, what: str
+) -> list[dict[str, str]]:
+    """:func:`check_payload` without stalling the event loop: a small payload (at most
+    ``INLINE_PAYLOAD_BYTES``; linear-time checks, so microseconds) inline, a larger one on the
+    validation pool with its time limit (over it: one error, a 400 for a start)."""
+    if schema is None:
+        return []
+    if len(body) <= INLINE_PAYLOAD_BYTES:
+        return check_payload(schema, body, content_type, what)
+    try:
+        return await off_loop(check_payload, schema, body, content_type, what)
+    except ValidationTimeout as exc:
+        return [{"path": "/", "message": f"{what} could not be validated: {exc}"}]
+
+
 def check_payload(
     schema: dict[str, Any] | None, body: bytes, content_type: str | None, what: str
 ) -> list[dict[str, str]]:

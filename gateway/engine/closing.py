@@ -27,7 +27,7 @@ from gateway.engine.batching import GroupCommit
 from gateway.engine.core import EngineCore
 from gateway.engine.outbox import Outbox
 from gateway.engine.waiters import Waiters
-from registry.service import check_payload
+from registry.service import check_payload_off_loop
 
 log = logging.getLogger("swarmgate.engine")
 
@@ -212,7 +212,7 @@ class Closer:
         if state is OperationState.SUCCEEDED:
             found = await core.registry.get(op.service)
             spec = found.operations.get(op.operation) if found else None
-            errors = check_payload(
+            errors = await check_payload_off_loop(
                 spec.output_schema if spec else None, result or b"", content_type, "result"
             )
             if errors:

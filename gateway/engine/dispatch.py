@@ -25,7 +25,7 @@ from gateway.engine import backoff
 from gateway.engine.cancel import Cancels
 from gateway.engine.closing import UNSTORABLE, Closer
 from gateway.engine.core import EngineCore, claim_round, spawn
-from registry.service import check_payload
+from registry.service import check_payload_off_loop
 
 log = logging.getLogger("swarmgate.engine")
 
@@ -250,7 +250,7 @@ class Dispatcher:
         core, closer = self._core, self._closer
         owner = core.config.owner
         if outcome.kind is OutcomeKind.SUCCEEDED:
-            errors = check_payload(
+            errors = await check_payload_off_loop(
                 spec.output_schema, outcome.result or b"", outcome.content_type, "result"
             )
             if errors:

@@ -23,7 +23,7 @@ from gateway.engine import faults
 from gateway.engine.batching import GroupCommit
 from gateway.engine.core import EngineCore
 from gateway.engine.dispatch import Dispatcher
-from registry.service import check_payload
+from registry.service import check_payload_off_loop
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -122,7 +122,9 @@ class Starts:
         config = core.config
         _check_bounds(req)
         agent, spec = await core.registry.resolve(req.service, req.operation)
-        errors = check_payload(spec.input_schema, req.input, req.content_type, "input")
+        errors = await check_payload_off_loop(
+            spec.input_schema, req.input, req.content_type, "input"
+        )
         if errors:
             raise HandlerError(
                 HandlerErrorType.BAD_REQUEST,
