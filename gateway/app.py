@@ -33,6 +33,7 @@ from gateway.http import mcp as mcp_routes
 from gateway.http.context import SERVICES, Services
 from gateway.http.errors import error_middleware
 from gateway.security.netguard import BlockedDestination, OutboundPolicy, screen_url
+from gateway.startup import migrate_when_reachable
 from gateway.store.sqlstore import SqlStore
 from registry.auth import AuthConfig, Verifier
 from registry.service import Registry
@@ -98,7 +99,7 @@ async def build(settings: Settings, *, clock: Clock | None = None) -> Gateway:
         pool_size=settings.db_pool_size,
         sqlite_synchronous=settings.sqlite_synchronous,
     )
-    await store.migrate()
+    await migrate_when_reachable(store, settings.startup_db_wait_s)
     for warning in await store.maintenance_warnings():
         log.warning(warning)
     secret = settings.secret or await store.get_or_create_setting(
@@ -159,6 +160,7 @@ async def build(settings: Settings, *, clock: Clock | None = None) -> Gateway:
         verifier=verifier,
         outbound=outbound,
         public_cards=settings.public_cards,
+        body_timeout_s=settings.body_timeout_s,
     )
     nexus.add_routes(app)
     api.add_routes(app)

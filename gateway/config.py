@@ -90,6 +90,8 @@ class Settings:
     public_cards: bool = True  # A2A agent cards without a token (discovery); off: ops:read
     access_log: bool = False
     mcp_wait_s: float = 60.0  # /mcp: tools/call without a task, and tasks/result, wait this long
+    startup_db_wait_s: float = 60.0  # how long a starting replica retries an unreachable DB
+    body_timeout_s: float = 10.0  # a start's body must arrive within this (before admission)
 
     @property
     def base_url(self) -> str:
@@ -142,6 +144,8 @@ class Settings:
             "public_cards": _flag(e, p + "PUBLIC_CARDS", cls.public_cards),
             "access_log": _flag(e, p + "ACCESS_LOG", False),
             "mcp_wait_s": _f(e, p + "MCP_WAIT_S", cls.mcp_wait_s),
+            "startup_db_wait_s": _f(e, p + "STARTUP_DB_WAIT_S", cls.startup_db_wait_s),
+            "body_timeout_s": _f(e, p + "BODY_TIMEOUT_S", cls.body_timeout_s),
         }
         if e.get(p + "REPLICA_ID"):
             kw["replica_id"] = e[p + "REPLICA_ID"]

@@ -54,3 +54,7 @@ def configure(fmt: str = "json", level: str = "INFO") -> None:
     migration = logging.getLogger("alembic.runtime.migration")
     if not any(isinstance(f, _DropAlembicChatter) for f in migration.filters):
         migration.addFilter(_DropAlembicChatter())
+    # Drivers that log statements with their parameters (rows' values: secrets) at DEBUG/INFO:
+    # never, whatever the gateway's own level.
+    for name in ("aiosqlite", "sqlalchemy.engine", "sqlalchemy.pool"):
+        logging.getLogger(name).setLevel(logging.WARNING)

@@ -113,12 +113,13 @@ class Supervisor:
 
 
 def migrate_once(settings: Settings) -> None:
+    from gateway.startup import migrate_when_reachable
     from gateway.store.sqlstore import SqlStore
 
     async def run() -> None:
         store = SqlStore(settings.database_url, pool_size=2)
         try:
-            await store.migrate()
+            await migrate_when_reachable(store, settings.startup_db_wait_s)
         finally:
             await store.close()
 

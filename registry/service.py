@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import math
 import time
 from dataclasses import replace
 from typing import Any
@@ -71,8 +72,40 @@ def validate_spec(spec: AgentSpec) -> None:
                 )
         if op.timeout_s <= 0 or op.attempt_timeout_s <= 0:
             raise HandlerError(HandlerErrorType.BAD_REQUEST, "timeouts must be positive")
-        if op.concurrency is not None and op.concurrency < 1:
-            raise HandlerError(HandlerErrorType.BAD_REQUEST, "concurrency must be >= 1")
+        _check_numbers(op)
+
+
+MAX_SECONDS = 31536000.0  # one year: the registration schema's bound on every duration
+
+
+def _in_range(what: str, value: float, low: float, high: float, *, open_low: bool) -> None:
+    """400 unless ``value`` is a finite number in the range (NaN compares false with all)."""
+    ok = math.isfinite(value) and (value > low if open_low else value >= low) and value <= high
+    if not ok:
+        bracket = "(" if open_low else "["
+        raise HandlerError(
+            HandlerErrorType.BAD_REQUEST,
+            f"{what} must be a finite number in {bracket}{low:g}, {high:g}], not {value!r}",
+        )
+
+
+def _check_numbers(op: OperationSpec) -> None:
+    """Every number of an operation finite and bounded, whichever way it was registered (the
+    HTTP body is checked against the schema too; the agents file and the Python API are not)."""
+    name = f"operation {op.name!r}:"
+    _in_range(f"{name} timeout_s", op.timeout_s, 0, MAX_SECONDS, open_low=True)
+    _in_range(f"{name} attempt_timeout_s", op.attempt_timeout_s, 0, MAX_SECONDS, open_low=True)
+    r = op.retry
+    _in_range(f"{name} retry.initial_s", r.initial_s, 0, MAX_SECONDS, open_low=True)
+    _in_range(f"{name} retry.max_s", r.max_s, 0, MAX_SECONDS, open_low=True)
+    _in_range(f"{name} retry.multiplier", r.multiplier, 1, 100, open_low=False)
+    _in_range(f"{name} retry.jitter_s", r.jitter_s, 0, MAX_SECONDS, open_low=False)
+    if r.max_attempts is not None and not 1 <= r.max_attempts <= 1_000_000:
+        raise HandlerError(
+            HandlerErrorType.BAD_REQUEST, f"{name} retry.max_attempts must be 1 to 1000000"
+        )
+    if op.concurrency is not None and not 1 <= op.concurrency <= 1_000_000:
+        raise HandlerError(HandlerErrorType.BAD_REQUEST, f"{name} concurrency must be 1 to 1000000")
 
 
 def _not_yours(name: str, what: str) -> HandlerError:
@@ -187,6 +220,25 @@ class Registry:
                 HandlerErrorType.NOT_FOUND, f"agent {service!r} has no operation {operation!r}"
             )
         return agent, spec
+
+
+INLINE_PAYLOAD_BYTES = 4096  # validated on the event loop up to this size; larger: off it
+
+
+async def check_payload_off_loop(
+    schema: dict[str, Any] | None, body: bytes, content_type: str | None, what: str
+) -> list[dict[str, str]]:
+    """:func:`check_payload` without stalling the event loop: a small payload (at most
+    ``INLINE_PAYLOAD_BYTES``; linear-time checks, so microseconds) inline, a larger one on the
+    validation pool with its time limit (over it: one error, a 400 for a start)."""
+    if schema is None:
+        return []
+    if len(body) <= INLINE_PAYLOAD_BYTES:
+        return check_payload(schema, body, content_type, what)
+    try:
+        return await off_loop(check_payload, schema, body, content_type, what)
+    except ValidationTimeout as exc:
+        return [{"path": "/", "message": f"{what} could not be validated: {exc}"}]
 
 
 def check_payload(

@@ -129,6 +129,14 @@ class StoreUnavailable(StoreError):
     """The database is unreachable; try again later."""
 
 
+class StoreFull(StoreUnavailable):
+    """The database's disk is full; writes fail until space returns."""
+
+
+class DataRejected(StoreError):
+    """The database refused a value; writing it again cannot succeed."""
+
+
 class UniqueViolation(StoreError):
     """A row with this key already exists."""
 

@@ -16,7 +16,7 @@ import re
 from itertools import accumulate
 from typing import Any
 
-__all__ = ["MAX_JSON_DEPTH", "JsonRejected", "bounded_int", "loads"]
+__all__ = ["MAX_JSON_DEPTH", "JsonRejected", "bounded_int", "check_storable", "loads"]
 
 MAX_JSON_DEPTH = 64  # arrays and objects inside each other
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
@@ -84,3 +84,20 @@ def bounded_int(raw: str, name: str, *, low: int = 0, high: int = 2**63 - 1) -> 
     if not low <= value <= high:
         raise ValueError(f"{name} must be an integer from {low} to {high}")
     return value
+
+
+def check_storable(value: Any, *, max_bytes: int = 1 << 20) -> None:
+    """Raise :class:`JsonRejected` unless ``value`` can be stored as a JSON column.
+
+    That is: serializable, finite numbers only, at most ``MAX_JSON_DEPTH`` deep, no NUL
+    character (PostgreSQL's ``jsonb`` refuses an escaped NUL) and at most ``max_bytes`` long.
+    """
+    try:
+        text = json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise JsonRejected(f"not storable as JSON: {type(exc).__name__}") from None
+    if len(text) > max_bytes:
+        raise JsonRejected(f"JSON of {len(text)} bytes is over {max_bytes}")
+    if "\\u0000" in text:
+        raise JsonRejected("JSON with a NUL character")
+    _check_depth(text, MAX_JSON_DEPTH)

@@ -137,6 +137,14 @@ class Store(Protocol):
         """Push the leases ``owner`` holds on ``ids`` out to ``until``."""
         ...
 
+    async def extend_callback_leases(self, owner: str, ids: Sequence[str], until: datetime) -> None:
+        """Push the leases ``owner`` holds on the callback deliveries ``ids`` out to ``until``.
+
+        Deliveries in flight are leased for the work lease, not the request timeout, so a dead
+        replica's are taken over as soon as its work.
+        """
+        ...
+
     async def update_running(
         self,
         op_id: str,

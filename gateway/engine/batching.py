@@ -13,7 +13,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
-from gateway.domain.errors import UniqueViolation, WriteConflict
+from gateway.domain.errors import DataRejected, UniqueViolation, WriteConflict
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -63,7 +63,7 @@ class GroupCommit(Generic[T, R]):
                 continue
             try:
                 results = await self._run_batch([item for item, _ in batch])
-            except (UniqueViolation, WriteConflict):
+            except (UniqueViolation, WriteConflict, DataRejected):
                 # Rolled back as a whole: each item on its own cannot be held up by the others.
                 for item, fut in batch:
                     await self._one(item, fut)

@@ -15,7 +15,8 @@ from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
-from gateway.domain.errors import HandlerError, HandlerErrorType, StoreError
+from gateway.domain import jsonio
+from gateway.domain.errors import DataRejected, HandlerError, HandlerErrorType, StoreError
 from gateway.domain.model import (
     Completion,
     Event,
@@ -28,9 +29,33 @@ from gateway.engine.batching import GroupCommit
 from gateway.engine.core import EngineCore
 from gateway.engine.outbox import Outbox
 from gateway.engine.waiters import Waiters
-from registry.service import check_payload
+from registry.service import check_payload_off_loop
 
 log = logging.getLogger("swarmgate.engine")
+
+MAX_CONTENT_TYPE = 200  # the columns' width (result_content_type, input_content_type)
+_CONTROL = dict.fromkeys(range(32)) | {127: None}
+
+
+def bound_content_type(value: str | None) -> str | None:
+    """A content type as stored: control characters dropped, at most MAX_CONTENT_TYPE long."""
+    if value is None:
+        return None
+    return value.translate(_CONTROL).strip()[:MAX_CONTENT_TYPE] or None
+
+
+def storable(value: dict[str, Any] | None, what: str) -> dict[str, Any] | None:
+    """``value`` if it can be stored as JSON, else a small stand-in saying why not."""
+    if value is None:
+        return None
+    try:
+        jsonio.check_storable(value)
+    except jsonio.JsonRejected as exc:
+        return {"message": f"the {what} could not be stored: {exc}"}
+    return value
+
+
+UNSTORABLE = "the operation's outcome could not be stored"
 
 
 class Closer:
@@ -56,10 +81,20 @@ class Closer:
         owner: str | None = None,
         then_cancel_agent: bool = False,
         links: Sequence[str] = (),
+        last_resort: bool = False,
         **data: Any,
     ) -> bool:
+        """Close ``op`` in ``state`` (compare-and-set: False if something else closed it).
+
+        Values are bounded before they are written (content type cut to the column, a failure
+        or event data that is not storable JSON replaced by a note); if the database still
+        refuses a value (a data error), the operation is closed as failed with a clear error
+        instead: a refused write would be refused at every retry.
+        """
         core, outbox = self._core, self._outbox
         now = core.now()
+        content_type = bound_content_type(content_type)
+        failure = storable(failure, "failure")
         sync = op.id in core.sync_waiting and asyncio.current_task() is core.inflight.get(op.id)
         if sync:  # the start still waiting inline answers with this outcome: no callback
             core.sync_claimed[op.id] = list(links)
@@ -78,6 +113,7 @@ class Closer:
         data = {k: v for k, v in data.items() if v is not None}
         if failure is not None:
             data.setdefault("message", failure.get("message"))
+        data = storable(data, "event data") or {}
         completion = Completion(
             operation_id=op.id,
             state=state,
@@ -95,6 +131,27 @@ class Closer:
                 applied = await self._completions.submit(completion)
             else:
                 applied = await core.store.complete(completion)
+        except DataRejected as exc:
+            if last_resort:
+                raise
+            log.error(
+                "operation outcome refused by the database (%s); closing it as failed",
+                exc,
+                extra={"operation_id": op.id},
+            )
+            return await self.finish(
+                op,
+                OperationState.FAILED,
+                failure=operation_error(
+                    OperationState.FAILED,
+                    f"{UNSTORABLE} ({state.value}: the database refused a value)",
+                ),
+                kind="operation.failed",
+                owner=owner,
+                then_cancel_agent=then_cancel_agent,
+                last_resort=True,
+                unstorable=True,
+            )
         except StoreError:
             if callback is not None and direct:
                 # The commit may have happened with the callback leased to us: look again
@@ -165,7 +222,7 @@ class Closer:
         if state is OperationState.SUCCEEDED:
             found = await core.registry.get(op.service)
             spec = found.operations.get(op.operation) if found else None
-            errors = check_payload(
+            errors = await check_payload_off_loop(
                 spec.output_schema if spec else None, result or b"", content_type, "result"
             )
             if errors:

@@ -11,20 +11,21 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
 import logging
 from datetime import timedelta
 
 from gateway.domain.dispatch import AgentAdapter, DispatchRequest, Outcome, OutcomeKind
-from gateway.domain.errors import StoreError
+from gateway.domain.errors import DataRejected, StoreError
 from gateway.domain.model import Operation, OperationState, Work, operation_error
 from gateway.domain.specs import AgentSpec, OperationSpec
 from gateway.engine import backoff
 from gateway.engine.cancel import Cancels
-from gateway.engine.closing import Closer
+from gateway.engine.closing import UNSTORABLE, Closer
 from gateway.engine.core import EngineCore, claim_round, spawn
-from registry.service import check_payload
+from registry.service import check_payload_off_loop
 
 log = logging.getLogger("swarmgate.engine")
 
@@ -131,6 +132,14 @@ class Dispatcher:
             await self._dispatch(op, agent, spec)
         except asyncio.CancelledError:
             raise
+        except DataRejected as exc:
+            # A value the database refuses is refused at every retry: close the operation
+            # rather than re-dispatch it at every lease expiry (issue 13, item 11).
+            log.error("data refused by the store: %s", exc, extra={"operation_id": op.id})
+            with contextlib.suppress(StoreError):
+                await self._closer.fail(
+                    op, f"{UNSTORABLE} (the database refused a value)", owner=core.config.owner
+                )
         except StoreError as exc:
             # The lease runs out and another attempt happens later; nothing is lost.
             log.warning("store error, lease left to expire: %s", exc, extra={"operation_id": op.id})
@@ -244,7 +253,7 @@ class Dispatcher:
         core, closer = self._core, self._closer
         owner = core.config.owner
         if outcome.kind is OutcomeKind.SUCCEEDED:
-            errors = check_payload(
+            errors = await check_payload_off_loop(
                 spec.output_schema, outcome.result or b"", outcome.content_type, "result"
             )
             if errors:

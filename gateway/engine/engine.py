@@ -168,6 +168,15 @@ class Engine:
     async def start(self, req: StartRequest) -> StartResult:
         return await self._starts.start(req)
 
+    def answering(self, keys: tuple[tuple[str, str], ...]) -> AbstractContextManager[None]:
+        """Hold idempotency keys while their first request is answered (see
+        :meth:`Starts.answer`)."""
+        return self._starts.answer(keys)
+
+    def is_answering(self, scope: str, key: str) -> bool:
+        """Whether this process is answering the first request of this idempotency key."""
+        return (scope, key) in self._starts.answering
+
     async def wait_inline(
         self, op_id: str, timeout_s: float | None = None, *, answers_sync: bool = False
     ) -> Operation | None:

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
-from gateway.domain.errors import StoreError
+from gateway.domain.errors import StoreError, StoreFull
 from gateway.engine.cancel import Cancels
 from gateway.engine.core import EngineCore
 from gateway.engine.dispatch import Dispatcher
@@ -100,7 +100,8 @@ class Loops:
             raise
         except StoreError as exc:
             core.metrics.loop_errors.labels(name, "store").inc()
-            log.warning("%s: store error: %s", name, exc)
+            if not isinstance(exc, StoreFull):  # a full disk is logged once, by the store
+                log.warning("%s: store error: %s", name, exc)
             await asyncio.sleep(core.config.poll_interval_s)
         except Exception:
             core.metrics.loop_errors.labels(name, "unexpected").inc()
@@ -123,6 +124,8 @@ class Loops:
         core = self._core
         until = core.now() + timedelta(seconds=core.config.lease_s)
         await core.store.extend_leases(core.config.owner, list(core.inflight), until)
+        deliveries = [k for k in core.cb_inflight if not k.startswith("recheck-")]
+        await core.store.extend_callback_leases(core.config.owner, deliveries, until)
 
     async def _timeout_loop(self) -> None:
         while not self._stopping:

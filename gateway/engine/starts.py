@@ -19,10 +19,11 @@ from datetime import timedelta
 from gateway.domain.errors import HandlerError, HandlerErrorType
 from gateway.domain.model import IdempotencyRecord, Operation, OperationState, Work
 from gateway.domain.ports import Created, NewOperation
+from gateway.engine import faults
 from gateway.engine.batching import GroupCommit
 from gateway.engine.core import EngineCore
 from gateway.engine.dispatch import Dispatcher
-from registry.service import check_payload
+from registry.service import check_payload_off_loop
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -59,11 +60,30 @@ def fingerprint(req: StartRequest) -> str:
     return h.hexdigest()
 
 
+MAX_REQUEST_ID = 200  # the columns' widths: a longer value would be a data error at commit
+MAX_CONTENT_TYPE = 200
+MAX_TRACEPARENT = 100
+
+
+def _check_bounds(req: StartRequest) -> None:
+    """400 for values the operation's columns cannot hold (never a data error at commit)."""
+    if req.request_id is not None and len(req.request_id) > MAX_REQUEST_ID:
+        raise HandlerError(
+            HandlerErrorType.BAD_REQUEST, f"the request id is over {MAX_REQUEST_ID} characters"
+        )
+    if req.content_type is not None and len(req.content_type) > MAX_CONTENT_TYPE:
+        raise HandlerError(
+            HandlerErrorType.BAD_REQUEST, f"Content-Type is over {MAX_CONTENT_TYPE} characters"
+        )
+
+
 class Starts:
     def __init__(self, core: EngineCore, dispatcher: Dispatcher) -> None:
         self._core = core
         self._dispatcher = dispatcher
         self.pending = 0  # start requests in progress
+        # (scope, key) of the Idempotency-Keys whose first request is being answered here
+        self.answering: set[tuple[str, str]] = set()
         # Through core.store at call time, so a wrapped store (fault injection) sees the calls.
         self._starts: GroupCommit[NewOperation, Created] = GroupCommit(
             lambda batch: core.store.create_operations(batch),
@@ -86,11 +106,26 @@ class Starts:
         finally:
             self.pending -= 1
 
+    @contextlib.contextmanager
+    def answer(self, keys: tuple[tuple[str, str], ...]) -> Iterator[None]:
+        """While the first request of these idempotency keys is being answered (its response
+        saved): a retry meanwhile is "in progress" (409). Only in this process: after a crash
+        nothing holds the key and a retry regenerates the answer from the operation."""
+        held = [k for k in keys if k not in self.answering]
+        self.answering.update(held)
+        try:
+            yield
+        finally:
+            self.answering.difference_update(held)
+
     async def start(self, req: StartRequest) -> StartResult:
         core = self._core
         config = core.config
+        _check_bounds(req)
         agent, spec = await core.registry.resolve(req.service, req.operation)
-        errors = check_payload(spec.input_schema, req.input, req.content_type, "input")
+        errors = await check_payload_off_loop(
+            spec.input_schema, req.input, req.content_type, "input"
+        )
         if errors:
             raise HandlerError(
                 HandlerErrorType.BAD_REQUEST,
@@ -139,7 +174,12 @@ class Starts:
             lease_owner=config.owner,
             lease_until=now + timedelta(seconds=config.lease_s),
             deadline_at=now + timedelta(seconds=timeout),
-            traceparent=req.traceparent,
+            # not ours to refuse: an over-long trace context is dropped, not stored
+            traceparent=(
+                req.traceparent
+                if req.traceparent and len(req.traceparent) <= MAX_TRACEPARENT
+                else None
+            ),
         )
         started = core.event(
             op_id,
@@ -157,6 +197,7 @@ class Starts:
             stored, existing = await self._starts.submit(new)
         else:
             stored, existing = await core.store.create_operation(*new)
+        faults.point(faults.AFTER_START_COMMIT)
         if existing is not None:
             core.metrics.deduplicated.inc()
             if (

@@ -74,14 +74,24 @@ async def own_task(call: Call, task_id: Any) -> Operation:
     return op
 
 
-async def save_push(call: Call, op: Operation, raw: Any) -> dict[str, Any]:
-    from gateway.http.a2a import wake_pushes  # the worker lives with the routes
-
-    config = proto.push_config(raw, op.id)
+async def checked_push(call: Call, raw: Any, task_id: str) -> dict[str, Any]:
+    """The push config ``raw`` as stored, its URL screened (-32602 when refused)."""
+    config = proto.push_config(raw, task_id)
     try:
         await check_outbound_url(call.request, config["url"], "push notification URL")
     except HandlerError as exc:
         raise invalid_params(exc.message) from exc
+    return config
+
+
+async def save_push(call: Call, op: Operation, raw: Any) -> dict[str, Any]:
+    return await store_push(call, op, await checked_push(call, raw, op.id))
+
+
+async def store_push(call: Call, op: Operation, config: dict[str, Any]) -> dict[str, Any]:
+    from gateway.http.a2a import wake_pushes  # the worker lives with the routes
+
+    config = {**config, "taskId": op.id}
     await call.engine.store.a2a_save_push_config(op.id, config["id"], config, call.engine.now())
     if op.state.terminal:
         wake_pushes(call.request.app)
@@ -102,6 +112,9 @@ async def start_task(call: Call) -> Operation:
     agent, skill = await _target(call, message)
     call.caller.require(f"ops:start:{agent.name}/{skill}")
     configuration = proto.send_configuration(call.params)
+    push = configuration.get("taskPushNotificationConfig")
+    # Checked before the start: a refused push URL must not leave a task created and dispatched.
+    push_config = await checked_push(call, push, "") if push else None
     engine = call.engine
     req = StartRequest(
         service=agent.name,
@@ -123,9 +136,8 @@ async def start_task(call: Call) -> Operation:
     if started.replay is not None and started.replay.fingerprint != fingerprint(req):
         raise invalid_params("this messageId was already used with a different message")
     op = started.operation
-    push = configuration.get("taskPushNotificationConfig")
-    if push:
-        await save_push(call, op, push)
+    if push_config is not None:
+        await store_push(call, op, push_config)
     return op
 
 

@@ -292,6 +292,13 @@ async def readyz(request: web.Request) -> web.Response:
         return web.json_response({"status": "unavailable", "error": type(exc).__name__}, status=503)
     if not current:
         return web.json_response({"status": "migrations pending"}, status=503)
+    full = getattr(store, "full_state", None)
+    if full is not None and full.active:
+        return web.json_response(
+            {"status": "unavailable", "error": "database disk full"},
+            status=503,
+            headers={"Retry-After": "5"},
+        )
     return web.json_response({"status": "ready"})
 
 

@@ -10,6 +10,7 @@ so a huge ``?after=`` is a 400 and not a database error (or, on a stream, an err
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from aiohttp import web
@@ -17,7 +18,7 @@ from aiohttp import web
 from gateway.domain import jsonio
 from gateway.domain.errors import HandlerError, HandlerErrorType
 
-__all__ = ["int_param", "json_body", "parse_json"]
+__all__ = ["int_param", "json_body", "parse_json", "read_body"]
 
 
 def parse_json(raw: bytes | str, what: str = "body") -> Any:
@@ -30,6 +31,19 @@ def parse_json(raw: bytes | str, what: str = "body") -> Any:
         raise HandlerError(
             HandlerErrorType.BAD_REQUEST, f"{what} is not valid JSON: {exc}"
         ) from exc
+
+
+async def read_body(request: web.Request, timeout_s: float) -> bytes:
+    """The whole request body, which must arrive within ``timeout_s``; 408 otherwise (a slow
+    upload must not hold what it holds, e.g. an admission slot, for as long as it likes)."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await request.read()
+    except TimeoutError:
+        raise HandlerError(
+            HandlerErrorType.REQUEST_TIMEOUT,
+            f"the request body did not arrive within {timeout_s:g}s",
+        ) from None
 
 
 async def json_body(request: web.Request) -> Any:

@@ -21,6 +21,7 @@ class Services:
     outbound: OutboundPolicy
     screen_callbacks: bool = True
     public_cards: bool = True  # SWARMGATE_PUBLIC_CARDS
+    body_timeout_s: float = 10.0  # SWARMGATE_BODY_TIMEOUT_S: a start's body, before admission
 
 
 SERVICES = web.AppKey("swarmgate.services", Services)

@@ -9,7 +9,14 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.domain.errors import HandlerError, HandlerErrorType, StoreUnavailable
+from gateway.domain.errors import (
+    DataRejected,
+    HandlerError,
+    HandlerErrorType,
+    StoreError,
+    StoreFull,
+    StoreUnavailable,
+)
 
 log = logging.getLogger("swarmgate.http")
 
@@ -120,6 +127,26 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return await handler(request)
     except HandlerError as err:
         return error_response(request, err)
+    except DataRejected:
+        # a value of this request the database refused (too long, out of range): the same
+        # request can never succeed, so it is the caller's to change
+        return error_response(
+            request,
+            HandlerError(
+                HandlerErrorType.BAD_REQUEST,
+                "a value in the request is too long or out of range for the gateway to store",
+            ),
+        )
+    except StoreFull:
+        # logged once by the store when it became full (no line, no traceback per request)
+        return error_response(
+            request,
+            HandlerError(
+                HandlerErrorType.UNAVAILABLE,
+                "the database's disk is full; retry later",
+                headers={"Retry-After": "5"},
+            ),
+        )
     except StoreUnavailable as exc:
         log.warning("store unavailable on %s %s: %s", request.method, request.path, exc)
         return error_response(
@@ -138,6 +165,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
                 HandlerError(nexus_type(exc.status), exc.reason or exc.text or "error")
             )
         return problem(exc.status, exc.reason, instance=request.path)
+    except StoreError as exc:
+        # One line, no traceback: the chained driver exception's text may carry a statement's
+        # parameters (a generated secret, an endpoint password); the store's message does not.
+        log.error("store error on %s %s: %s", request.method, request.path, exc)
+        return error_response(request, HandlerError(HandlerErrorType.INTERNAL, "internal error"))
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return error_response(request, HandlerError(HandlerErrorType.INTERNAL, "internal error"))

@@ -13,6 +13,7 @@ from gateway.domain import links as nexus_links
 from gateway.domain.errors import HandlerError, HandlerErrorType
 from gateway.domain.model import Operation, OperationState
 from gateway.engine.engine import StartRequest, fingerprint
+from gateway.http.bodies import read_body
 from gateway.http.context import check_outbound_url, principal, services
 from gateway.http.wire import operation_info, running_body
 from registry.auth import Principal
@@ -167,24 +168,26 @@ async def load_for_caller(request: web.Request, token: str | None) -> Operation:
 async def start(request: web.Request) -> web.Response:
     svc = services(request)
     t0 = time.perf_counter()
+    p = await principal(request)
+    p.require(f"ops:start:{request.match_info['service']}/{request.match_info['operation']}")
+    # The body first (bounded by SWARMGATE_BODY_TIMEOUT_S), then the admission slot: slow
+    # uploads must not take the slots every other caller's starts need (issue 13, item 10).
+    body = await read_body(request, svc.body_timeout_s)
     with svc.engine.admit():
-        resp = await _start(request)
+        resp = await _start(request, p, body)
     svc.engine.metrics.start_seconds.observe(time.perf_counter() - t0)
     return resp
 
 
-async def _start(request: web.Request) -> web.Response:
+async def _start(request: web.Request, p: Principal, body: bytes) -> web.Response:
     svc = services(request)
     service, operation = request.match_info["service"], request.match_info["operation"]
-    p = await principal(request)
-    p.require(f"ops:start:{service}/{operation}")
     callback = request.query.get("callback") or None
     if callback:
         await check_outbound_url(request, callback, "callback URL")
     op_timeout = parse_duration(request.headers.get("Operation-Timeout"), "Operation-Timeout")
     req_timeout = parse_duration(request.headers.get("Request-Timeout"), "Request-Timeout")
     links = request_links(request.headers)
-    body = await request.read()
     content_type = request.headers.get("Content-Type") if body else None
     req = StartRequest(
         service=service,
@@ -215,39 +218,46 @@ async def _start(request: web.Request) -> web.Response:
             return web.Response(
                 status=rec.response_status, body=rec.response_body or b"", headers=headers
             )
-        if rec.key.startswith("key:"):
+        if rec.key.startswith("key:") and svc.engine.is_answering(rec.scope, rec.key):
             raise HandlerError(
                 HandlerErrorType.CONFLICT,
                 "the original request with this Idempotency-Key is still in progress",
             )
-        # A request id whose first answer was 201 keeps no stored copy: it is the same 201.
-        # An operation closed with no callback was answered synchronously and that answer
-        # was lost (e.g. a crash before it was stored): answer it again, synchronously.
+        # No saved copy: the first answer is not known to have been sent (a 201 for a request
+        # id is never saved; a crash or a store error may come between the start's commit and
+        # the save). The operation is committed, so the answer is regenerated from it: a
+        # dedupe never depends on a write made after the start's commit. An operation closed
+        # with no callback was answered synchronously (or its answer was lost): answer it
+        # again, synchronously; otherwise it is the same 201 (its callback is on its way).
         closed = await svc.engine.replay_answer_state(result.operation)
         if closed is not None:
-            return operation_response(closed)
-        return running_response(result.operation)
+            resp = operation_response(closed)
+        else:
+            resp = running_response(result.operation)
+        resp.headers["Idempotent-Replayed"] = "true"
+        return resp
     wait = svc.engine.config.sync_wait_s
     if req_timeout is not None:
         wait = min(wait, max(0.0, req_timeout - 0.1))
     op_id = result.operation.id
-    op = await svc.engine.wait_inline(op_id, wait, answers_sync=True) or result.operation
-    claimed = svc.engine.sync_links(op_id)  # a close claimed for this answer: no callback
-    accepted = svc.engine.accepted_links(op_id)
-    if op.state.terminal and claimed is None and op.callback_url:
-        resp = running_response(op, accepted)  # its callback is on its way: answer async
-    else:
-        resp = operation_response(op, claimed if op.state.terminal else accepted)
-    for scope, key in result.idempotency_keys:
-        if resp.status == 201 and key.startswith("rid:"):
-            continue  # replayed as running_response(): one write fewer on the hot path
-        await svc.engine.store.save_response(
-            scope,
-            key,
-            resp.status,
-            resp.body if isinstance(resp.body, bytes) else b"",
-            {k: v for k, v in resp.headers.items() if k.lower() != "content-length"},
-        )
+    with svc.engine.answering(result.idempotency_keys):
+        op = await svc.engine.wait_inline(op_id, wait, answers_sync=True) or result.operation
+        claimed = svc.engine.sync_links(op_id)  # a close claimed for this answer: no callback
+        accepted = svc.engine.accepted_links(op_id)
+        if op.state.terminal and claimed is None and op.callback_url:
+            resp = running_response(op, accepted)  # its callback is on its way: answer async
+        else:
+            resp = operation_response(op, claimed if op.state.terminal else accepted)
+        for scope, key in result.idempotency_keys:
+            if resp.status == 201 and key.startswith("rid:"):
+                continue  # replayed as running_response(): one write fewer on the hot path
+            await svc.engine.store.save_response(
+                scope,
+                key,
+                resp.status,
+                resp.body if isinstance(resp.body, bytes) else b"",
+                {k: v for k, v in resp.headers.items() if k.lower() != "content-length"},
+            )
     return resp
 
 

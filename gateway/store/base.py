@@ -35,7 +35,7 @@ from gateway.domain.ports import Created, NewOperation
 from gateway.store import rows
 from gateway.store import schema as t
 from gateway.store import statements as s
-from gateway.store.errors import translate
+from gateway.store.errors import FullState, translate
 from gateway.store.records import RecordTables
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -70,6 +70,7 @@ class SqlStore(RecordTables):
 
     def __init__(self, url: str, *, pool_size: int = 20, sqlite_synchronous: str = "FULL") -> None:
         self.url = normalize_url(url)
+        self.full_state = FullState()  # disk full seen lately (see /readyz)
         i = t.idempotency
         self._claim_key = self._insert_if_new(i, [i.c.scope, i.c.key]).returning(i.c.key)
 
@@ -261,6 +262,16 @@ class SqlStore(RecordTables):
             await self._lock_operations(conn, sorted(ids))
             await conn.execute(
                 s.EXTEND_LEASES, {"b_ids": list(ids), "b_owner": owner, "b_until": until}
+            )
+
+    @translate
+    async def extend_callback_leases(self, owner: str, ids: Sequence[str], until: datetime) -> None:
+        if not ids:
+            return
+        async with self._tx() as conn:
+            await conn.execute(
+                s.EXTEND_CALLBACK_LEASES,
+                {"b_ids": sorted(ids), "b_owner": owner, "b_until": until},
             )
 
     @translate

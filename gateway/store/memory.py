@@ -133,6 +133,12 @@ class MemoryStore(MemoryTables):
             if op is not None and op.lease_owner == owner:
                 self._ops[op_id] = replace(op, lease_until=until)
 
+    async def extend_callback_leases(self, owner: str, ids: Sequence[str], until: datetime) -> None:
+        for d_id in ids:
+            d = self._callbacks.get(d_id)
+            if d is not None and d.lease_owner == owner:
+                self._callbacks[d_id] = replace(d, lease_until=until)
+
     async def release_leases(self, owner: str) -> int:
         released = 0
         for op in list(self._ops.values()):

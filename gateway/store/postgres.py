@@ -103,6 +103,7 @@ class PostgresStore(SqlStore):
         lanes = max(1, pool_size // 2)
         self.engine = create_async_engine(
             self.url,
+            hide_parameters=True,  # an error's text must never carry a row's values (secrets)
             pool_size=max(1, pool_size - lanes),
             max_overflow=0,
             pool_recycle=600,

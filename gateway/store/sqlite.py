@@ -37,6 +37,7 @@ class SqliteStore(SqlStore):
         self._prepare_path()
         self.engine = create_async_engine(
             self.url,
+            hide_parameters=True,  # an error's text must never carry a row's values (secrets)
             poolclass=AsyncAdaptedQueuePool,
             pool_size=1,
             max_overflow=0,

@@ -188,6 +188,16 @@ EXTEND_LEASES = (
 )
 
 
+EXTEND_CALLBACK_LEASES = (
+    update(_cb_t)
+    .where(
+        _cb_t.c.id.in_(bindparam("b_ids", expanding=True)),
+        _cb_t.c.lease_owner == bindparam("b_owner"),
+    )
+    .values(lease_until=bindparam("b_until", type_=_TS))
+)
+
+
 RELEASE_OPERATIONS = (
     update(_o)
     .where(_o.c.lease_owner == bindparam("b_owner"), _o.c.state == OperationState.RUNNING.value)

@@ -1,17 +1,23 @@
 """``python -m tests.chaos [--short|--long] [--replicas N] [--ops N] [--duration S]
-[--seed S] [--json PATH]``"""
+[--seed S] [--json PATH] [--no-scenarios | --scenarios-only [--scenario NAME ...]]``
+
+The main run (replicas, kills, a PostgreSQL restart, a receiver outage), then the targeted
+scenarios of ``tests/chaos/scenarios.py`` (kill -9 between commit and answer with an
+Idempotency-Key, a frozen replica, a fault proxy, a full disk)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import dataclasses
+import json
 import random
 import signal
 import sys
 from pathlib import Path
 
 from tests.chaos.harness import ChaosConfig, preset, run
+from tests.chaos.scenarios import SCENARIOS, run_scenarios
 
 
 def parse(argv: list[str] | None) -> ChaosConfig:
@@ -28,7 +34,17 @@ def parse(argv: list[str] | None) -> ChaosConfig:
         "--pg-mode", choices=("fast", "immediate"), help="pg_ctl restart mode (default fast)"
     )
     p.add_argument("--keep", action="store_true", help="keep the logs even when all is well")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--no-scenarios", action="store_true", help="the main run only")
+    which.add_argument("--scenarios-only", action="store_true", help="the scenarios only")
+    p.add_argument(
+        "--scenario", action="append", choices=sorted(SCENARIOS), help="run only these scenarios"
+    )
     args = p.parse_args(argv)
+    global SELECTION
+    SELECTION = Selection(
+        main=not args.scenarios_only, scenarios=not args.no_scenarios, names=args.scenario
+    )
     cfg = preset("long" if args.long else "short")
     changes: dict[str, object] = {
         "seed": args.seed if args.seed is not None else random.randrange(1, 1_000_000),
@@ -52,6 +68,34 @@ def parse(argv: list[str] | None) -> ChaosConfig:
     return dataclasses.replace(cfg, **changes)  # type: ignore[arg-type]
 
 
+@dataclasses.dataclass(frozen=True)
+class Selection:
+    main: bool = True
+    scenarios: bool = True
+    names: list[str] | None = None
+
+
+SELECTION = Selection()
+
+
+async def _both(cfg: ChaosConfig) -> int:
+    rc = await run(cfg) if SELECTION.main else 0
+    if not SELECTION.scenarios:
+        return rc
+    outcomes = await run_scenarios(SELECTION.names)
+    failed = [o for o in outcomes if not o.ok]
+    print(
+        f"chaos scenarios {'PASS' if not failed else 'FAIL'}: "
+        f"{len(outcomes) - len(failed)}/{len(outcomes)} ok"
+        + "".join(f"; {o.name} skipped" for o in outcomes if o.skipped),
+        flush=True,
+    )
+    if cfg.json_path is not None:
+        path = cfg.json_path.with_name(cfg.json_path.stem + ".scenarios.json")
+        path.write_text(json.dumps([dataclasses.asdict(o) for o in outcomes], indent=2))
+    return rc or (1 if failed else 0)
+
+
 async def _main(cfg: ChaosConfig) -> int:
     task = asyncio.current_task()
     assert task is not None
@@ -59,7 +103,7 @@ async def _main(cfg: ChaosConfig) -> int:
     for sig in (signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(sig, task.cancel)
     try:
-        return await asyncio.wait_for(run(cfg), cfg.hard_limit_s)
+        return await asyncio.wait_for(_both(cfg), cfg.hard_limit_s + 120.0)
     except TimeoutError:
         print(f"chaos ERROR: hard time limit of {cfg.hard_limit_s:g}s reached", flush=True)
         return 2

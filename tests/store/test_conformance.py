@@ -667,6 +667,20 @@ async def test_pending_callbacks_are_leased_once_and_count_an_attempt(port_store
     assert d1.id in {d.id for d in await port_store.list_callbacks(op.id)}
 
 
+async def test_callback_leases_are_extended_only_for_their_owner(port_store: Store) -> None:
+    op, _ = await closed_with_callbacks(port_store, 2)
+    (mine,) = await port_store.claim_callbacks("w1", at(0.5), at(0.5) + LEASE, 1)
+    (theirs,) = await port_store.claim_callbacks("w2", at(2), at(2) + LEASE, 1)
+    await port_store.extend_callback_leases("w1", [mine.id, theirs.id], at(500))
+    await port_store.extend_callback_leases("w1", [], at(900))
+    by_id = {d.id: d for d in await port_store.list_callbacks(op.id)}
+    assert by_id[mine.id].lease_until == at(500)
+    assert by_id[theirs.id].lease_until == at(2) + LEASE
+    # an extended lease keeps the delivery from others; the other one is taken over
+    (taken,) = await port_store.claim_callbacks("w3", at(40), at(40) + LEASE, 10)
+    assert taken.id == theirs.id
+
+
 async def test_a_finished_delivery_is_fenced_by_its_lease_owner(port_store: Store) -> None:
     op, (d0,) = await closed_with_callbacks(port_store)
     await port_store.claim_callbacks("w1", at(1), at(1) + LEASE, 10)

@@ -1,6 +1,8 @@
 """The chaos run in its short, bounded form (``python -m tests.chaos --short``): replicas on a
 throw-away PostgreSQL, SIGKILLs, a database restart and a callback receiver outage, then the
-reliability checks. Needs the PostgreSQL server binaries (initdb, pg_ctl): skipped locally
+reliability checks; then the targeted scenarios (kill -9 between a start's commit and its
+answer with an Idempotency-Key, a frozen replica, a fault proxy, a full SQLite disk), all in
+one process within the limit. Needs the PostgreSQL server binaries (initdb, pg_ctl): skipped locally
 without them, a failure under CI=true."""
 
 from __future__ import annotations
@@ -62,3 +64,10 @@ def test_short_chaos_run_loses_nothing_and_repeats_nothing(tmp_path: Path) -> No
     checks = {c["name"]: c for c in doc["checks"]}
     assert all(c["ok"] for c in checks.values()), [c for c in checks.values() if not c["ok"]]
     assert doc["elapsed_s"] < LIMIT_S
+    scenarios = {o["name"]: o for o in json.loads((tmp_path / "chaos.scenarios.json").read_text())}
+    assert set(scenarios) == {"idempotency_kill", "frozen_replica", "fault_proxy", "disk_full"}
+    assert all(o["ok"] for o in scenarios.values()), [o for o in scenarios.values() if not o["ok"]]
+    if IN_CI:  # root in CI: the tmpfs mounts; PostgreSQL binaries are checked above
+        assert not any(o["skipped"] for o in scenarios.values()), scenarios
+    assert scenarios["fault_proxy"]["numbers"]["retried"]["reset"] >= 1
+    assert scenarios["frozen_replica"]["numbers"]["frozen_s"] > 1.0
