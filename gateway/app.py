@@ -16,7 +16,7 @@ from aiohttp import web
 from adapters.a2a import A2AAgentAdapter
 from adapters.http import HttpAgentAdapter
 from adapters.transport import HttpTransport
-from gateway import logs
+from gateway import logs, otel
 from gateway.config import Settings
 from gateway.domain import jsonio
 from gateway.domain.clock import Clock, SystemClock
@@ -24,7 +24,7 @@ from gateway.domain.specs import SYSTEM_OWNER, AdapterKind, AgentSpec, RetryPoli
 from gateway.engine.engine import Engine, EngineConfig
 from gateway.engine.signing import CallbackSigner
 from gateway.http import a2a as a2a_routes
-from gateway.http import api, nexus
+from gateway.http import api, nexus, ui
 from gateway.http.context import SERVICES, Services
 from gateway.http.errors import error_middleware
 from gateway.security.netguard import OutboundPolicy
@@ -51,15 +51,21 @@ class Gateway:
     transport: HttpTransport
     app: web.Application
     verifier: Verifier
+    tracing: otel.Tracing
 
     async def close(self) -> None:
         await self.engine.stop()
         await self.transport.close()
         await self.store.close()
+        self.tracing.shutdown()
 
 
-async def build(settings: Settings, *, clock: Clock | None = None) -> Gateway:
+async def build(
+    settings: Settings, *, clock: Clock | None = None, tracing: otel.Tracing | None = None
+) -> Gateway:
+    """``tracing``: spans to export (default: OTLP when ``settings.otel_endpoint`` is set)."""
     clock = clock or SystemClock()
+    tracing = tracing or otel.from_settings(settings.otel_endpoint, settings.otel_service_name)
     store = SqlStore(
         settings.database_url,
         pool_size=settings.db_pool_size,
@@ -109,6 +115,7 @@ async def build(settings: Settings, *, clock: Clock | None = None) -> Gateway:
         config=config,
         secret=secret.encode(),
         signer=CallbackSigner(store, clock),
+        tracer=tracing.tracer,
     )
     verifier = Verifier(await auth_config(settings, store))
     app = web.Application(middlewares=[error_middleware], client_max_size=settings.max_body_bytes)
@@ -122,6 +129,7 @@ async def build(settings: Settings, *, clock: Clock | None = None) -> Gateway:
     nexus.add_routes(app)
     api.add_routes(app)
     a2a_routes.add_routes(app, a2a)
+    ui.add_routes(app, auth_mode=settings.auth_mode)
     return Gateway(
         settings=settings,
         store=store,
@@ -130,6 +138,7 @@ async def build(settings: Settings, *, clock: Clock | None = None) -> Gateway:
         transport=transport,
         app=app,
         verifier=verifier,
+        tracing=tracing,
     )
 
 

@@ -70,6 +70,8 @@ class Settings:
     workers: int = 1
     reuse_port: bool = False
     public_cards: bool = True  # A2A agent cards without a token (discovery); off: ops:read
+    otel_endpoint: str | None = None  # OTLP/HTTP base URL; None: no tracing
+    otel_service_name: str = "swarmgate"
 
     @property
     def base_url(self) -> str:
@@ -119,6 +121,12 @@ class Settings:
             "workers": int(_f(e, p + "WORKERS", cls.workers)),
             "reuse_port": e.get(p + "REUSE_PORT", "") in ("1", "true", "yes"),
             "public_cards": _flag(e, p + "PUBLIC_CARDS", cls.public_cards),
+            "otel_endpoint": (
+                e.get(p + "OTEL_EXPORTER_OTLP_ENDPOINT")
+                or e.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+                or None
+            ),
+            "otel_service_name": e.get("OTEL_SERVICE_NAME") or cls.otel_service_name,
         }
         if e.get(p + "REPLICA_ID"):
             kw["replica_id"] = e[p + "REPLICA_ID"]
