@@ -5,16 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
-
-pytest.importorskip("opentelemetry.sdk")
-
-from gateway import otel  # noqa: E402
-from gateway.config import Settings  # noqa: E402
-from gateway.domain.tracing import NO_TRACER  # noqa: E402
-from gateway.testing import eventually  # noqa: E402
-from tests.conftest import make_settings, running_gateway, serving, serving_agent  # noqa: E402
-from tests.helpers import Receiver, make_test_agent  # noqa: E402
+from gateway import otel
+from gateway.config import Settings
+from gateway.domain.tracing import NO_TRACER
+from gateway.testing import eventually
+from tests.conftest import make_settings, running_gateway, serving, serving_agent
+from tests.helpers import Receiver, make_test_agent
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CALLER_SPAN = "00f067aa0ba902b7"

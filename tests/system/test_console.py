@@ -154,6 +154,7 @@ async def test_a_token_signs_in_and_the_list_shows_operations_with_filters_and_c
             assert await page.evaluate("document.cookie") == ""
             assert "eyJ" not in page.url  # the token is in sessionStorage, not the URL
             assert await page.evaluate("sessionStorage.getItem('swarmgate.token')") == tok
+            assert await page.locator("#who").inner_text() == "signed in as alice"
             await eventually(lambda: _has(page, [done, failed, other]))
             counts = page.locator("#counts")
             assert await counts.locator("[data-state=succeeded]").inner_text() == "2"
@@ -256,11 +257,42 @@ async def test_the_cancel_button_cancels_and_the_history_records_who_pressed_it(
             requested = page.locator("[data-kind='cancel.requested']")
             assert "Cancel requested by operator-olga" in await requested.inner_text()
             await page.locator("h1 .badge", has_text="canceled").wait_for()
-            await page.get_by_role("button", name="Redrive").wait_for()
             await page.screenshot(path=str(tmp_path / "canceled.png"), full_page=True)
+            await page.get_by_role("button", name="Redrive").click()
+            redriven = page.locator("[data-kind='operation.redriven']")
+            await redriven.wait_for()
+            assert "Redriven by operator-olga" in await redriven.inner_text()
+            await page.locator("h1 .badge", has_text="running").wait_for()
         events = await gw.gw.store.list_events(op_id)
-        cancel = [e for e in events if e.kind == "cancel.requested"]
-        assert [e.data["by"] for e in cancel] == ["operator-olga"]
+        by = {e.kind: e.data.get("by") for e in events}
+        assert by["cancel.requested"] == by["operation.redriven"] == "operator-olga"
+
+
+async def test_the_resend_button_redelivers_a_disabled_callback_and_records_who(
+    chromium: str, pg_db: str, tmp_path: Path
+) -> None:
+    agent = make_test_agent()
+    receiver = Receiver(refuse_first=1, status_when_refusing=410)  # 410: stop sending
+    async with (
+        serving_agent(agent) as agent_url,
+        serving(receiver.app()) as cb_url,
+        running_gateway(hs_settings(pg_db)) as gw,
+    ):
+        await gw.gw.registry.register(agent.spec(agent_url))
+        tok = token("operator-olga")
+        op_id = await start(gw, "echo", {}, tok, callback=cb_url + "/done")
+        async with browser_page(chromium, tmp_path) as page:
+            await login(page, gw, tok)
+            await page.goto(f"{gw.url}/ui#/operations/{op_id}")
+            await page.get_by_role("button", name="Resend callback").click()
+            await page.locator("[data-kind='callback.delivered']").wait_for()
+            resent = page.locator("[data-kind='callback.redriven']")
+            assert "Callback resent by operator-olga" in await resent.inner_text()
+            assert "delivered" in await page.locator(".delivery .badge").inner_text()
+            assert await page.get_by_role("button", name="Resend callback").count() == 0
+            # no input endpoint on this gateway: no answer-input form
+            assert await page.locator("#answer").count() == 0
+        assert len(receiver.requests) == 2
 
 
 async def test_a_script_in_an_input_or_request_id_renders_as_text_and_never_runs(

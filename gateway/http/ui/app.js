@@ -67,12 +67,23 @@ function loginPage() {
   input.focus();
 }
 
+// The token's subject, to show who is signed in (read, not verified: the gateway verifies).
+function subject(jwt) {
+  try {
+    const part = (jwt || "").split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+    const sub = JSON.parse(atob(part)).sub;
+    return typeof sub === "string" ? `signed in as ${sub}` : "";
+  } catch {
+    return "";
+  }
+}
+
 function shell() {
   const signout = document.getElementById("signout");
   signout.hidden = !token.needed() || !token.get();
   signout.onclick = () => { token.clear(); go("#/login"); };
   const who = document.getElementById("who");
-  replace(who, authMode === "none" ? "no authentication" : "");
+  replace(who, authMode === "none" ? "no authentication" : subject(token.get()));
 }
 
 async function route() {

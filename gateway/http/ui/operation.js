@@ -105,6 +105,7 @@ export async function operationPage(main, id) {
       else failed(err);
     }
     await load();
+    if (!streaming) live();  // a redrive reopens an operation whose stream had ended
   }
 
   function actions() {
@@ -171,19 +172,23 @@ export async function operationPage(main, id) {
     render();
   }
 
-  await load();
   let pending = null;
-  const live = () => {
+  let streaming = false;
+  function live() {
     const after = events.length ? events[events.length - 1].id : 0;
+    streaming = true;
     stream(`${base}/stream?after=${after}`, (e) => {
       if (events.some((x) => x.id === e.id)) return;
       events.push(e);
       clearTimeout(pending);
       pending = setTimeout(() => load().catch(failed), 150);
-    }, controller.signal).then(() => load()).catch((err) => {
+    }, controller.signal).then(() => { streaming = false; return load(); }).catch((err) => {
+      streaming = false;
       if (err.name !== "AbortError") failed(err);
     });
-  };
+  }
+
+  await load();
   live();
   return () => { controller.abort(); clearTimeout(pending); };
 }
