@@ -19,7 +19,7 @@ from adapters.http import HttpAgentAdapter
 from adapters.mcp import McpAgentAdapter
 from adapters.nexus import NexusAgentAdapter
 from adapters.transport import HttpTransport
-from gateway import logs
+from gateway import logs, otel
 from gateway.config import Settings
 from gateway.domain import jsonio
 from gateway.domain.clock import Clock, SystemClock
@@ -28,7 +28,7 @@ from gateway.domain.specs import SYSTEM_OWNER, AdapterKind, AgentSpec, RetryPoli
 from gateway.engine.engine import Engine, EngineConfig
 from gateway.engine.signing import CallbackSigner
 from gateway.http import a2a as a2a_routes
-from gateway.http import api, mcp_agents, nexus
+from gateway.http import api, mcp_agents, nexus, ui
 from gateway.http import mcp as mcp_routes
 from gateway.http.context import SERVICES, Services
 from gateway.http.errors import error_middleware
@@ -85,15 +85,21 @@ class Gateway:
     transport: HttpTransport
     app: web.Application
     verifier: Verifier
+    tracing: otel.Tracing
 
     async def close(self) -> None:
         await self.engine.stop()
         await self.transport.close()
         await self.store.close()
+        self.tracing.shutdown()
 
 
-async def build(settings: Settings, *, clock: Clock | None = None) -> Gateway:
+async def build(
+    settings: Settings, *, clock: Clock | None = None, tracing: otel.Tracing | None = None
+) -> Gateway:
+    """``tracing``: spans to export (default: OTLP when ``settings.otel_endpoint`` is set)."""
     clock = clock or SystemClock()
+    tracing = tracing or otel.from_settings(settings.otel_endpoint, settings.otel_service_name)
     store = SqlStore(
         settings.database_url,
         pool_size=settings.db_pool_size,
@@ -151,6 +157,7 @@ async def build(settings: Settings, *, clock: Clock | None = None) -> Gateway:
         config=config,
         secret=secret.encode(),
         signer=CallbackSigner(store, clock),
+        tracer=tracing.tracer,
     )
     verifier = Verifier(await auth_config(settings, store))
     app = web.Application(middlewares=[error_middleware], client_max_size=settings.max_body_bytes)
@@ -173,6 +180,7 @@ async def build(settings: Settings, *, clock: Clock | None = None) -> Gateway:
             wait_s=settings.mcp_wait_s,
         ),
     )
+    ui.add_routes(app, auth_mode=settings.auth_mode)
     return Gateway(
         settings=settings,
         store=store,
@@ -181,6 +189,7 @@ async def build(settings: Settings, *, clock: Clock | None = None) -> Gateway:
         transport=transport,
         app=app,
         verifier=verifier,
+        tracing=tracing,
     )
 
 

@@ -92,6 +92,8 @@ class Settings:
     mcp_wait_s: float = 60.0  # /mcp: tools/call without a task, and tasks/result, wait this long
     startup_db_wait_s: float = 60.0  # how long a starting replica retries an unreachable DB
     body_timeout_s: float = 10.0  # a start's body must arrive within this (before admission)
+    otel_endpoint: str | None = None  # OTLP/HTTP base URL; None: no tracing
+    otel_service_name: str = "swarmgate"
 
     @property
     def base_url(self) -> str:
@@ -146,6 +148,12 @@ class Settings:
             "mcp_wait_s": _f(e, p + "MCP_WAIT_S", cls.mcp_wait_s),
             "startup_db_wait_s": _f(e, p + "STARTUP_DB_WAIT_S", cls.startup_db_wait_s),
             "body_timeout_s": _f(e, p + "BODY_TIMEOUT_S", cls.body_timeout_s),
+            "otel_endpoint": (
+                e.get(p + "OTEL_EXPORTER_OTLP_ENDPOINT")
+                or e.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+                or None
+            ),
+            "otel_service_name": e.get("OTEL_SERVICE_NAME") or cls.otel_service_name,
         }
         if e.get(p + "REPLICA_ID"):
             kw["replica_id"] = e[p + "REPLICA_ID"]

@@ -150,13 +150,13 @@ class Running:
 
 @asynccontextmanager
 async def running_gateway(
-    settings: Settings, *, clock: Clock | None = None
+    settings: Settings, *, clock: Clock | None = None, tracing: Any = None
 ) -> AsyncIterator[Running]:
     """A gateway built from ``settings`` served on loopback, its engine loops running.
 
     ``clock`` (e.g. a ``gateway.testing.ManualClock``) replaces the system clock the engine
     takes its decisions from: retry and breaker schedules, timeouts, leases."""
-    gw = await build(settings, clock=clock)
+    gw = await build(settings, clock=clock, tracing=tracing)
     runner = web.AppRunner(gw.app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port)

@@ -116,12 +116,27 @@ class Store(Protocol):
         service: str | None = None,
         state: OperationState | None = None,
         limit: int = 100,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        request_id_contains: str | None = None,
     ) -> list[Operation]:
-        """Operations matching the filters, newest first."""
+        """Operations matching the filters, newest first.
+
+        ``created_after`` is inclusive, ``created_before`` exclusive; ``request_id_contains``
+        matches part of the request id, ignoring case.
+        """
         ...
 
-    async def count_operations(self) -> dict[str, int]:
-        """The number of operations in each state."""
+    async def count_operations(
+        self,
+        *,
+        caller: str | None = None,
+        service: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        request_id_contains: str | None = None,
+    ) -> dict[str, int]:
+        """The number of operations in each state (with the filters of ``list_operations``)."""
         ...
 
     async def claim_work(

@@ -14,6 +14,15 @@ class _Circuit:
     trial_in_flight: bool = False
 
 
+@dataclass(frozen=True)
+class CircuitSnapshot:
+    """How an agent's circuit stands on this replica (for the console)."""
+
+    state: str  # closed | open | half-open
+    failures: int
+    open_until: datetime | None
+
+
 @dataclass
 class CircuitBreaker:
     """Opens after ``threshold`` consecutive retryable failures of an agent; after ``cooldown_s``
@@ -47,6 +56,15 @@ class CircuitBreaker:
             c.open_until = now + timedelta(seconds=self.cooldown_s)
             return True
         return False
+
+    def snapshot(self, agent: str, now: datetime) -> CircuitSnapshot:
+        c = self._circuits.get(agent)
+        if c is None:
+            return CircuitSnapshot("closed", 0, None)
+        if c.open_until is None:
+            return CircuitSnapshot("closed", c.failures, None)
+        state = "open" if now < c.open_until else "half-open"
+        return CircuitSnapshot(state, c.failures, c.open_until)
 
     def is_open(self, agent: str) -> bool:
         c = self._circuits.get(agent)

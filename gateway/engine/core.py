@@ -22,6 +22,7 @@ from gateway.domain.dispatch import AgentAdapter, Transport
 from gateway.domain.model import Event
 from gateway.domain.ports import Store
 from gateway.domain.specs import AdapterKind
+from gateway.domain.tracing import NO_TRACER, Tracer
 from gateway.engine.breaker import CircuitBreaker, Limits
 from gateway.engine.config import EngineConfig
 from gateway.engine.metrics import Metrics
@@ -49,6 +50,7 @@ class EngineCore:
     config: EngineConfig
     metrics: Metrics
     signer: CallbackSigner | None = None
+    tracer: Tracer = NO_TRACER
     breaker: CircuitBreaker = field(init=False)
     limits: Limits = field(default_factory=Limits)
     wake_work: asyncio.Event = field(default_factory=asyncio.Event)

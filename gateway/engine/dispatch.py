@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import hmac
 import logging
+from dataclasses import replace
 from datetime import timedelta
 
 from gateway.domain.dispatch import AgentAdapter, DispatchRequest, Outcome, OutcomeKind
@@ -183,14 +184,27 @@ class Dispatcher:
         core = self._core
         metrics, breaker = core.metrics, core.breaker
         started = core.now()
-        req = self.dispatch_request(op, agent, spec)
-        try:
-            # asyncio.timeout, not wait_for: no extra task per attempt (3.11's wait_for wraps
-            # the coroutine in one)
-            async with asyncio.timeout(spec.attempt_timeout_s + 1.0):
-                outcome = await adapter.start(req)
-        except TimeoutError:
-            outcome = Outcome(kind=OutcomeKind.RETRYABLE, error="attempt timed out")
+        with core.tracer.span(
+            "attempt",
+            op.traceparent,
+            operation_id=op.id,
+            agent=agent.name,
+            operation=spec.name,
+            attempt=op.attempts,
+        ) as span:
+            # the agent joins the trace as a child of this attempt
+            traced = replace(op, traceparent=span.traceparent) if span.traceparent else op
+            req = self.dispatch_request(traced, agent, spec)
+            try:
+                # asyncio.timeout, not wait_for: no extra task per attempt (3.11's wait_for
+                # wraps the coroutine in one)
+                async with asyncio.timeout(spec.attempt_timeout_s + 1.0):
+                    outcome = await adapter.start(req)
+            except TimeoutError:
+                outcome = Outcome(kind=OutcomeKind.RETRYABLE, error="attempt timed out")
+            span.set(outcome=outcome.kind.value, http_status=outcome.status)
+            if outcome.error:
+                span.fail(outcome.error)
         elapsed = (core.now() - started).total_seconds()
         metrics.child(metrics.attempts, agent.name, outcome.kind.value).inc()
         metrics.child(metrics.dispatch_seconds, agent.name).observe(max(0.0, elapsed))

@@ -28,6 +28,7 @@ from gateway.domain.dispatch import AgentAdapter, DispatchRequest, Outcome, Tran
 from gateway.domain.model import Operation, OperationState
 from gateway.domain.ports import Store
 from gateway.domain.specs import AdapterKind, AgentSpec, OperationSpec
+from gateway.domain.tracing import NO_TRACER, Tracer
 from gateway.engine.breaker import CircuitBreaker, Limits
 from gateway.engine.cancel import Cancels
 from gateway.engine.closing import Closer
@@ -69,6 +70,7 @@ class Engine:
         secret: bytes,
         signer: CallbackSigner | None = None,
         metrics: Metrics | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self._core = core = EngineCore(
             store=store,
@@ -79,6 +81,7 @@ class Engine:
             config=config,
             signer=signer,
             metrics=metrics or Metrics(),
+            tracer=tracer or NO_TRACER,
         )
         self._waiters = Waiters(core)
         self._outbox = Outbox(core)

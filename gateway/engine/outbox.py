@@ -20,6 +20,7 @@ from adapters.http import nexus_refusal, parse_retry_after
 from gateway.domain.dispatch import TransportError
 from gateway.domain.errors import StoreError
 from gateway.domain.model import CallbackDelivery, DeliveryState, Event, Operation, OperationState
+from gateway.domain.tracing import Span
 from gateway.engine import backoff
 from gateway.engine.batching import GroupCommit
 from gateway.engine.core import EngineCore, claim_round, spawn
@@ -167,10 +168,22 @@ class Outbox:
             )
 
     async def _deliver_once(self, d: CallbackDelivery) -> None:
+        with self._core.tracer.span(
+            "callback",
+            d.headers.get("traceparent"),
+            operation_id=d.operation_id,
+            delivery_id=d.id,
+            attempt=d.attempts,
+        ) as span:
+            await self._deliver_traced(d, span)
+
+    async def _deliver_traced(self, d: CallbackDelivery, span: Span) -> None:
         core = self._core
         config, metrics = core.config, core.metrics
         now = core.now()
         headers = dict(d.headers)
+        if span.traceparent:  # the receiver joins the trace as a child of this delivery
+            headers["traceparent"] = span.traceparent
         if core.signer is not None:
             headers.update(await core.signer.headers(d.caller, d.id, d.body, int(now.timestamp())))
         else:
@@ -200,6 +213,9 @@ class Outbox:
             error = str(exc)
             permanent = not exc.retryable
         now = core.now()
+        span.set(outcome="delivered" if error is None else "failed", http_status=status)
+        if error is not None:
+            span.fail(error)
         metrics.callback_seconds.observe(max(0.0, (now - sent_at).total_seconds()))
         if error is None:
             metrics.child(metrics.callbacks, "delivered").inc()

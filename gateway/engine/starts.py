@@ -19,6 +19,7 @@ from datetime import timedelta
 from gateway.domain.errors import HandlerError, HandlerErrorType
 from gateway.domain.model import IdempotencyRecord, Operation, OperationState, Work
 from gateway.domain.ports import Created, NewOperation
+from gateway.domain.specs import AgentSpec, OperationSpec
 from gateway.engine import faults
 from gateway.engine.batching import GroupCommit
 from gateway.engine.core import EngineCore
@@ -120,7 +121,6 @@ class Starts:
 
     async def start(self, req: StartRequest) -> StartResult:
         core = self._core
-        config = core.config
         _check_bounds(req)
         agent, spec = await core.registry.resolve(req.service, req.operation)
         errors = await check_payload_off_loop(
@@ -132,10 +132,33 @@ class Starts:
                 "input does not match the operation's schema",
                 details=errors,
             )
+        op_id = str(uuid.uuid4())
+        with core.tracer.span(
+            "start",
+            req.traceparent,
+            operation_id=op_id,
+            agent=req.service,
+            operation=req.operation,
+            caller=req.caller,
+        ) as span:
+            # stored as the operation's trace context: attempts and callbacks are its children
+            result = await self._create(req, agent, spec, op_id, span.traceparent)
+            span.set(outcome="created" if result.created else "deduplicated")
+        return result
+
+    async def _create(
+        self,
+        req: StartRequest,
+        agent: AgentSpec,
+        spec: OperationSpec,
+        op_id: str,
+        traceparent: str | None,
+    ) -> StartResult:
+        core = self._core
+        config = core.config
         now = core.now()
         timeout = spec.timeout_s if req.timeout_s is None else min(req.timeout_s, spec.timeout_s)
         timeout = min(timeout, config.max_timeout_s)
-        op_id = str(uuid.uuid4())
         fp = fingerprint(req)
         expires = now + timedelta(seconds=config.idempotency_ttl_s)
         records = []
@@ -175,7 +198,8 @@ class Starts:
             lease_until=now + timedelta(seconds=config.lease_s),
             deadline_at=now + timedelta(seconds=timeout),
             # not ours to refuse: an over-long trace context is dropped, not stored
-            traceparent=(
+            traceparent=traceparent
+            or (
                 req.traceparent
                 if req.traceparent and len(req.traceparent) <= MAX_TRACEPARENT
                 else None

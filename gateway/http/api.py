@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
@@ -19,7 +20,14 @@ from gateway.http import mcp_agents, sse
 from gateway.http.bodies import int_param, json_body
 from gateway.http.context import check_outbound_url, principal, services
 from gateway.http.contract import registration_errors
-from gateway.http.wire import delivery_json, event_json, operation_json, secrets_json
+from gateway.http.wire import (
+    delivery_json,
+    event_json,
+    input_json,
+    iso,
+    operation_json,
+    secrets_json,
+)
 from gateway.security.netguard import redact_userinfo
 from gateway.security.schemas import ValidationTimeout, off_loop
 from registry.auth import Principal
@@ -127,6 +135,36 @@ async def show_agent(request: web.Request) -> web.Response:
     return web.json_response(agent_json(*found))
 
 
+async def agent_status(request: web.Request) -> web.Response:
+    """What the console shows beside an agent: this replica's circuit breaker for it and the
+    number of its operations in each state (the caller's own, unless admin)."""
+    p = await principal(request)
+    _require_agents_read(p)
+    svc = services(request)
+    name = request.match_info["name"]
+    if await svc.registry.get(name) is None:
+        raise HandlerError(HandlerErrorType.NOT_FOUND, "no such agent")
+    engine = svc.engine
+    counts: dict[str, int] = {}
+    if p.has("ops:read"):
+        counts = await engine.store.count_operations(
+            service=name, caller=None if p.is_admin else p.sub
+        )
+    breaker = engine.breaker.snapshot(name, engine.clock.now())
+    return web.json_response(
+        {
+            "name": name,
+            "replica": engine.config.owner,
+            "breaker": {
+                "state": breaker.state,
+                "failures": breaker.failures,
+                "openUntil": iso(breaker.open_until),
+            },
+            "operations": counts,
+        }
+    )
+
+
 async def delete_agent(request: web.Request) -> web.Response:
     p = await principal(request)
     if not p.has("agents:register"):
@@ -149,26 +187,55 @@ async def _load(request: web.Request) -> Operation:
     return op
 
 
+def _time_param(raw: str | None, name: str) -> datetime | None:
+    """An RFC 3339 query parameter (a time without an offset is UTC)."""
+    if not raw:
+        return None
+    try:
+        dt = datetime.fromisoformat(raw.replace("Z", "+00:00").replace(" ", "+", 1)[:64])
+    except ValueError as exc:
+        raise HandlerError(
+            HandlerErrorType.BAD_REQUEST, f"{name} must be an RFC 3339 time, got {raw[:64]!r}"
+        ) from exc
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+
+
 async def list_operations(request: web.Request) -> web.Response:
+    """Filters: state, service (the agent), caller (admin), since/until (RFC 3339), q (part
+    of the request id); ``counts=true`` adds the number in each state (all but the state
+    filter applied), for the console's live counts."""
     p = await principal(request)
     p.require("ops:read")
-    state = request.query.get("state")
+    query = request.query
+    state = query.get("state")
     try:
         st = OperationState(state) if state else None
     except ValueError as exc:
         raise HandlerError(HandlerErrorType.BAD_REQUEST, f"bad query: {exc}") from exc
-    limit = min(1000, max(1, int_param(request.query.get("limit"), "limit", 100, low=-(2**63))))
-    ops = await services(request).engine.store.list_operations(
-        caller=None if p.is_admin else p.sub,
-        service=request.query.get("service"),
-        state=st,
-        limit=limit,
-    )
-    return web.json_response({"operations": [operation_json(o) for o in ops]})
+    limit = min(1000, max(1, int_param(query.get("limit"), "limit", 100, low=-(2**63))))
+    text = query.get("q") or None
+    if text is not None and len(text) > 200:
+        raise HandlerError(HandlerErrorType.BAD_REQUEST, "q is at most 200 characters")
+    filters: dict[str, Any] = {
+        # only an admin sees (and filters by) other callers' operations
+        "caller": (query.get("caller") or None) if p.is_admin else p.sub,
+        "service": query.get("service") or None,
+        "created_after": _time_param(query.get("since"), "since"),
+        "created_before": _time_param(query.get("until"), "until"),
+        "request_id_contains": text,
+    }
+    store = services(request).engine.store
+    ops = await store.list_operations(state=st, limit=limit, **filters)
+    body: dict[str, Any] = {"operations": [operation_json(o) for o in ops]}
+    if query.get("counts") in ("1", "true"):
+        body["counts"] = await store.count_operations(**filters)
+    return web.json_response(body)
 
 
 async def show_operation(request: web.Request) -> web.Response:
-    return web.json_response(operation_json(await _load(request)))
+    """The operation with its input (the list leaves the input out)."""
+    op = await _load(request)
+    return web.json_response({**operation_json(op), **input_json(op)})
 
 
 async def operation_events(request: web.Request) -> web.Response:
@@ -308,6 +375,7 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/api/agents", register_agent)
     r.add_get("/api/agents", list_agents)
     r.add_get("/api/agents/{name}", show_agent)
+    r.add_get("/api/agents/{name}/status", agent_status)
     r.add_delete("/api/agents/{name}", delete_agent)
     r.add_get("/api/operations", list_operations)
     r.add_get("/api/operations/{op_id}", show_operation)

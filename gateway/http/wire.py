@@ -66,6 +66,24 @@ def operation_json(op: Operation) -> dict[str, Any]:
     return body
 
 
+def _payload(data: bytes, content_type: str | None) -> Any:
+    """A stored body as JSON when it is JSON, else as text."""
+    if "json" in (content_type or ""):
+        try:
+            return jsonio.loads(data)
+        except ValueError:
+            pass
+    return data.decode(errors="replace")
+
+
+def input_json(op: Operation) -> dict[str, Any]:
+    """The operation's input (parsed JSON for JSON inputs, else text) and its content type."""
+    return {
+        "input": _payload(op.input, op.input_content_type),
+        "inputContentType": op.input_content_type,
+    }
+
+
 def event_json(e: Event) -> dict[str, Any]:
     """One event of an operation's history."""
     return {"id": e.id, "at": iso(e.at), "kind": e.kind, "data": e.data}

@@ -17,7 +17,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import func, select, text
+from sqlalchemy import Select, func, select, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -210,13 +210,14 @@ class SqlStore(RecordTables):
         service: str | None = None,
         state: OperationState | None = None,
         limit: int = 100,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        request_id_contains: str | None = None,
     ) -> list[Operation]:
         o = t.operations
-        q = select(o)
-        if caller is not None:
-            q = q.where(o.c.caller == caller)
-        if service is not None:
-            q = q.where(o.c.service == service)
+        q = _filtered(
+            select(o), caller, service, created_after, created_before, request_id_contains
+        )
         if state is not None:
             q = q.where(o.c.state == state.value)
         q = q.order_by(o.c.created_at.desc(), o.c.id).limit(limit)
@@ -225,8 +226,24 @@ class SqlStore(RecordTables):
         return [rows.OPERATION.load(r) for r in rs]
 
     @translate
-    async def count_operations(self) -> dict[str, int]:
-        q = select(t.operations.c.state, func.count()).group_by(t.operations.c.state)
+    async def count_operations(
+        self,
+        *,
+        caller: str | None = None,
+        service: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        request_id_contains: str | None = None,
+    ) -> dict[str, int]:
+        o = t.operations
+        q = _filtered(
+            select(o.c.state, func.count()),
+            caller,
+            service,
+            created_after,
+            created_before,
+            request_id_contains,
+        ).group_by(o.c.state)
         async with self.engine.connect() as conn:
             rs = (await conn.execute(q)).all()
         return {str(r[0]): int(r[1]) for r in rs}
@@ -462,3 +479,28 @@ async def _first_per_operation(
     for i in later:
         applied[i] = bool(await run_batch([completions[i]]))
     return applied
+
+
+def _filtered(
+    q: Select[Any],
+    caller: str | None,
+    service: str | None,
+    created_after: datetime | None,
+    created_before: datetime | None,
+    request_id_contains: str | None,
+) -> Select[Any]:
+    """The filters ``list_operations`` and ``count_operations`` share."""
+    o = t.operations
+    if caller is not None:
+        q = q.where(o.c.caller == caller)
+    if service is not None:
+        q = q.where(o.c.service == service)
+    if created_after is not None:
+        q = q.where(o.c.created_at >= created_after)
+    if created_before is not None:
+        q = q.where(o.c.created_at < created_before)
+    if request_id_contains:
+        q = q.where(
+            func.lower(o.c.request_id).contains(request_id_contains.lower(), autoescape=True)
+        )
+    return q

@@ -81,22 +81,33 @@ class MemoryStore(MemoryTables):
         service: str | None = None,
         state: OperationState | None = None,
         limit: int = 100,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        request_id_contains: str | None = None,
     ) -> list[Operation]:
         found = [
             op
             for op in self._ops.values()
-            if (caller is None or op.caller == caller)
-            and (service is None or op.service == service)
+            if _matches(op, caller, service, created_after, created_before, request_id_contains)
             and (state is None or op.state is state)
         ]
         found.sort(key=lambda o: o.id)
         found.sort(key=lambda o: o.created_at, reverse=True)
         return copy.deepcopy(found[:limit])
 
-    async def count_operations(self) -> dict[str, int]:
+    async def count_operations(
+        self,
+        *,
+        caller: str | None = None,
+        service: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        request_id_contains: str | None = None,
+    ) -> dict[str, int]:
         counts: dict[str, int] = {}
         for op in self._ops.values():
-            counts[op.state.value] = counts.get(op.state.value, 0) + 1
+            if _matches(op, caller, service, created_after, created_before, request_id_contains):
+                counts[op.state.value] = counts.get(op.state.value, 0) + 1
         return counts
 
     async def claim_work(
@@ -386,3 +397,23 @@ class MemoryStore(MemoryTables):
         )
         self._add_event(event)
         return True
+
+
+def _matches(
+    op: Operation,
+    caller: str | None,
+    service: str | None,
+    created_after: datetime | None,
+    created_before: datetime | None,
+    request_id_contains: str | None,
+) -> bool:
+    """The filters ``list_operations`` and ``count_operations`` share."""
+    return (
+        (caller is None or op.caller == caller)
+        and (service is None or op.service == service)
+        and (created_after is None or op.created_at >= created_after)
+        and (created_before is None or op.created_at < created_before)
+        and (
+            not request_id_contains or request_id_contains.lower() in (op.request_id or "").lower()
+        )
+    )

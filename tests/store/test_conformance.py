@@ -325,6 +325,27 @@ async def test_operations_are_listed_newest_first_filtered_and_counted(port_stor
     assert await port_store.count_operations() == {"running": 2, "succeeded": 1}
 
 
+async def test_operations_are_filtered_by_time_range_and_request_id_text_and_counted_alike(
+    port_store: Store,
+) -> None:
+    early = await start(port_store, created_at=at(0), request_id="Order-100%")
+    middle = await start(port_store, created_at=at(5), request_id="order-200", caller="bob")
+    await start(port_store, created_at=at(10), request_id=None)
+    window = await port_store.list_operations(created_after=at(0), created_before=at(10))
+    assert [o.id for o in window] == [middle.id, early.id]
+    assert [o.id for o in await port_store.list_operations(created_after=at(5))][-1] == middle.id
+    assert [o.id for o in await port_store.list_operations(request_id_contains="ORDER")] == [
+        middle.id,
+        early.id,
+    ]
+    # the text is matched literally: % and _ are not wildcards
+    assert [o.id for o in await port_store.list_operations(request_id_contains="0%")] == [early.id]
+    assert await port_store.list_operations(request_id_contains="r_2") == []
+    assert await port_store.count_operations(request_id_contains="order") == {"running": 2}
+    assert await port_store.count_operations(caller="bob") == {"running": 1}
+    assert await port_store.count_operations(created_before=at(5), service="svc") == {"running": 1}
+
+
 # -- claims, leases, fences --------------------------------------------------------------------
 
 
