@@ -104,6 +104,7 @@ class HttpAgentAdapter:
             headers["traceparent"] = op.traceparent
         for link in op.links:
             headers.setdefault("Nexus-Link", link)
+        headers.update(req.auth_headers)
         url = (
             operation_url(req.agent.endpoint, op.operation)
             + "?"
@@ -155,6 +156,7 @@ class HttpAgentAdapter:
         headers = {
             "Nexus-Request-Id": f"cancel-{op.id}",
             "Nexus-Operation-Token": op.agent_token or op.id,
+            **req.auth_headers,
         }
         url = operation_url(req.agent.endpoint, op.operation) + "/cancel"
         try:

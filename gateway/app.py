@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
 import signal
 from dataclasses import dataclass, replace
@@ -14,6 +15,7 @@ import yaml
 from aiohttp import web
 
 from adapters.a2a import A2AAgentAdapter
+from adapters.credentials import EnvCredentials
 from adapters.http import HttpAgentAdapter
 from adapters.transport import HttpTransport
 from gateway import logs
@@ -97,6 +99,7 @@ async def build(settings: Settings, *, clock: Clock | None = None) -> Gateway:
         breaker_cooldown_s=settings.breaker_cooldown_s,
         shutdown_grace_s=settings.shutdown_grace_s,
         task_poll_s=settings.task_poll_s,
+        endpoint_down_s=settings.endpoint_down_s,
     )
 
     a2a = A2AAgentAdapter(transport)
@@ -109,6 +112,7 @@ async def build(settings: Settings, *, clock: Clock | None = None) -> Gateway:
         config=config,
         secret=secret.encode(),
         signer=CallbackSigner(store, clock),
+        credentials=EnvCredentials(transport, os.environ),
     )
     verifier = Verifier(await auth_config(settings, store))
     app = web.Application(middlewares=[error_middleware], client_max_size=settings.max_body_bytes)

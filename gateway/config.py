@@ -62,6 +62,7 @@ class Settings:
     breaker_cooldown_s: float = 60.0
     shutdown_grace_s: float = 5.0
     task_poll_s: float = 5.0
+    endpoint_down_s: float = 30.0  # a pool endpoint is skipped so long after a connection error
     event_loop: str = "uvloop"
     log_format: str = "json"
     log_level: str = "INFO"
@@ -111,6 +112,7 @@ class Settings:
             "breaker_cooldown_s": _f(e, p + "BREAKER_COOLDOWN_S", cls.breaker_cooldown_s),
             "shutdown_grace_s": _f(e, p + "SHUTDOWN_GRACE_S", cls.shutdown_grace_s),
             "task_poll_s": _f(e, p + "TASK_POLL_S", cls.task_poll_s),
+            "endpoint_down_s": _f(e, p + "ENDPOINT_DOWN_S", cls.endpoint_down_s),
             "event_loop": e.get(p + "EVENT_LOOP") or cls.event_loop,
             "log_format": e.get(p + "LOG_FORMAT") or cls.log_format,
             "log_level": e.get(p + "LOG_LEVEL") or cls.log_level,

@@ -53,6 +53,9 @@ class DispatchRequest:
     completion_token: str
     timeout_s: float
     deadline: datetime | None = None
+    # credentials towards the agent (resolved by the engine for every call; adapters add these
+    # headers to each request they send to the agent and never log them)
+    auth_headers: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -63,6 +66,30 @@ class CancelRequest:
     agent: AgentSpec
     timeout_s: float
     extra: dict[str, str] = field(default_factory=dict)
+    auth_headers: Mapping[str, str] = field(default_factory=dict)  # as in DispatchRequest
+
+
+class CredentialSource(Protocol):
+    """Resolves an agent's ``auth`` (secrets by reference) into request headers."""
+
+    async def headers(self, agent: AgentSpec, *, refresh: bool = False) -> dict[str, str]:
+        """The headers that authenticate the gateway to ``agent`` (empty without ``auth``).
+
+        ``refresh`` drops a cached token first (the agent answered 401). Raises
+        ``CredentialError`` when they cannot be had.
+        """
+        ...
+
+
+class CredentialError(Exception):
+    """Credentials could not be resolved (env var gone, token endpoint failed).
+
+    The message names references (env var names, URLs) only, never a secret.
+    """
+
+    def __init__(self, message: str, *, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = retryable
 
 
 class AgentAdapter(Protocol):

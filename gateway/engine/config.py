@@ -39,3 +39,4 @@ class EngineConfig:
     # PostgreSQL one statement); a lone write pays nothing extra.
     group_commit: bool = True
     cancel_after_close_s: float = 3600.0  # keep telling an agent to stop for this long
+    endpoint_down_s: float = 30.0  # a pool endpoint with a connection error is skipped so long

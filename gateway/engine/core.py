@@ -18,13 +18,14 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from gateway.domain.clock import Clock
-from gateway.domain.dispatch import AgentAdapter, Transport
+from gateway.domain.dispatch import AgentAdapter, CredentialSource, Transport
 from gateway.domain.model import Event
 from gateway.domain.ports import Store
 from gateway.domain.specs import AdapterKind
 from gateway.engine.breaker import CircuitBreaker, Limits
 from gateway.engine.config import EngineConfig
 from gateway.engine.metrics import Metrics
+from gateway.engine.pool import AgentCalls, EndpointPool
 from gateway.engine.signing import CallbackSigner
 from registry.service import Registry
 
@@ -49,7 +50,9 @@ class EngineCore:
     config: EngineConfig
     metrics: Metrics
     signer: CallbackSigner | None = None
+    credentials: CredentialSource | None = None
     breaker: CircuitBreaker = field(init=False)
+    calls: AgentCalls = field(init=False)  # endpoint choice and credentials of every call
     limits: Limits = field(default_factory=Limits)
     wake_work: asyncio.Event = field(default_factory=asyncio.Event)
     wake_callbacks: asyncio.Event = field(default_factory=asyncio.Event)
@@ -60,6 +63,8 @@ class EngineCore:
         self.breaker = CircuitBreaker(
             threshold=self.config.breaker_threshold, cooldown_s=self.config.breaker_cooldown_s
         )
+        pool = EndpointPool(self.clock, self.metrics, down_s=self.config.endpoint_down_s)
+        self.calls = AgentCalls(pool, self.credentials)
 
     def now(self) -> datetime:
         return self.clock.now()

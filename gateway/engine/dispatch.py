@@ -14,7 +14,9 @@ import base64
 import hashlib
 import hmac
 import logging
+from collections.abc import Mapping
 from datetime import timedelta
+from typing import Any
 
 from gateway.domain.dispatch import AgentAdapter, DispatchRequest, Outcome, OutcomeKind
 from gateway.domain.errors import StoreError
@@ -24,6 +26,7 @@ from gateway.engine import backoff
 from gateway.engine.cancel import Cancels
 from gateway.engine.closing import Closer
 from gateway.engine.core import EngineCore, claim_round, spawn
+from gateway.engine.pool import endpoint_data
 from registry.service import check_payload
 
 log = logging.getLogger("swarmgate.engine")
@@ -172,13 +175,17 @@ class Dispatcher:
         metrics, breaker = core.metrics, core.breaker
         started = core.now()
         req = self.dispatch_request(op, agent, spec)
+        endpoint = agent.endpoint
         try:
             # asyncio.timeout, not wait_for: no extra task per attempt (3.11's wait_for wraps
             # the coroutine in one)
             async with asyncio.timeout(spec.attempt_timeout_s + 1.0):
-                outcome = await adapter.start(req)
+                outcome, endpoint = await core.calls.start(req, adapter.start)
         except TimeoutError:
             outcome = Outcome(kind=OutcomeKind.RETRYABLE, error="attempt timed out")
+            if len(agent.pool()) > 1:
+                endpoint = core.calls.pool.last_endpoint(op.id) or endpoint
+                core.calls.pool.failure(agent.name, endpoint, "attempt timed out")
         elapsed = (core.now() - started).total_seconds()
         metrics.child(metrics.attempts, agent.name, outcome.kind.value).inc()
         metrics.child(metrics.dispatch_seconds, agent.name).observe(max(0.0, elapsed))
@@ -190,7 +197,12 @@ class Dispatcher:
                 metrics.breaker_open.labels(agent.name).set(0)
             breaker.success(agent.name)
         await self.apply_outcome(
-            op, spec, outcome, round(elapsed * 1000, 1), pollable=hasattr(adapter, "poll")
+            op,
+            spec,
+            outcome,
+            round(elapsed * 1000, 1),
+            pollable=hasattr(adapter, "poll"),
+            where=endpoint_data(agent, endpoint),
         )
 
     async def _poll(self, op: Operation, agent: AgentSpec, spec: OperationSpec) -> None:
@@ -211,7 +223,7 @@ class Dispatcher:
         req = self.dispatch_request(op, agent, spec)
         try:
             async with asyncio.timeout(spec.attempt_timeout_s + 1.0):
-                outcome: Outcome = await poll(req)
+                outcome: Outcome = await core.calls.follow(req, poll)
         except TimeoutError:
             outcome = Outcome(kind=OutcomeKind.RETRYABLE, error="poll timed out")
         if outcome.kind in (OutcomeKind.SUCCEEDED, OutcomeKind.OPERATION_FAILED):
@@ -237,8 +249,10 @@ class Dispatcher:
         elapsed_ms: float = 0.0,
         *,
         pollable: bool = False,
+        where: Mapping[str, str] | None = None,
     ) -> None:
         core, closer = self._core, self._closer
+        at: dict[str, Any] = dict(where or {})  # the pool endpoint the attempt went to
         owner = core.config.owner
         if outcome.kind is OutcomeKind.SUCCEEDED:
             errors = check_payload(
@@ -246,7 +260,7 @@ class Dispatcher:
             )
             if errors:
                 await closer.fail_output_schema(
-                    op, errors, owner=owner, attempt=op.attempts, elapsed_ms=elapsed_ms
+                    op, errors, owner=owner, attempt=op.attempts, elapsed_ms=elapsed_ms, **at
                 )
                 return
             await closer.finish(
@@ -258,6 +272,7 @@ class Dispatcher:
                 owner=owner,
                 attempt=op.attempts,
                 elapsed_ms=elapsed_ms,
+                **at,
             )
         elif outcome.kind is OutcomeKind.ACCEPTED:
             poll_at = core.now() + timedelta(seconds=core.config.task_poll_s)
@@ -273,6 +288,7 @@ class Dispatcher:
                     attempt=op.attempts,
                     agent_token=bool(outcome.agent_token),
                     elapsed_ms=elapsed_ms,
+                    **at,
                 ),
             )
             core.wake_work.set()  # a cancel may have arrived meanwhile
@@ -293,6 +309,7 @@ class Dispatcher:
                 owner=owner,
                 attempt=op.attempts,
                 elapsed_ms=elapsed_ms,
+                **at,
             )
         elif outcome.kind is OutcomeKind.RETRYABLE:
             exhausted = (
@@ -306,6 +323,7 @@ class Dispatcher:
                     owner=owner,
                     attempt=op.attempts,
                     elapsed_ms=elapsed_ms,
+                    **at,
                 )
                 return
             core.metrics.child(core.metrics.retries, op.service).inc()
@@ -329,6 +347,7 @@ class Dispatcher:
                     status=outcome.status,
                     next_attempt_at=nxt.isoformat(),
                     elapsed_ms=elapsed_ms,
+                    **at,
                 ),
             )
         else:
@@ -340,4 +359,5 @@ class Dispatcher:
                 attempt=op.attempts,
                 elapsed_ms=elapsed_ms,
                 status=outcome.status,
+                **at,
             )

@@ -24,7 +24,13 @@ from datetime import datetime
 from typing import Any
 
 from gateway.domain.clock import Clock
-from gateway.domain.dispatch import AgentAdapter, DispatchRequest, Outcome, Transport
+from gateway.domain.dispatch import (
+    AgentAdapter,
+    CredentialSource,
+    DispatchRequest,
+    Outcome,
+    Transport,
+)
 from gateway.domain.model import Operation, OperationState
 from gateway.domain.ports import Store
 from gateway.domain.specs import AdapterKind, AgentSpec, OperationSpec
@@ -69,6 +75,7 @@ class Engine:
         secret: bytes,
         signer: CallbackSigner | None = None,
         metrics: Metrics | None = None,
+        credentials: CredentialSource | None = None,
     ) -> None:
         self._core = core = EngineCore(
             store=store,
@@ -79,6 +86,7 @@ class Engine:
             config=config,
             signer=signer,
             metrics=metrics or Metrics(),
+            credentials=credentials,
         )
         self._waiters = Waiters(core)
         self._outbox = Outbox(core)
@@ -133,6 +141,10 @@ class Engine:
     @property
     def limits(self) -> Limits:
         return self._core.limits
+
+    def endpoint_health(self, agent: AgentSpec) -> list[dict[str, Any]]:
+        """Each endpoint of the agent's pool as this replica sees it."""
+        return self._core.calls.pool.health(agent)
 
     @property
     def pending_starts(self) -> int:

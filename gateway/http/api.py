@@ -82,7 +82,10 @@ async def register_agent(request: web.Request) -> web.Response:
         spec = AgentSpec.from_json(data)
     except (KeyError, TypeError, ValueError) as exc:
         raise HandlerError(HandlerErrorType.BAD_REQUEST, f"invalid registration: {exc!r}") from exc
-    await check_outbound_url(request, spec.endpoint, "agent endpoint")
+    for endpoint in spec.pool():
+        await check_outbound_url(request, endpoint, "agent endpoint")
+    if spec.auth is not None and spec.auth.token_url:
+        await check_outbound_url(request, spec.auth.token_url, "auth token_url")
     svc = services(request)
     version, created = await svc.registry.register_as(spec, p.sub, admin=p.is_admin)
     stored = await svc.registry.get(spec.name)
@@ -90,12 +93,16 @@ async def register_agent(request: web.Request) -> web.Response:
 
 
 def agent_json(agent: AgentSpec, version: int) -> dict[str, Any]:
-    """An agent as reads show it: credentials in the endpoint URL are redacted."""
-    return {
+    """An agent as reads show it: credentials in the endpoint URL are redacted (``auth``
+    shows references, env var names, never a secret)."""
+    data = {
         **agent.to_json(),
         "endpoint": redact_userinfo(agent.endpoint),
         "registryVersion": version,
     }
+    if "endpoints" in data:
+        data["endpoints"] = [redact_userinfo(e) for e in agent.endpoints]
+    return data
 
 
 def _require_agents_read(p: Principal) -> None:
@@ -114,7 +121,11 @@ async def show_agent(request: web.Request) -> web.Response:
     found = await services(request).registry.get_versioned(request.match_info["name"])
     if found is None:
         raise HandlerError(HandlerErrorType.NOT_FOUND, "no such agent")
-    return web.json_response(agent_json(*found))
+    data = agent_json(*found)
+    engine = services(request).engine
+    if len(found[0].pool()) > 1:  # a pool: each endpoint's health
+        data["endpoint_health"] = engine.endpoint_health(found[0])
+    return web.json_response(data)
 
 
 async def delete_agent(request: web.Request) -> web.Response:
