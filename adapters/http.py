@@ -94,8 +94,8 @@ class HttpAgentAdapter:
             "Idempotency-Key": op.id,
             "Nexus-Callback-Authorization": f"Bearer {req.completion_token}",
             "Request-Timeout": f"{int(req.timeout_s * 1000)}ms",
-            "Swarmgate-Attempt": str(req.attempt),
             "Swarmgate-Caller": op.caller,
+            **req.journal_headers(),  # attempt, heartbeat and journal (issue 12)
         }
         if req.deadline is not None:
             remaining = (req.deadline - datetime.now(UTC)).total_seconds()

@@ -27,6 +27,7 @@ from gateway.engine.engine import Engine, EngineConfig
 from gateway.engine.signing import CallbackSigner
 from gateway.http import a2a as a2a_routes
 from gateway.http import api, nexus
+from gateway.http import journal as journal_routes
 from gateway.http.context import SERVICES, Services
 from gateway.http.errors import error_middleware
 from gateway.security.netguard import OutboundPolicy
@@ -126,6 +127,7 @@ async def build(settings: Settings, *, clock: Clock | None = None) -> Gateway:
     nexus.add_routes(app)
     api.add_routes(app)
     a2a_routes.add_routes(app, a2a)
+    journal_routes.add_routes(app)  # heartbeats and step journal (issue 12)
     return Gateway(
         settings=settings,
         store=store,

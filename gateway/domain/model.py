@@ -70,6 +70,10 @@ class Operation:
     last_error: str | None = None
     traceparent: str | None = None
     prev_lease_owner: str | None = None  # set when this lease took over an expired one
+    # Heartbeats (issue 12): the deadline of the accepted attempt's next heartbeat (None: the
+    # operation does not heartbeat, or no attempt is accepted), and the agent's last checkpoint.
+    heartbeat_until: datetime | None = None
+    heartbeat_details: Any = None
 
     @property
     def token(self) -> str:
@@ -86,6 +90,17 @@ class Event:
     at: datetime
     data: dict[str, Any] = field(default_factory=dict)
     id: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class StepRecord:
+    """One completed step of an operation's journal (first write wins)."""
+
+    operation_id: str
+    name: str
+    result: Any
+    at: datetime
+    attempt: int = 0
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -19,6 +19,7 @@ from gateway.domain.model import (
     IdempotencyRecord,
     Operation,
     OperationState,
+    StepRecord,
     Work,
 )
 from gateway.domain.specs import AgentSpec
@@ -149,10 +150,12 @@ class Store(Protocol):
         last_error: str | None = None,
         refund_attempt: bool = False,
         now: datetime | None = None,
+        heartbeat_until: datetime | None = None,
     ) -> bool:
         """Non-terminal change of a running operation; releases the lease.
 
-        Fenced by the lease owner (if given).
+        Fenced by the lease owner (if given). ``heartbeat_until`` is the accepted attempt's
+        first heartbeat deadline (None: no heartbeat owed; clears an earlier one).
         """
         ...
 
@@ -198,6 +201,53 @@ class Store(Protocol):
 
     async def due_timeouts(self, now: datetime, limit: int) -> list[Operation]:
         """Running operations whose schedule-to-close deadline has passed."""
+        ...
+
+    # heartbeats and the step journal -----------------------------------------------------------
+    async def heartbeat(
+        self, op_id: str, attempt: int, until: datetime, *, details: Any = None, has_details: bool
+    ) -> bool:
+        """One heartbeat of attempt ``attempt`` of a running operation, in place.
+
+        Moves ``heartbeat_until`` to ``until`` if the attempt has a heartbeat deadline, and
+        stores ``details`` as the checkpoint if ``has_details``. False (nothing written)
+        when the operation is unknown, closed, or on another attempt.
+        """
+        ...
+
+    async def due_heartbeats(self, now: datetime, limit: int) -> list[Operation]:
+        """Running operations whose heartbeat deadline has passed, oldest first."""
+        ...
+
+    async def expire_heartbeat(
+        self,
+        op_id: str,
+        attempt: int,
+        now: datetime,
+        *,
+        next_attempt_at: datetime,
+        last_error: str,
+        event: Event,
+    ) -> bool:
+        """Fail a missed-heartbeat attempt retryably: dispatch again at ``next_attempt_at``.
+
+        Compare-and-set: applies only while the operation runs attempt ``attempt``, waits for
+        the agent (no work owed) and its heartbeat deadline is at or before ``now``. Clears
+        the deadline and the agent's token, keeps the checkpoint; writes ``event``.
+        """
+        ...
+
+    async def record_step(self, step: StepRecord, event: Event) -> tuple[StepRecord, bool] | None:
+        """Record a completed step of a running operation; the first write of a name wins.
+
+        Returns the recorded step and whether this call recorded it (then ``event`` is
+        written in the same transaction), or None (nothing written) when the operation is
+        unknown or closed.
+        """
+        ...
+
+    async def list_steps(self, op_id: str) -> list[StepRecord]:
+        """The operation's recorded steps, oldest first."""
         ...
 
     # events ------------------------------------------------------------------------------------

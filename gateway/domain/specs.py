@@ -138,10 +138,12 @@ class OperationSpec:
     attempt_timeout_s: float = 10.0  # per-request timeout towards the agent (Temporal: 10 s)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     concurrency: int | None = None
+    # an accepted attempt that sends no heartbeat for this long fails retryably (None: off)
+    heartbeat_timeout_s: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The operation as the registry stores and shows it."""
-        return {
+        data: dict[str, Any] = {
             "name": self.name,
             "description": self.description,
             "input_schema": self.input_schema,
@@ -151,6 +153,9 @@ class OperationSpec:
             "retry": self.retry.to_json(),
             "concurrency": self.concurrency,
         }
+        if self.heartbeat_timeout_s is not None:
+            data["heartbeat_timeout_s"] = self.heartbeat_timeout_s
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> OperationSpec:
@@ -164,6 +169,11 @@ class OperationSpec:
             attempt_timeout_s=float(data.get("attempt_timeout_s", 10.0)),
             retry=RetryPolicy.from_json(data.get("retry")),
             concurrency=int(data["concurrency"]) if data.get("concurrency") else None,
+            heartbeat_timeout_s=(
+                float(data["heartbeat_timeout_s"])
+                if data.get("heartbeat_timeout_s") is not None
+                else None
+            ),
         )
 
 

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
-from gateway.domain.dispatch import AgentAdapter, DispatchRequest, Outcome, OutcomeKind
+from gateway.domain.dispatch import AgentAdapter, DispatchRequest, Journal, Outcome, OutcomeKind
 from gateway.domain.errors import StoreError
 from gateway.domain.model import Operation, OperationState, Work, operation_error
 from gateway.domain.specs import AgentSpec, OperationSpec
@@ -51,11 +51,31 @@ class Dispatcher:
     def completion_url(self, op_id: str) -> str:
         return f"{self._core.config.public_url.rstrip('/')}/api/completions/{op_id}"
 
+    def operation_url(self, op_id: str) -> str:
+        """Where the agent heartbeats (``/heartbeat``) and keeps its journal (``/steps``)."""
+        return f"{self._core.config.public_url.rstrip('/')}/api/operations/{op_id}"
+
+    async def journal(self, op: Operation) -> Journal | None:
+        """What earlier attempts recorded (None for a first attempt: nothing can be there)."""
+        if op.attempts <= 1 and op.heartbeat_details is None:
+            return None
+        steps = await self._core.store.list_steps(op.id)
+        return Journal(steps=steps, details=op.heartbeat_details)
+
     def dispatch_request(
-        self, op: Operation, agent: AgentSpec, spec: OperationSpec, timeout_s: float | None = None
+        self,
+        op: Operation,
+        agent: AgentSpec,
+        spec: OperationSpec,
+        timeout_s: float | None = None,
+        journal: Journal | None = None,
     ) -> DispatchRequest:
         """What an adapter needs to call (or poll) the agent for this operation."""
+        base = self.operation_url(op.id)
         return DispatchRequest(
+            heartbeat_url=base + "/heartbeat",
+            steps_url=base + "/steps",
+            journal=journal,
             operation=op,
             agent=agent,
             spec=spec,
@@ -173,8 +193,8 @@ class Dispatcher:
     ) -> None:
         core = self._core
         metrics, breaker = core.metrics, core.breaker
+        req = self.dispatch_request(op, agent, spec, journal=await self.journal(op))
         started = core.now()
-        req = self.dispatch_request(op, agent, spec)
         endpoint = agent.endpoint
         try:
             # asyncio.timeout, not wait_for: no extra task per attempt (3.11's wait_for wraps
@@ -276,12 +296,17 @@ class Dispatcher:
             )
         elif outcome.kind is OutcomeKind.ACCEPTED:
             poll_at = core.now() + timedelta(seconds=core.config.task_poll_s)
+            hb = spec.heartbeat_timeout_s
             await core.store.update_running(
                 op.id,
                 owner,
                 work=Work.POLL if pollable else None,
                 next_attempt_at=poll_at if pollable else None,
                 agent_token=outcome.agent_token,
+                # a heartbeating attempt owes its first heartbeat within the timeout
+                heartbeat_until=(
+                    core.now() + timedelta(seconds=hb) if hb and not pollable else None
+                ),
                 event=core.event(
                     op.id,
                     "attempt.accepted",

@@ -28,10 +28,11 @@ from gateway.domain.dispatch import (
     AgentAdapter,
     CredentialSource,
     DispatchRequest,
+    Journal,
     Outcome,
     Transport,
 )
-from gateway.domain.model import Operation, OperationState
+from gateway.domain.model import Operation, OperationState, StepRecord
 from gateway.domain.ports import Store
 from gateway.domain.specs import AdapterKind, AgentSpec, OperationSpec
 from gateway.engine.breaker import CircuitBreaker, Limits
@@ -40,6 +41,7 @@ from gateway.engine.closing import Closer
 from gateway.engine.config import EngineConfig
 from gateway.engine.core import EngineCore
 from gateway.engine.dispatch import Dispatcher
+from gateway.engine.heartbeats import HeartbeatAnswer, Heartbeats
 from gateway.engine.loops import Loops
 from gateway.engine.metrics import Metrics
 from gateway.engine.outbox import Outbox
@@ -94,7 +96,10 @@ class Engine:
         self._cancels = Cancels(core, self._closer)
         self._dispatcher = Dispatcher(core, self._closer, self._cancels, secret)
         self._starts = Starts(core, self._dispatcher)
-        self._loops = Loops(core, self._dispatcher, self._outbox, self._cancels, self._waiters)
+        self._heartbeats = Heartbeats(core, self._closer, self._dispatcher.check_completion_token)
+        self._loops = Loops(
+            core, self._dispatcher, self._outbox, self._cancels, self._waiters, self._heartbeats
+        )
 
     # -- shared state -----------------------------------------------------------------------
 
@@ -248,6 +253,26 @@ class Engine:
 
     async def redrive(self, op_id: str, by: str) -> bool:
         return await self._dispatcher.redrive(op_id, by)
+
+    # -- heartbeats and the step journal (agent-facing) ---------------------------------------
+
+    async def heartbeat(
+        self, op_id: str, token: str, *, attempt: int | None, details: Any, has_details: bool
+    ) -> HeartbeatAnswer:
+        return await self._heartbeats.beat(
+            op_id, token, attempt=attempt, details=details, has_details=has_details
+        )
+
+    async def journal(self, op_id: str, token: str) -> Journal:
+        return await self._heartbeats.journal(op_id, token)
+
+    async def record_step(
+        self, op_id: str, token: str, name: str, result: Any, *, attempt: int | None = None
+    ) -> tuple[StepRecord, bool]:
+        return await self._heartbeats.record_step(op_id, token, name, result, attempt=attempt)
+
+    async def expire_heartbeats(self) -> int:
+        return await self._heartbeats.expire()
 
     async def redrive_callback(self, delivery_id: str, op_id: str, by: str) -> bool:
         return await self._outbox.redrive(delivery_id, op_id, by)

@@ -36,7 +36,7 @@ from gateway.store import rows
 from gateway.store import schema as t
 from gateway.store import statements as s
 from gateway.store.errors import translate
-from gateway.store.records import RecordTables
+from gateway.store.journal import JournalTables
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -50,7 +50,7 @@ def normalize_url(url: str) -> str:
     return url
 
 
-class SqlStore(RecordTables):
+class SqlStore(JournalTables):
     """The Store port on SQLAlchemy Core (async); ``SqlStore(url)`` builds the subclass for
     the URL's database."""
 
@@ -284,8 +284,10 @@ class SqlStore(RecordTables):
         last_error: str | None = None,
         refund_attempt: bool = False,
         now: datetime | None = None,
+        heartbeat_until: datetime | None = None,
     ) -> bool:
         params = {
+            "b_hb_until": heartbeat_until,
             "b_id": op_id,
             "b_owner": owner,
             "b_cancelable": work in (None, Work.POLL),

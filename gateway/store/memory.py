@@ -28,7 +28,7 @@ from gateway.domain.model import (
     Work,
 )
 from gateway.domain.ports import Created, NewOperation
-from gateway.store.memory_records import MemoryTables
+from gateway.store.memory_journal import MemoryJournal
 from gateway.store.rows import attempt_data
 
 
@@ -36,7 +36,7 @@ def _due(at: datetime | None, lease_until: datetime | None, now: datetime) -> bo
     return at is not None and at <= now and (lease_until is None or lease_until < now)
 
 
-class MemoryStore(MemoryTables):
+class MemoryStore(MemoryJournal):
     """The Store port on Python dicts."""
 
     # -- operations --------------------------------------------------------------------------
@@ -158,6 +158,7 @@ class MemoryStore(MemoryTables):
         last_error: str | None = None,
         refund_attempt: bool = False,
         now: datetime | None = None,
+        heartbeat_until: datetime | None = None,
     ) -> bool:
         op = self._ops.get(op_id)
         if op is None or op.state is not OperationState.RUNNING:
@@ -179,6 +180,7 @@ class MemoryStore(MemoryTables):
             last_error=last_error,
             agent_token=agent_token if agent_token is not None else op.agent_token,
             attempts=op.attempts - (1 if refund_attempt else 0),
+            heartbeat_until=heartbeat_until,
         )
         if event is not None:
             self._add_event(event)

@@ -100,6 +100,8 @@ operations = Table(
     Column("last_error", Text),
     Column("traceparent", String(100)),
     Column("prev_lease_owner", String(100)),
+    Column("heartbeat_until", UTCDateTime),  # migration 0005 (heartbeats)
+    Column("heartbeat_details", Json),
 )
 
 events = Table(
@@ -168,6 +170,17 @@ a2a_push_configs = Table(
     Column("delivery_id", String(64)),
 )
 
+# The durable step journal (migration 0005): one row per completed step, first write wins.
+steps = Table(
+    "sg_steps",
+    metadata,
+    Column("operation_id", String(64), primary_key=True),
+    Column("name", String(200), primary_key=True),
+    Column("result", Json),
+    Column("at", UTCDateTime, nullable=False),
+    Column("attempt", Integer, nullable=False),
+)
+
 __all__ = [
     "a2a_push_configs",
     "agents",
@@ -178,4 +191,5 @@ __all__ = [
     "metadata",
     "operations",
     "settings",
+    "steps",
 ]
