@@ -17,6 +17,7 @@ from aiohttp import web
 from adapters.a2a import A2AAgentAdapter
 from adapters.credentials import EnvCredentials
 from adapters.http import HttpAgentAdapter
+from adapters.pull import PullAgentAdapter
 from adapters.transport import HttpTransport
 from gateway import logs
 from gateway.config import Settings
@@ -28,6 +29,7 @@ from gateway.engine.signing import CallbackSigner
 from gateway.http import a2a as a2a_routes
 from gateway.http import api, nexus
 from gateway.http import journal as journal_routes
+from gateway.http import pull as pull_routes
 from gateway.http.context import SERVICES, Services
 from gateway.http.errors import error_middleware
 from gateway.security.netguard import OutboundPolicy
@@ -101,13 +103,19 @@ async def build(settings: Settings, *, clock: Clock | None = None) -> Gateway:
         shutdown_grace_s=settings.shutdown_grace_s,
         task_poll_s=settings.task_poll_s,
         endpoint_down_s=settings.endpoint_down_s,
+        pull_recheck_s=settings.pull_recheck_s,
+        worker_live_s=settings.worker_live_s,
     )
 
     a2a = A2AAgentAdapter(transport)
     engine = Engine(
         store=store,
         registry=registry,
-        adapters={AdapterKind.HTTP: HttpAgentAdapter(transport), AdapterKind.A2A: a2a},
+        adapters={
+            AdapterKind.HTTP: HttpAgentAdapter(transport),
+            AdapterKind.A2A: a2a,
+            AdapterKind.PULL: PullAgentAdapter(),
+        },
         transport=transport,
         clock=clock,
         config=config,
@@ -126,6 +134,7 @@ async def build(settings: Settings, *, clock: Clock | None = None) -> Gateway:
     )
     nexus.add_routes(app)
     api.add_routes(app)
+    pull_routes.add_routes(app)
     a2a_routes.add_routes(app, a2a)
     journal_routes.add_routes(app)  # heartbeats and step journal (issue 12)
     return Gateway(

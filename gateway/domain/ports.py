@@ -6,7 +6,7 @@ Every method is one transaction. Implementations translate driver errors into
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -248,6 +248,41 @@ class Store(Protocol):
 
     async def list_steps(self, op_id: str) -> list[StepRecord]:
         """The operation's recorded steps, oldest first."""
+        ...
+
+    # pull workers' task queues (issue 12 item 4) -------------------------------------------------
+    async def claim_tasks(
+        self,
+        service: str,
+        worker_id: str,
+        now: datetime,
+        leases: Mapping[str, datetime],
+        default_until: datetime,
+        limit: int,
+    ) -> list[Operation]:
+        """Lease up to ``limit`` queued tasks of pull agent ``service`` to ``worker_id``.
+
+        Oldest first, skipping rows another poll holds (``SKIP LOCKED``). A leased task's
+        agent token becomes ``PULL_LEASED + worker_id`` and its heartbeat deadline
+        ``leases[operation name]`` (``default_until`` for others); each gets an
+        ``attempt.leased`` event in the same transaction.
+        """
+        ...
+
+    async def touch_worker(self, agent: str, worker_id: str, at: datetime) -> None:
+        """Record a worker's poll of ``agent``'s queue at ``at``."""
+        ...
+
+    async def list_workers(self, agent: str, since: datetime) -> list[tuple[str, datetime]]:
+        """The workers of ``agent`` that polled at or after ``since``, with their last poll."""
+        ...
+
+    async def forget_workers(self, before: datetime) -> int:
+        """Delete the workers whose last poll is older than ``before``; how many."""
+        ...
+
+    async def pull_counts(self, service: str) -> dict[str, int]:
+        """Running tasks of pull agent ``service`` by agent token (queued, per worker)."""
         ...
 
     # events ------------------------------------------------------------------------------------

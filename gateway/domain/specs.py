@@ -8,6 +8,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 SYSTEM_OWNER = "swarmgate:system"  # owns agents from SWARMGATE_AGENTS_FILE: admin replaces them
+# A pull agent's operation waiting for a worker has this agent token; a leased one has
+# PULL_LEASED + the worker id (worker ids are names: letters, digits, '-', '_', '.').
+PULL_QUEUED = "pull-queued"
+PULL_LEASED = "pull-worker:"
 
 
 class AdapterKind(enum.StrEnum):

@@ -21,20 +21,29 @@ from typing import Any
 from gateway.domain.dispatch import AgentAdapter, DispatchRequest, Journal, Outcome, OutcomeKind
 from gateway.domain.errors import StoreError
 from gateway.domain.model import Operation, OperationState, Work, operation_error
-from gateway.domain.specs import AgentSpec, OperationSpec
+from gateway.domain.specs import AdapterKind, AgentSpec, OperationSpec
 from gateway.engine import backoff
 from gateway.engine.cancel import Cancels
 from gateway.engine.closing import Closer
 from gateway.engine.core import EngineCore, claim_round, spawn
 from gateway.engine.pool import endpoint_data
+from gateway.engine.pull import PullQueues
 from registry.service import check_payload
 
 log = logging.getLogger("swarmgate.engine")
 
 
 class Dispatcher:
-    def __init__(self, core: EngineCore, closer: Closer, cancels: Cancels, secret: bytes) -> None:
+    def __init__(
+        self,
+        core: EngineCore,
+        closer: Closer,
+        cancels: Cancels,
+        secret: bytes,
+        pull: PullQueues | None = None,
+    ) -> None:
         self._core = core
+        self._pull = pull  # pull agents' attempts wait in their queue for a worker
         self._closer = closer
         self._cancels = cancels
         self._secret = secret
@@ -159,6 +168,9 @@ class Dispatcher:
 
     async def _dispatch(self, op: Operation, agent: AgentSpec, spec: OperationSpec) -> None:
         core = self._core
+        if agent.adapter is AdapterKind.PULL and self._pull is not None:
+            await self._pull.park(op, spec)  # no call: a worker leases it from the queue
+            return
         adapter = core.adapters.get(agent.adapter)
         if adapter is None:
             await self._closer.fail(op, f"no adapter for {agent.adapter}", owner=core.config.owner)

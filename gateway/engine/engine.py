@@ -45,6 +45,7 @@ from gateway.engine.heartbeats import HeartbeatAnswer, Heartbeats
 from gateway.engine.loops import Loops
 from gateway.engine.metrics import Metrics
 from gateway.engine.outbox import Outbox
+from gateway.engine.pull import PullQueues, WorkerInfo
 from gateway.engine.signing import CallbackSigner
 from gateway.engine.starts import StartRequest, StartResult, Starts, fingerprint
 from gateway.engine.waiters import Waiters
@@ -94,7 +95,8 @@ class Engine:
         self._outbox = Outbox(core)
         self._closer = Closer(core, self._outbox, self._waiters)
         self._cancels = Cancels(core, self._closer)
-        self._dispatcher = Dispatcher(core, self._closer, self._cancels, secret)
+        self._pull = PullQueues(core)
+        self._dispatcher = Dispatcher(core, self._closer, self._cancels, secret, self._pull)
         self._starts = Starts(core, self._dispatcher)
         self._heartbeats = Heartbeats(core, self._closer, self._dispatcher.check_completion_token)
         self._loops = Loops(
@@ -273,6 +275,25 @@ class Engine:
 
     async def expire_heartbeats(self) -> int:
         return await self._heartbeats.expire()
+
+    # -- pull workers (agent-facing) -------------------------------------------------------------
+
+    async def poll_tasks(
+        self, agent: AgentSpec, worker_id: str, max_tasks: int, wait_s: float
+    ) -> list[DispatchRequest]:
+        """Lease up to ``max_tasks`` queued tasks of pull agent ``agent`` to ``worker_id``,
+        waiting up to ``wait_s`` for one; each as the request a pushed agent would get."""
+        ops = await self._pull.poll(agent, worker_id, max_tasks, wait_s)
+        out = []
+        for op in ops:
+            spec = agent.operations.get(op.operation) or OperationSpec(name=op.operation)
+            journal = await self._dispatcher.journal(op)
+            out.append(self._dispatcher.dispatch_request(op, agent, spec, journal=journal))
+        return out
+
+    async def pull_status(self, agent: AgentSpec) -> tuple[int, list[WorkerInfo]]:
+        """A pull agent's queue depth and live workers."""
+        return await self._pull.status(agent)
 
     async def redrive_callback(self, delivery_id: str, op_id: str, by: str) -> bool:
         return await self._outbox.redrive(delivery_id, op_id, by)

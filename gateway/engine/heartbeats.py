@@ -83,7 +83,9 @@ class Heartbeats:
         op = await self._running(op_id, token, attempt)
         spec = await self._spec(op)
         timeout = spec.heartbeat_timeout_s if spec else None
-        until = core.now() + timedelta(seconds=timeout or 0.0)
+        # no heartbeat timeout: the deadline (a pull task's attempt-timeout lease) stays put
+        until = core.now() + timedelta(seconds=timeout) if timeout else op.heartbeat_until
+        until = until or core.now()
         ok = await core.store.heartbeat(
             op_id, op.attempts, until, details=details, has_details=has_details
         )
@@ -182,6 +184,7 @@ class Heartbeats:
             )
             if applied:
                 n += 1
+                core.calls.pool.lost(op.service, op.id, "heartbeat timed out")  # pools: move on
                 core.metrics.child(core.metrics.retries, op.service).inc()
                 core.wake_work.set()
         return n

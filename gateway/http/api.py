@@ -12,7 +12,7 @@ from gateway.domain.model import (
     Operation,
     OperationState,
 )
-from gateway.domain.specs import AgentSpec
+from gateway.domain.specs import AdapterKind, AgentSpec
 from gateway.engine.signing import CallbackSigner
 from gateway.http import sse
 from gateway.http.bodies import int_param, json_body
@@ -125,6 +125,10 @@ async def show_agent(request: web.Request) -> web.Response:
     engine = services(request).engine
     if len(found[0].pool()) > 1:  # a pool: each endpoint's health
         data["endpoint_health"] = engine.endpoint_health(found[0])
+    if found[0].adapter is AdapterKind.PULL:  # a pull agent: its queue and live workers
+        depth, workers = await engine.pull_status(found[0])
+        data["queue_depth"] = depth
+        data["workers"] = [w.to_json() for w in workers]
     return web.json_response(data)
 
 

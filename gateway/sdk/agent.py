@@ -18,13 +18,13 @@ import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import aiohttp
 from aiohttp import web
 
-from gateway.domain.specs import AgentSpec, OperationSpec, RetryPolicy
+from gateway.domain.specs import AdapterKind, AgentSpec, OperationSpec, RetryPolicy
 
 log = logging.getLogger("swarmgate.agent")
 
@@ -141,6 +141,57 @@ class AgentApp:
             description=self.description,
             operations={n: o.spec for n, o in self._ops.items()},
         )
+
+    def pull_spec(self) -> AgentSpec:
+        """The registration of this agent as a pull agent (no endpoint: workers poll)."""
+        return replace(self.spec(""), adapter=AdapterKind.PULL)
+
+    def run_worker(
+        self,
+        gateway_url: str,
+        token: str,
+        *,
+        concurrency: int = 4,
+        worker_id: str | None = None,
+        wait_s: float = 20.0,
+    ) -> None:
+        """Serve the handlers as a pull worker until interrupted (see ``gateway.sdk.worker``)."""
+        asyncio.run(
+            self.run_worker_async(
+                gateway_url, token, concurrency=concurrency, worker_id=worker_id, wait_s=wait_s
+            )
+        )
+
+    async def run_worker_async(
+        self,
+        gateway_url: str,
+        token: str,
+        *,
+        concurrency: int = 4,
+        worker_id: str | None = None,
+        wait_s: float = 20.0,
+        stop: asyncio.Event | None = None,
+    ) -> None:
+        """Serve the handlers as a pull worker until ``stop`` is set.
+
+        Polls the gateway for up to ``concurrency`` tasks at a time, heartbeats and
+        completes them through it.
+        """
+        from gateway.sdk.worker import PullWorker
+
+        worker = PullWorker(
+            self,
+            gateway_url,
+            token,
+            concurrency=concurrency,
+            worker_id=worker_id,
+            wait_s=wait_s,
+        )
+        try:
+            await worker.run(stop)
+        finally:
+            if self._session is not None:
+                await self._session.close()
 
     # -- serving ------------------------------------------------------------------------------
 

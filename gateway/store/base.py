@@ -37,6 +37,7 @@ from gateway.store import schema as t
 from gateway.store import statements as s
 from gateway.store.errors import translate
 from gateway.store.journal import JournalTables
+from gateway.store.pull import PullTables
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -50,7 +51,7 @@ def normalize_url(url: str) -> str:
     return url
 
 
-class SqlStore(JournalTables):
+class SqlStore(PullTables, JournalTables):
     """The Store port on SQLAlchemy Core (async); ``SqlStore(url)`` builds the subclass for
     the URL's database."""
 

@@ -29,6 +29,7 @@ from gateway.domain.model import (
 )
 from gateway.domain.ports import Created, NewOperation
 from gateway.store.memory_journal import MemoryJournal
+from gateway.store.memory_pull import MemoryPull
 from gateway.store.rows import attempt_data
 
 
@@ -36,7 +37,7 @@ def _due(at: datetime | None, lease_until: datetime | None, now: datetime) -> bo
     return at is not None and at <= now and (lease_until is None or lease_until < now)
 
 
-class MemoryStore(MemoryJournal):
+class MemoryStore(MemoryPull, MemoryJournal):
     """The Store port on Python dicts."""
 
     # -- operations --------------------------------------------------------------------------

@@ -181,6 +181,15 @@ steps = Table(
     Column("attempt", Integer, nullable=False),
 )
 
+# Pull workers (migration 0006): the last poll of each worker of a pull agent.
+pull_workers = Table(
+    "sg_pull_workers",
+    metadata,
+    Column("agent", String(200), primary_key=True),
+    Column("worker_id", String(200), primary_key=True),
+    Column("last_poll_at", UTCDateTime, nullable=False),
+)
+
 __all__ = [
     "a2a_push_configs",
     "agents",
@@ -190,6 +199,7 @@ __all__ = [
     "idempotency",
     "metadata",
     "operations",
+    "pull_workers",
     "settings",
     "steps",
 ]
