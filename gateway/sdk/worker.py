@@ -22,18 +22,27 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
+from gateway.domain.dispatch import (
+    HEADER_ATTEMPT,
+    HEADER_HEARTBEAT_TIMEOUT,
+    HEADER_HEARTBEAT_URL,
+    HEADER_JOURNAL,
+    HEADER_STEPS_URL,
+)
+from gateway.sdk._durable import Attempt
+
 if TYPE_CHECKING:
-    from gateway.sdk.agent import AgentApp, _Job, _Op
+    from gateway.sdk.agent import AgentApp
 
 log = logging.getLogger("swarmgate.worker")
 
 POLL_WAIT_S = 20.0  # one long poll's wait
-MIN_HEARTBEAT_S = 0.2
 
 
 def default_worker_id() -> str:
@@ -134,21 +143,31 @@ class PullWorker:
         return list(data.get("tasks") or [])
 
     async def _serve(self, http: aiohttp.ClientSession, task: dict[str, Any]) -> None:
+        """Run one leased task as a pushed async dispatch runs.
+
+        Same heartbeats, journal, stored answer and completion (through ``AgentApp``).
+        """
         from gateway.sdk.agent import OpContext, _Job
 
         agent = self.agent
         key = str(task["operationId"])
         auth = f"Bearer {task['token']}"
+        completion_url = str(task["completionUrl"])
+        link = Attempt(dispatch_headers(task, self.worker_id), agent._http)
         job = agent._jobs.get(key)
         if job is not None and job.status and job.status != 503:  # answered before: resend
-            await agent._complete(str(task["completionUrl"]), auth, job, key)
+            await agent._complete(completion_url, auth, job, key)
+            return
+        if job is not None and job.link is not None:  # still running here: now this attempt
+            job.link.adopt(link)
             return
         op = agent._ops.get(str(task["operation"]))
-        job = agent._jobs[key] = _Job()
         if op is None:
-            job.status, job.state = 424, "failed"
-            job.body = json.dumps({"message": f"no operation {task['operation']!r} here"}).encode()
-            await agent._complete(str(task["completionUrl"]), auth, job, key)
+            failed = _Job(status=424, state="failed")
+            failed.body = json.dumps(
+                {"message": f"no operation {task['operation']!r} here"}
+            ).encode()
+            await agent._complete(completion_url, auth, failed, key)
             return
         if "inputBase64" in task:
             payload: Any = base64.b64decode(task["inputBase64"])
@@ -157,72 +176,39 @@ class PullWorker:
         ctx = OpContext(
             operation=op.name,
             key=key,
-            attempt=int(task.get("attempt") or 1),
+            attempt=link.attempt,
             caller=str(task.get("caller") or ""),
-            headers={"Swarmgate-Worker": self.worker_id},
+            headers=dict(link_headers(link, self.worker_id)),
+            link=link,
         )
-        stopped = await self._run_with_heartbeats(http, task, op, ctx, payload, job)
-        if stopped:  # canceled, closed or leased to another worker: no completion from here
-            agent._jobs.pop(key, None)
-            return
-        await agent._complete(str(task["completionUrl"]), auth, job, key)
-
-    async def _run_with_heartbeats(
-        self,
-        http: aiohttp.ClientSession,
-        task: dict[str, Any],
-        op: _Op,
-        ctx: Any,
-        payload: Any,
-        job: _Job,
-    ) -> bool:
-        """Run the handler (again after RetryLater); True if the gateway said to stop."""
-        agent = self.agent
-        run = asyncio.create_task(_until_final(lambda: agent._run(op, ctx, payload, job), job))
-        timeout = task.get("heartbeatTimeoutS")
-        if not timeout:
-            await run
-            return False
-        every = max(MIN_HEARTBEAT_S, float(timeout) / 3)
-        while True:
-            done, _ = await asyncio.wait({run}, timeout=every)
-            if done:
-                run.result()
-                return False
-            if await self._heartbeat(http, task) is False:
-                run.cancel()
-                with contextlib.suppress(BaseException):
-                    await run
-                agent.canceled.append(ctx.key)
-                return True
-
-    async def _heartbeat(self, http: aiohttp.ClientSession, task: dict[str, Any]) -> bool | None:
-        """True: carry on; False: stop (canceled, closed, stale); None: not heard."""
-        headers = {"Authorization": f"Bearer {task['token']}"}
-        body = {"attempt": task.get("attempt")}
-        try:
-            async with http.post(
-                str(task["heartbeatUrl"]),
-                json=body,
-                headers=headers,
-                timeout=aiohttp.ClientTimeout(total=10),
-            ) as resp:
-                if resp.status == 200:
-                    answer = await resp.json()
-                    return not answer.get("cancelRequested")
-                if resp.status in (404, 409):
-                    return False
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            log.warning("heartbeat failed: %s", exc)
-        return None
+        job = agent._jobs[key] = _Job(link=link)
+        # every pulled task heartbeats while it runs, whatever its mode (no inline answer)
+        await agent._run_async(replace(op, mode="async"), ctx, payload, job, completion_url, auth)
 
 
-async def _until_final(run: Callable[[], Awaitable[None]], job: _Job) -> None:
-    while True:
-        await run()
-        if job.status != 503:  # RetryLater: try again here while the lease holds
-            return
-        await asyncio.sleep(0.2)
+def dispatch_headers(task: dict[str, Any], worker_id: str) -> dict[str, str]:
+    """The headers a pushed dispatch of this task would carry (what ``Attempt`` reads)."""
+    headers = {
+        "Nexus-Callback-Authorization": f"Bearer {task['token']}",
+        HEADER_ATTEMPT: str(task.get("attempt") or 1),
+        "Swarmgate-Caller": str(task.get("caller") or ""),
+        "Swarmgate-Worker": worker_id,
+    }
+    if task.get("heartbeatUrl"):
+        headers[HEADER_HEARTBEAT_URL] = str(task["heartbeatUrl"])
+    if task.get("stepsUrl"):
+        headers[HEADER_STEPS_URL] = str(task["stepsUrl"])
+    if task.get("heartbeatTimeoutS"):
+        headers[HEADER_HEARTBEAT_TIMEOUT] = f"{float(task['heartbeatTimeoutS']):g}"
+    journal = task.get("journal") or {}
+    if journal.get("steps") or journal.get("details") is not None:
+        headers[HEADER_JOURNAL] = json.dumps(journal, separators=(",", ":"))
+    return headers
+
+
+def link_headers(link: Attempt, worker_id: str) -> dict[str, str]:
+    """What ``OpContext.headers`` shows a handler of a pulled task."""
+    return {HEADER_ATTEMPT: str(link.attempt), "Swarmgate-Worker": worker_id}
 
 
 async def _first(*aws: Awaitable[Any]) -> None:
