@@ -18,7 +18,7 @@ and one object per concern, and forwards each public method to its room:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any
@@ -279,11 +279,16 @@ class Engine:
     # -- pull workers (agent-facing) -------------------------------------------------------------
 
     async def poll_tasks(
-        self, agent: AgentSpec, worker_id: str, max_tasks: int, wait_s: float
+        self,
+        agent: AgentSpec,
+        worker_id: str,
+        max_tasks: int,
+        wait_s: float,
+        gone: Callable[[], bool] = lambda: False,
     ) -> list[DispatchRequest]:
         """Lease up to ``max_tasks`` queued tasks of pull agent ``agent`` to ``worker_id``,
         waiting up to ``wait_s`` for one; each as the request a pushed agent would get."""
-        ops = await self._pull.poll(agent, worker_id, max_tasks, wait_s)
+        ops = await self._pull.poll(agent, worker_id, max_tasks, wait_s, gone)
         out = []
         for op in ops:
             spec = agent.operations.get(op.operation) or OperationSpec(name=op.operation)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -87,9 +88,18 @@ class PullQueues:
         }
 
     async def poll(
-        self, agent: AgentSpec, worker_id: str, max_tasks: int, wait_s: float
+        self,
+        agent: AgentSpec,
+        worker_id: str,
+        max_tasks: int,
+        wait_s: float,
+        gone: Callable[[], bool] = lambda: False,
     ) -> list[Operation]:
-        """Lease up to ``max_tasks`` of ``agent``'s queued tasks, waiting up to ``wait_s``."""
+        """Lease up to ``max_tasks`` of ``agent``'s queued tasks, waiting up to ``wait_s``.
+
+        ``gone()`` says the worker hung up (it died mid-poll): then nothing more is leased to
+        it, so no task waits out a lease nobody holds.
+        """
         core = self._core
         store = core.store
         await store.touch_worker(agent.name, worker_id, core.now())
@@ -97,6 +107,8 @@ class PullQueues:
         deadline = time.monotonic() + wait_s
         while True:
             arrival = self._arrival(agent.name)  # taken before the claim: no wake-up is lost
+            if gone():
+                return []
             now = core.now()
             ops = await store.claim_tasks(
                 agent.name,

@@ -95,11 +95,9 @@ async def register_agent(request: web.Request) -> web.Response:
 def agent_json(agent: AgentSpec, version: int) -> dict[str, Any]:
     """An agent as reads show it: credentials in the endpoint URL are redacted (``auth``
     shows references, env var names, never a secret)."""
-    data = {
-        **agent.to_json(),
-        "endpoint": redact_userinfo(agent.endpoint),
-        "registryVersion": version,
-    }
+    data = {**agent.to_json(), "registryVersion": version}
+    if agent.endpoint:  # a pull agent has none
+        data["endpoint"] = redact_userinfo(agent.endpoint)
     if "endpoints" in data:
         data["endpoints"] = [redact_userinfo(e) for e in agent.endpoints]
     return data

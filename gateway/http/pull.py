@@ -109,7 +109,12 @@ async def poll_tasks(request: web.Request) -> web.Response:
             f"agent {name!r} is not a pull agent (adapter {agent.adapter.value}): "
             "the gateway dispatches to its endpoint",
         )
-    reqs = await svc.engine.poll_tasks(agent, worker_id, max_tasks, wait_s)
+
+    def gone() -> bool:  # the worker hung up (died) while it waited
+        transport = request.transport
+        return transport is None or transport.is_closing()
+
+    reqs = await svc.engine.poll_tasks(agent, worker_id, max_tasks, wait_s, gone)
     return web.json_response({"tasks": [task_json(r) for r in reqs]})
 
 
