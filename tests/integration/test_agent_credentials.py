@@ -13,6 +13,7 @@ from urllib.parse import parse_qs
 import pytest
 from aiohttp import web
 
+from gateway.testing import eventually
 from tests.conftest import Running, make_settings, running_gateway, serving
 
 BEARER = "bearer-secret-5f1e9a"
@@ -236,3 +237,41 @@ async def test_a_registration_naming_an_unset_env_var_is_a_400_and_stores_nothin
                 assert r.headers["Content-Type"].startswith("application/problem+json")
         async with gw.http.get(f"{gw.url}/api/agents/nobody") as r:
             assert r.status == 404
+
+
+async def test_credentials_also_reach_the_agent_with_a_cancel(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SG_TEST_API_KEY", API_KEY)
+    seen: list[tuple[str, str | None]] = []
+
+    async def accept(request: web.Request) -> web.Response:
+        seen.append((request.path, request.headers.get("X-Api-Key")))
+        return web.json_response({"token": "t-1"}, status=202)
+
+    async def cancel(request: web.Request) -> web.Response:
+        seen.append((request.path, request.headers.get("X-Api-Key")))
+        return web.Response(status=202)
+
+    app = web.Application()
+    app.router.add_post("/work", accept)
+    app.router.add_post("/work/cancel", cancel)
+    async with serving(app) as url, gateway(db_url) as gw:
+        auth = {"type": "api_key", "header": "X-Api-Key", "value_env": "SG_TEST_API_KEY"}
+        async with gw.http.post(
+            f"{gw.url}/api/agents", json=registration("key-agent", url, auth)
+        ) as r:
+            assert r.status == 201
+        status, op_id, _ = await start(gw, "key-agent")
+        assert status == 201
+        async with gw.http.post(f"{gw.url}/api/operations/{op_id}/cancel") as r:
+            assert r.status in (200, 202)
+
+        async def state() -> str:
+            async with gw.http.get(f"{gw.url}/api/operations/{op_id}") as r:
+                return str((await r.json())["state"])
+
+        await eventually(
+            state, until=lambda s: s == "canceled", what="the cancel reaches the agent"
+        )
+        assert seen == [("/work", API_KEY), ("/work/cancel", API_KEY)]

@@ -4,12 +4,17 @@ endpoint's health in GET /api/agents/{name} and /metrics."""
 
 from __future__ import annotations
 
+import asyncio
+from contextlib import AsyncExitStack
+from dataclasses import replace
 from typing import Any
 
 from aiohttp import web
 
+from gateway.domain.specs import RetryPolicy
+from gateway.sdk.agent import AgentApp, OpContext
 from gateway.testing import eventually, free_port
-from tests.conftest import Running, make_settings, running_gateway, serving
+from tests.conftest import Running, make_settings, running_gateway, serving, serving_agent
 
 FAST = {"initial_s": 0.05, "max_s": 0.1, "jitter_s": 0.0}
 
@@ -117,3 +122,54 @@ async def test_bad_pools_are_refused_with_a_problem(db_url: str) -> None:
             assert r.status == 400
         async with gw.http.get(f"{gw.url}/api/agents/pool") as r:
             assert r.status == 404
+
+
+async def test_a_pool_moves_to_another_endpoint_when_an_instance_stops_heartbeating(
+    db_url: str,
+) -> None:
+    def instance_app(name: str) -> AgentApp:
+        agent = AgentApp("pool")
+
+        @agent.operation(
+            "work",
+            mode="async",
+            heartbeat_timeout_s=0.5,
+            retry=RetryPolicy(initial_s=0.05, max_s=0.1, jitter_s=0.0),
+        )
+        async def work(ctx: OpContext, payload: Any) -> Any:
+            await asyncio.sleep(float(payload["sleep"]))
+            return {"served_by": name, "attempt": ctx.attempt}
+
+        return agent
+
+    first, second = instance_app("first"), instance_app("second")
+    async with AsyncExitStack() as stack, running_gateway(make_settings(db_url)) as gw:
+        first_url = await stack.enter_async_context(serving_agent(first))
+        async with serving_agent(second) as second_url:
+            spec = replace(first.spec(first_url), endpoints=(first_url, second_url))
+            await gw.gw.registry.register(spec)
+            async with gw.http.post(gw.nexus("pool", "work"), json={"sleep": 1.5}) as r:
+                assert r.status == 201
+                op_id = (await r.json())["token"]
+            accepted = await eventually(
+                lambda: events(gw, op_id),
+                until=lambda evs: any(e["kind"] == "attempt.accepted" for e in evs),
+            )
+            took = next(e["data"]["endpoint"] for e in accepted if e["kind"] == "attempt.accepted")
+            assert took == first_url  # round-robin starts with the first
+            await stack.aclose()  # the first instance goes away mid-task: no more heartbeats
+            done = await eventually(
+                lambda: events(gw, op_id),
+                until=lambda evs: evs[-1]["kind"] == "operation.succeeded",
+                what="the operation finishes on the other instance",
+            )
+            kinds = [e["kind"] for e in done]
+            assert "attempt.heartbeat_timeout" in kinds
+            accepts = [e["data"]["endpoint"] for e in done if e["kind"] == "attempt.accepted"]
+            assert accepts == [first_url, second_url]
+            async with gw.http.get(f"{gw.url}/api/operations/{op_id}") as r:
+                assert (await r.json())["result"] == {"served_by": "second", "attempt": 2}
+            async with gw.http.get(f"{gw.url}/api/agents/pool") as r:
+                health = {h["endpoint"]: h for h in (await r.json())["endpoint_health"]}
+            assert health[first_url]["last_error"] == "heartbeat timed out"
+            assert health[first_url]["up"] is False

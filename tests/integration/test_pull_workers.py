@@ -211,3 +211,52 @@ async def test_bad_polls_are_problems_and_lease_nothing(db_url: str) -> None:
         assert [t["operationId"] for t in tasks] == [op_id]
         assert tasks[0]["input"] == {"n": 1} and tasks[0]["attempt"] == 1
         assert tasks[0]["heartbeatUrl"].endswith(f"/api/operations/{op_id}/heartbeat")
+
+
+async def test_a_canceled_leased_task_stops_its_worker_and_is_not_completed(db_url: str) -> None:
+    agent = pull_agent(heartbeat_timeout_s=1.0)
+    async with gateway(db_url) as gw:
+        await register(gw, agent)
+        op_id = await start(gw, 1, sleep=30)
+        async with worker(gw, agent, "w-1"):
+            await eventually(
+                lambda: kinds(gw, op_id),
+                until=lambda ks: "attempt.leased" in ks,
+                what="the worker leases the task",
+            )
+            async with gw.http.post(
+                f"{gw.url}/api/operations/{op_id}/cancel", headers=bearer("caller", "ops:read")
+            ) as r:
+                assert r.status in (200, 202), await r.text()
+            closed = await eventually(
+                lambda: operation(gw, op_id), until=lambda o: o["state"] != "running"
+            )
+            assert closed["state"] == "canceled"
+            await eventually(
+                lambda: agent._jobs.get(op_id),
+                until=lambda job: job is None,
+                what="the worker stops the handler (its heartbeat says the operation closed)",
+            )
+        assert op_id not in agent.effects and agent.completions_sent == {}
+
+
+async def test_a_poll_on_one_replica_gets_work_started_on_another(pg_db: str) -> None:
+    agent = pull_agent()
+    async with gateway(pg_db) as gw_a, gateway(pg_db) as gw_b:
+        await register(gw_a, agent)
+        got: asyncio.Task[Any] = asyncio.create_task(
+            gw_b.http.post(
+                f"{gw_b.url}/api/agents/batch/tasks:poll",
+                json={"max_tasks": 5, "wait_s": 10, "worker_id": "w-b"},
+                headers=bearer(OWNER, "agents:work"),
+            )
+        )
+        await eventually(
+            lambda: show(gw_a), until=lambda s: [w["worker_id"] for w in s["workers"]] == ["w-b"]
+        )
+        op_id = await start(gw_a, 7)
+        async with await got as r:
+            assert r.status == 200
+            tasks = (await r.json())["tasks"]
+        assert [t["operationId"] for t in tasks] == [op_id]
+        assert tasks[0]["completionUrl"].startswith(gw_b.url)  # the answering replica's URL
