@@ -200,6 +200,7 @@ class Engine:
     async def stop(self, grace_s: float | None = None) -> None:
         """Stop taking work, let in-flight work finish for ``grace_s``, then cancel what is
         left and release its leases so another replica takes it over at once."""
+        self._pull.close()  # waiting pull workers get their (empty) answer now
         await self._loops.stop(grace_s)
 
     def wake(self) -> None:

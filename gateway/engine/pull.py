@@ -51,6 +51,13 @@ class PullQueues:
         self._core = core
         self._arrivals: dict[str, asyncio.Event] = {}  # agent -> set when work is parked here
         self._forgot_at = 0.0
+        self._closing = False
+
+    def close(self) -> None:
+        """The replica stops: every waiting poll answers at once, new ones do not wait."""
+        self._closing = True
+        for agent in list(self._arrivals):
+            self.arrived(agent)
 
     def _arrival(self, agent: str) -> asyncio.Event:
         found = self._arrivals.get(agent)
@@ -119,7 +126,7 @@ class PullQueues:
                 max_tasks,
             )
             remaining = deadline - time.monotonic()
-            if ops or remaining <= 0:
+            if ops or remaining <= 0 or self._closing:
                 if ops:
                     await store.touch_worker(agent.name, worker_id, core.now())
                 return ops

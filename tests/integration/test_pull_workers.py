@@ -260,3 +260,21 @@ async def test_a_poll_on_one_replica_gets_work_started_on_another(pg_db: str) ->
             tasks = (await r.json())["tasks"]
         assert [t["operationId"] for t in tasks] == [op_id]
         assert tasks[0]["completionUrl"].startswith(gw_b.url)  # the answering replica's URL
+
+
+async def test_a_waiting_poll_answers_at_once_when_the_gateway_stops(db_url: str) -> None:
+    agent = pull_agent()
+    async with gateway(db_url) as gw:
+        await register(gw, agent)
+        poll = asyncio.create_task(
+            gw.http.post(
+                f"{gw.url}/api/agents/batch/tasks:poll",
+                json={"max_tasks": 1, "wait_s": 60, "worker_id": "w"},
+                headers=bearer(OWNER, "agents:work"),
+            )
+        )
+        await eventually(lambda: show(gw), until=lambda s: len(s["workers"]) == 1)
+        await gw.gw.engine.stop(grace_s=0.1)
+        async with await asyncio.wait_for(poll, 10) as r:  # not the 60 s wait
+            assert r.status == 200
+            assert (await r.json())["tasks"] == []
