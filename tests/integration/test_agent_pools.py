@@ -12,6 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway.domain.specs import RetryPolicy
+from gateway.http.contract import component_errors
 from gateway.sdk.agent import AgentApp, OpContext
 from gateway.testing import eventually, free_port
 from tests.conftest import Running, make_settings, running_gateway, serving, serving_agent
@@ -74,7 +75,9 @@ async def test_a_pool_moves_to_the_healthy_endpoint_when_one_is_down(db_url: str
         assert [d["endpoint"] for d in succeeded] == [live] * len(op_ids)
 
         async with gw.http.get(f"{gw.url}/api/agents/pool") as r:
-            health = {h["endpoint"]: h for h in (await r.json())["endpoint_health"]}
+            shown = await r.json()
+        assert component_errors("AgentRecord", shown) == []
+        health = {h["endpoint"]: h for h in shown["endpoint_health"]}
         assert health[dead]["up"] is False and health[dead]["failures"] == len(failed)
         assert health[dead]["last_error"]
         assert health[live]["up"] is True and health[live]["successes"] == len(op_ids)

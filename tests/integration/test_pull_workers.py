@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+from gateway.http.contract import component_errors
 from gateway.sdk.agent import AgentApp, OpContext
 from gateway.testing import eventually
 from registry.auth import mint_token
@@ -211,6 +212,10 @@ async def test_bad_polls_are_problems_and_lease_nothing(db_url: str) -> None:
         assert [t["operationId"] for t in tasks] == [op_id]
         assert tasks[0]["input"] == {"n": 1} and tasks[0]["attempt"] == 1
         assert tasks[0]["heartbeatUrl"].endswith(f"/api/operations/{op_id}/heartbeat")
+        assert component_errors("LeasedTask", tasks[0]) == []
+        shown = await show(gw)
+        assert shown["workers"][0]["leased"] == 1
+        assert component_errors("AgentRecord", shown) == []
 
 
 async def test_a_canceled_leased_task_stops_its_worker_and_is_not_completed(db_url: str) -> None:
