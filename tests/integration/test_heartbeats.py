@@ -258,7 +258,7 @@ async def test_bad_heartbeats_and_steps_get_a_problem_and_change_nothing(db_url:
 
 async def test_an_agent_fetches_a_journal_too_big_for_the_dispatch_header(db_url: str) -> None:
     async with raw_swarm(db_url) as (gw, agent):
-        op_id, d = await start(gw, agent)
+        _op_id, d = await start(gw, agent)
         big = "x" * (2 * JOURNAL_HEADER_MAX)
         async with gw.http.put(
             d[HEADER_STEPS_URL] + "/big", headers=bearer(d), json={"result": big}
