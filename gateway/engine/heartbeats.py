@@ -115,7 +115,8 @@ class Heartbeats:
         beat = Heartbeat(
             operation_id=op_id,
             attempt=attempt,
-            until=core.now() + timedelta(seconds=timeout or 0.0),
+            # (an operation registered again without heartbeats keeps an hour's grace)
+            until=core.now() + timedelta(seconds=timeout or 3600.0),
             details=details,
             has_details=has_details,
         )
