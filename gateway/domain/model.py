@@ -93,6 +93,26 @@ class Event:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Heartbeat:
+    """One heartbeat of an accepted attempt: the next deadline, and a checkpoint if given."""
+
+    operation_id: str
+    attempt: int | None  # None: whatever attempt the operation is on
+    until: datetime
+    details: Any = None
+    has_details: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class HeartbeatAck:
+    """What a recorded heartbeat found: state, attempt, and whether a cancel was asked."""
+
+    state: OperationState
+    attempt: int
+    cancel_requested: bool
+
+
+@dataclass(frozen=True, kw_only=True)
 class StepRecord:
     """One completed step of an operation's journal (first write wins)."""
 

@@ -16,6 +16,8 @@ from gateway.domain.model import (
     Completion,
     DeliveryState,
     Event,
+    Heartbeat,
+    HeartbeatAck,
     IdempotencyRecord,
     Operation,
     OperationState,
@@ -205,14 +207,25 @@ class Store(Protocol):
 
     # heartbeats and the step journal -----------------------------------------------------------
     async def heartbeat(
-        self, op_id: str, attempt: int, until: datetime, *, details: Any = None, has_details: bool
-    ) -> bool:
-        """One heartbeat of attempt ``attempt`` of a running operation, in place.
+        self,
+        op_id: str,
+        attempt: int | None,
+        until: datetime,
+        *,
+        details: Any = None,
+        has_details: bool,
+    ) -> HeartbeatAck | None:
+        """One heartbeat of attempt ``attempt`` (None: the current one) of a running operation.
 
-        Moves ``heartbeat_until`` to ``until`` if the attempt has a heartbeat deadline, and
-        stores ``details`` as the checkpoint if ``has_details``. False (nothing written)
-        when the operation is unknown, closed, or on another attempt.
+        An in-place update: moves ``heartbeat_until`` to ``until`` if the attempt has a
+        heartbeat deadline, and stores ``details`` as the checkpoint if ``has_details``; no
+        event. None (nothing written) when the operation is unknown, closed, or on another
+        attempt.
         """
+        ...
+
+    async def heartbeat_many(self, beats: Sequence[Heartbeat]) -> list[HeartbeatAck | None]:
+        """``heartbeat`` for several, committed together (group commit); one result each."""
         ...
 
     async def due_heartbeats(self, now: datetime, limit: int) -> list[Operation]:

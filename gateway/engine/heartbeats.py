@@ -1,31 +1,34 @@
 """Heartbeats and the durable step journal of accepted operations (issue 12).
 
-This room owns what an agent may do while it works on an operation it accepted: heartbeat
-it (``beat``: one in-place store update of the attempt's heartbeat deadline and, when given,
-its checkpoint details; no event per heartbeat), read the journal of earlier attempts
-(``journal``), record a completed step (``record_step``: first write wins, with a
-``step.completed`` event), and the sweep that fails an attempt whose heartbeats stopped
-(``expire``: event ``attempt.heartbeat_timeout``, dispatched again with backoff under the same
-idempotency key, carrying the last checkpoint). Every check is a store read or write, so a
-heartbeat counts on whichever replica it reaches.
+This room owns what an agent may do while it works on an operation it accepted: heartbeat it
+(``beat``: one in-place store update of the attempt's heartbeat deadline and, when given, its
+checkpoint details, group-committed with concurrent heartbeats; no event per heartbeat), read
+the journal of earlier attempts (``journal``), record a completed step (``record_step``: first
+write wins, with a ``step.completed`` event), and the sweep that fails an attempt whose
+heartbeats stopped (``expire``: event ``attempt.heartbeat_timeout``, dispatched again with
+backoff under the same idempotency key, carrying the last checkpoint). Every check is a store
+read or write, so a heartbeat counts on whichever replica it reaches.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 from gateway.domain.dispatch import STEP_NAME_MAX, Journal
 from gateway.domain.errors import HandlerError, HandlerErrorType
-from gateway.domain.model import Operation, StepRecord, failure
-from gateway.domain.specs import OperationSpec
+from gateway.domain.model import Heartbeat, HeartbeatAck, Operation, StepRecord, failure
+from gateway.domain.specs import AdapterKind, OperationSpec
 from gateway.engine import backoff
+from gateway.engine.batching import GroupCommit
 from gateway.engine.closing import Closer
 from gateway.engine.core import EngineCore
 
 log = logging.getLogger("swarmgate.engine")
+NAMES_CACHED = 100_000  # operations whose names a heartbeat remembers (LRU)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -51,6 +54,20 @@ class Heartbeats:
         self._core = core
         self._closer = closer
         self._check_token = check_token  # (op_id, token) -> bool: the completion token
+        # operation id -> (agent, operation): they never change, so a heartbeat after the
+        # first needs no read of the operation
+        self._names: OrderedDict[str, tuple[str, str]] = OrderedDict()
+        # Through core.store at call time, so a wrapped store (fault injection) sees the calls.
+        self._beats: GroupCommit[Heartbeat, HeartbeatAck | None] = GroupCommit(
+            lambda batch: core.store.heartbeat_many(batch),
+            lambda one: core.store.heartbeat(
+                one.operation_id,
+                one.attempt,
+                one.until,
+                details=one.details,
+                has_details=one.has_details,
+            ),
+        )
 
     # -- what the agent calls -------------------------------------------------------------------
 
@@ -73,31 +90,62 @@ class Heartbeats:
         return op
 
     async def _spec(self, op: Operation) -> OperationSpec | None:
-        agent = await self._core.registry.get(op.service)
-        return agent.operations.get(op.operation) if agent else None
+        return await self._spec_of(op.service, op.operation)
+
+    async def _spec_of(self, service: str, operation: str) -> OperationSpec | None:
+        agent = await self._core.registry.get(service)
+        return agent.operations.get(operation) if agent else None
+
+    async def _grace_s(self, service: str, operation: str) -> float:
+        """How far a heartbeat moves the deadline of an operation without heartbeat_timeout_s."""
+        agent = await self._core.registry.get(service)
+        spec = agent.operations.get(operation) if agent else None
+        if agent is not None and spec is not None and agent.adapter is AdapterKind.PULL:
+            return spec.attempt_timeout_s  # a pull task's lease is its attempt timeout
+        return 3600.0
 
     async def beat(
         self, op_id: str, token: str, *, attempt: int | None, details: Any, has_details: bool
     ) -> HeartbeatAnswer:
+        """One heartbeat: in the steady state one group-committed ``UPDATE ... RETURNING``
+        (the operation's agent and operation names are remembered after the first)."""
         core = self._core
-        op = await self._running(op_id, token, attempt)
-        spec = await self._spec(op)
+        if not token or not self._check_token(op_id, token):
+            raise HandlerError(HandlerErrorType.UNAUTHENTICATED, "invalid operation token")
+        names = self._names.get(op_id)
+        if names is None:
+            op = await self._running(op_id, token, attempt)
+            names = self._remember(op_id, (op.service, op.operation))
+        else:
+            self._names.move_to_end(op_id)
+        spec = await self._spec_of(*names)
         timeout = spec.heartbeat_timeout_s if spec else None
-        # no heartbeat timeout: the deadline (a pull task's attempt-timeout lease) stays put
-        until = core.now() + timedelta(seconds=timeout) if timeout else op.heartbeat_until
-        until = until or core.now()
-        ok = await core.store.heartbeat(
-            op_id, op.attempts, until, details=details, has_details=has_details
+        beat = Heartbeat(
+            operation_id=op_id,
+            attempt=attempt,
+            # (an operation registered again without heartbeats keeps an hour's grace; a pull
+            # task without heartbeats renews its attempt-timeout lease)
+            until=core.now() + timedelta(seconds=timeout or await self._grace_s(*names)),
+            details=details,
+            has_details=has_details,
         )
-        if not ok:  # closed or dispatched again since the read: say so, as a fresh read would
-            await self._running(op_id, token, op.attempts)
+        ack = await self._beats.submit(beat)
+        if ack is None:  # unknown, closed or on another attempt: say which
+            self._names.pop(op_id, None)
+            await self._running(op_id, token, attempt)
             raise HandlerError(HandlerErrorType.CONFLICT, "operation changed: stop")
         return HeartbeatAnswer(
-            state=op.state.value,
-            cancel_requested=op.cancel_requested_at is not None,
+            state=ack.state.value,
+            cancel_requested=ack.cancel_requested,
             heartbeat_timeout_s=timeout,
-            attempt=op.attempts,
+            attempt=ack.attempt,
         )
+
+    def _remember(self, op_id: str, names: tuple[str, str]) -> tuple[str, str]:
+        self._names[op_id] = names
+        if len(self._names) > NAMES_CACHED:
+            self._names.popitem(last=False)
+        return names
 
     async def journal(self, op_id: str, token: str) -> Journal:
         if not token or not self._check_token(op_id, token):
@@ -120,18 +168,16 @@ class Heartbeats:
                 HandlerErrorType.BAD_REQUEST, f"a step name has 1 to {STEP_NAME_MAX} characters"
             )
         core = self._core
-        op = await self._running(op_id, token)
-        at = core.now()
+        if attempt is None:  # the SDK names it; others get the operation's current attempt
+            attempt = (await self._running(op_id, token)).attempts
+        elif not token or not self._check_token(op_id, token):
+            raise HandlerError(HandlerErrorType.UNAUTHENTICATED, "invalid operation token")
         step = StepRecord(
-            operation_id=op_id,
-            name=name,
-            result=result,
-            at=at,
-            attempt=op.attempts if attempt is None else attempt,
+            operation_id=op_id, name=name, result=result, at=core.now(), attempt=attempt
         )
         event = core.event(op_id, "step.completed", name=name, attempt=step.attempt)
         recorded = await core.store.record_step(step, event)
-        if recorded is None:  # closed since the read
+        if recorded is None:  # unknown or closed: say which
             await self._running(op_id, token)
             raise HandlerError(HandlerErrorType.CONFLICT, "operation changed")
         return recorded

@@ -9,10 +9,18 @@ event in the same transaction.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from gateway.domain.model import Event, Operation, OperationState, StepRecord
+from gateway.domain.model import (
+    Event,
+    Heartbeat,
+    HeartbeatAck,
+    Operation,
+    OperationState,
+    StepRecord,
+)
 from gateway.store import rows
 from gateway.store import schema as t
 from gateway.store import statements as s
@@ -25,14 +33,49 @@ class JournalTables(RecordTables):
 
     @translate
     async def heartbeat(
-        self, op_id: str, attempt: int, until: datetime, *, details: Any = None, has_details: bool
-    ) -> bool:
-        params: dict[str, Any] = {"b_id": op_id, "b_attempt": attempt, "b_until": until}
-        if has_details:
-            params["b_details"] = details
+        self,
+        op_id: str,
+        attempt: int | None,
+        until: datetime,
+        *,
+        details: Any = None,
+        has_details: bool,
+    ) -> HeartbeatAck | None:
+        beat = Heartbeat(
+            operation_id=op_id,
+            attempt=attempt,
+            until=until,
+            details=details,
+            has_details=has_details,
+        )
+        return (await self.heartbeat_many([beat]))[0]
+
+    @translate
+    async def heartbeat_many(self, beats: Sequence[Heartbeat]) -> list[HeartbeatAck | None]:
+        acks: dict[int, HeartbeatAck | None] = {}
+        order = sorted(range(len(beats)), key=lambda i: beats[i].operation_id)  # lock order
         async with self._tx() as conn:
-            res = await conn.execute(s.HEARTBEAT[has_details], params)
-        return bool(res.rowcount)
+            for i in order:
+                b = beats[i]
+                params: dict[str, Any] = {
+                    "b_id": b.operation_id,
+                    "b_any_attempt": b.attempt is None,
+                    "b_attempt": b.attempt if b.attempt is not None else -1,
+                    "b_until": b.until,
+                }
+                if b.has_details:
+                    params["b_details"] = b.details
+                row = (await conn.execute(s.HEARTBEAT[b.has_details], params)).first()
+                acks[i] = (
+                    None
+                    if row is None
+                    else HeartbeatAck(
+                        state=OperationState(row.state),
+                        attempt=int(row.attempts),
+                        cancel_requested=row.cancel_requested_at is not None,
+                    )
+                )
+        return [acks[i] for i in range(len(beats))]
 
     @translate
     async def due_heartbeats(self, now: datetime, limit: int) -> list[Operation]:

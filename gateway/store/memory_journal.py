@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from gateway.domain.model import Event, Operation, OperationState, StepRecord, Work
+from gateway.domain.model import (
+    Event,
+    Heartbeat,
+    HeartbeatAck,
+    Operation,
+    OperationState,
+    StepRecord,
+    Work,
+)
 from gateway.store.memory_records import MemoryTables
 
 
@@ -19,17 +28,37 @@ class MemoryJournal(MemoryTables):
         self._steps: dict[str, dict[str, StepRecord]] = {}  # op id -> name -> step
 
     async def heartbeat(
-        self, op_id: str, attempt: int, until: datetime, *, details: Any = None, has_details: bool
-    ) -> bool:
+        self,
+        op_id: str,
+        attempt: int | None,
+        until: datetime,
+        *,
+        details: Any = None,
+        has_details: bool,
+    ) -> HeartbeatAck | None:
         op = self._ops.get(op_id)
-        if op is None or op.state is not OperationState.RUNNING or op.attempts != attempt:
-            return False
+        if op is None or op.state is not OperationState.RUNNING:
+            return None
+        if attempt is not None and op.attempts != attempt:
+            return None
         self._ops[op_id] = replace(
             op,
             heartbeat_until=None if op.heartbeat_until is None else until,
             heartbeat_details=copy.deepcopy(details) if has_details else op.heartbeat_details,
         )
-        return True
+        return HeartbeatAck(
+            state=op.state,
+            attempt=op.attempts,
+            cancel_requested=op.cancel_requested_at is not None,
+        )
+
+    async def heartbeat_many(self, beats: Sequence[Heartbeat]) -> list[HeartbeatAck | None]:
+        return [
+            await self.heartbeat(
+                b.operation_id, b.attempt, b.until, details=b.details, has_details=b.has_details
+            )
+            for b in beats
+        ]
 
     async def due_heartbeats(self, now: datetime, limit: int) -> list[Operation]:
         due = [

@@ -292,17 +292,22 @@ A2A_MARK_QUEUED = (
 _hb_live = and_(
     _o.c.id == bindparam("b_id"),
     _o.c.state == OperationState.RUNNING.value,
-    _o.c.attempts == bindparam("b_attempt", type_=Integer()),
+    or_(
+        bindparam("b_any_attempt", type_=Boolean()),
+        _o.c.attempts == bindparam("b_attempt", type_=Integer()),
+    ),
 )
 _hb_until = case((_o.c.heartbeat_until.is_(None), None), else_=bindparam("b_until", type_=_TS))
+_hb_ack = (_o.c.state, _o.c.attempts, _o.c.cancel_requested_at)
 HEARTBEAT = {
     True: update(_o)
     .where(_hb_live)
     .values(
         heartbeat_until=_hb_until,
         heartbeat_details=bindparam("b_details", type_=t.Json),
-    ),
-    False: update(_o).where(_hb_live).values(heartbeat_until=_hb_until),
+    )
+    .returning(*_hb_ack),
+    False: update(_o).where(_hb_live).values(heartbeat_until=_hb_until).returning(*_hb_ack),
 }
 DUE_HEARTBEATS = (  # served by the partial index ix_sg_operations_heartbeat
     select(_o)

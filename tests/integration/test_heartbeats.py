@@ -21,10 +21,13 @@ from gateway.domain.dispatch import (
     HEADER_HEARTBEAT_TIMEOUT,
     HEADER_HEARTBEAT_URL,
     HEADER_JOURNAL,
+    HEADER_JOURNAL_OMITTED,
     HEADER_STEPS_URL,
+    JOURNAL_HEADER_MAX,
 )
 from gateway.domain.model import OperationState
 from gateway.domain.specs import AgentSpec, OperationSpec, RetryPolicy
+from gateway.sdk._durable import Attempt
 from gateway.testing import eventually
 from tests.conftest import Running, make_settings, running_gateway, serving
 
@@ -251,3 +254,16 @@ async def test_bad_heartbeats_and_steps_get_a_problem_and_change_nothing(db_url:
         assert await gw.gw.engine.store.list_steps(op_id) == []
         kinds = await history_kinds(gw, op_id)
         assert "step.completed" not in kinds
+
+
+async def test_an_agent_fetches_a_journal_too_big_for_the_dispatch_header(db_url: str) -> None:
+    async with raw_swarm(db_url) as (gw, agent):
+        _op_id, d = await start(gw, agent)
+        big = "x" * (2 * JOURNAL_HEADER_MAX)
+        async with gw.http.put(
+            d[HEADER_STEPS_URL] + "/big", headers=bearer(d), json={"result": big}
+        ) as r:
+            assert r.status == 201
+        link = Attempt({**d, HEADER_JOURNAL_OMITTED: "1"}, lambda: gw.http)
+        await link.load()
+        assert link.steps == {"big": big}

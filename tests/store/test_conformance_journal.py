@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.domain.model import OperationState, StepRecord, Work
+from gateway.domain.model import Heartbeat, HeartbeatAck, OperationState, StepRecord, Work
 from gateway.domain.ports import Store
 from tests.store.test_conformance import LEASE, at, closing, ev, kinds, start
 
@@ -149,3 +149,27 @@ async def test_no_step_is_recorded_for_an_unknown_or_closed_operation(port_store
     assert await port_store.record_step(step(op_id, "a", 1), ev(op, "step.completed")) is None
     assert await port_store.list_steps(op_id) == []
     assert "step.completed" not in await kinds(port_store, op)
+
+
+async def test_batched_heartbeats_answer_each_in_order_with_the_state_and_any_cancel(
+    port_store: Store,
+) -> None:
+    live = await accepted(port_store)
+    canceling = await accepted(port_store)
+    op = await port_store.get_operation(canceling)
+    assert op is not None
+    assert await port_store.request_cancel(canceling, at(3), ev(op, "cancel.requested", 3))
+    beats = [
+        Heartbeat(operation_id=canceling, attempt=1, until=at(20)),
+        Heartbeat(operation_id="missing", attempt=None, until=at(20)),
+        Heartbeat(operation_id=live, attempt=None, until=at(21), details=[1], has_details=True),
+        Heartbeat(operation_id=live, attempt=7, until=at(22)),
+    ]
+    assert await port_store.heartbeat_many(beats) == [
+        HeartbeatAck(state=OperationState.RUNNING, attempt=1, cancel_requested=True),
+        None,
+        HeartbeatAck(state=OperationState.RUNNING, attempt=1, cancel_requested=False),
+        None,
+    ]
+    got = await port_store.get_operation(live)
+    assert got is not None and (got.heartbeat_until, got.heartbeat_details) == (at(21), [1])
