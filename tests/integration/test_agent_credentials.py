@@ -275,3 +275,41 @@ async def test_credentials_also_reach_the_agent_with_a_cancel(
             state, until=lambda s: s == "canceled", what="the cancel reaches the agent"
         )
         assert seen == [("/work", API_KEY), ("/work/cancel", API_KEY)]
+
+
+async def test_a_refused_oauth2_client_fails_the_attempt_before_the_agent_is_called(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SG_TEST_CLIENT_SECRET", "wrong-secret-0c7e")
+    agent = Agent("Authorization", ["Bearer access-1"])
+    tokens = TokenEndpoint()
+    async with (
+        serving(agent.app()) as url,
+        serving(tokens.app()) as token_url,
+        gateway(db_url) as gw,
+    ):
+        auth = {
+            "type": "oauth2_client_credentials",
+            "token_url": f"{token_url}/oauth2/token",
+            "client_id": "swarmgate",
+            "client_secret_env": "SG_TEST_CLIENT_SECRET",
+        }
+        reg = registration("oauth-agent", url, auth)
+        reg["operations"][0]["retry"]["max_attempts"] = 2
+        async with gw.http.post(f"{gw.url}/api/agents", json=reg) as r:
+            assert r.status == 201
+        async with gw.http.post(gw.nexus("oauth-agent", "work"), json={}) as r:
+            op_id = r.headers["Nexus-Operation-Token"]
+
+        async def history() -> list[dict[str, Any]]:
+            async with gw.http.get(f"{gw.url}/api/operations/{op_id}/events") as r:
+                return list((await r.json())["events"])
+
+        events = await eventually(
+            history, until=lambda evs: evs[-1]["kind"] == "operation.failed", what="gives up"
+        )
+        failed = [e for e in events if e["kind"] == "attempt.failed"]
+        assert failed and "token endpoint" in failed[0]["data"]["error"]
+        assert "HTTP 401" in failed[0]["data"]["error"]
+        assert agent.seen == []  # never called without a token
+        assert "wrong-secret-0c7e" not in repr(events)
