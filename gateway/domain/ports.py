@@ -259,6 +259,12 @@ class Store(Protocol):
         """
         ...
 
+    async def record_steps(
+        self, items: Sequence[tuple[StepRecord, Event]]
+    ) -> list[tuple[StepRecord, bool] | None]:
+        """``record_step`` for several, committed together (group commit); one result each."""
+        ...
+
     async def list_steps(self, op_id: str) -> list[StepRecord]:
         """The operation's recorded steps, oldest first."""
         ...

@@ -20,7 +20,14 @@ from typing import Any
 
 from gateway.domain.dispatch import STEP_NAME_MAX, Journal
 from gateway.domain.errors import HandlerError, HandlerErrorType
-from gateway.domain.model import Heartbeat, HeartbeatAck, Operation, StepRecord, failure
+from gateway.domain.model import (
+    Event,
+    Heartbeat,
+    HeartbeatAck,
+    Operation,
+    StepRecord,
+    failure,
+)
 from gateway.domain.specs import AdapterKind, OperationSpec
 from gateway.engine import backoff
 from gateway.engine.batching import GroupCommit
@@ -67,6 +74,12 @@ class Heartbeats:
                 details=one.details,
                 has_details=one.has_details,
             ),
+        )
+        self._steps: GroupCommit[tuple[StepRecord, Event], tuple[StepRecord, bool] | None] = (
+            GroupCommit(
+                lambda batch: core.store.record_steps(batch),
+                lambda one: core.store.record_step(*one),
+            )
         )
 
     # -- what the agent calls -------------------------------------------------------------------
@@ -176,7 +189,7 @@ class Heartbeats:
             operation_id=op_id, name=name, result=result, at=core.now(), attempt=attempt
         )
         event = core.event(op_id, "step.completed", name=name, attempt=step.attempt)
-        recorded = await core.store.record_step(step, event)
+        recorded = await self._steps.submit((step, event))
         if recorded is None:  # unknown or closed: say which
             await self._running(op_id, token)
             raise HandlerError(HandlerErrorType.CONFLICT, "operation changed")

@@ -111,20 +111,32 @@ class JournalTables(RecordTables):
 
     @translate
     async def record_step(self, step: StepRecord, event: Event) -> tuple[StepRecord, bool] | None:
-        key = {"b_id": step.operation_id, "b_name": step.name}
+        return (await self.record_steps([(step, event)]))[0]
+
+    @translate
+    async def record_steps(
+        self, items: Sequence[tuple[StepRecord, Event]]
+    ) -> list[tuple[StepRecord, bool] | None]:
+        out: dict[int, tuple[StepRecord, bool] | None] = {}
+        st = t.steps
+        ins = self._insert_if_new(st, [st.c.operation_id, st.c.name]).returning(st.c.name)
+        order = sorted(range(len(items)), key=lambda i: items[i][0].operation_id)  # lock order
         async with self._tx() as conn:
-            state = (
-                await conn.execute(s.LOCK_OPERATION_STATE, {"b_id": step.operation_id})
-            ).scalar()
-            if state != OperationState.RUNNING.value:
-                return None
-            st = t.steps
-            ins = self._insert_if_new(st, [st.c.operation_id, st.c.name]).returning(st.c.name)
-            if (await conn.execute(ins, rows.STEP.values(step))).first() is not None:
-                await conn.execute(s.INSERT_EVENTS, [rows.EVENT.values(event)])
-                return step, True
-            row = (await conn.execute(s.SELECT_STEP, key)).one()
-        return rows.STEP.load(row), False
+            for i in order:
+                step, event = items[i]
+                state = (
+                    await conn.execute(s.LOCK_OPERATION_STATE, {"b_id": step.operation_id})
+                ).scalar()
+                if state != OperationState.RUNNING.value:
+                    out[i] = None
+                elif (await conn.execute(ins, rows.STEP.values(step))).first() is not None:
+                    await conn.execute(s.INSERT_EVENTS, [rows.EVENT.values(event)])
+                    out[i] = (step, True)
+                else:
+                    key = {"b_id": step.operation_id, "b_name": step.name}
+                    row = (await conn.execute(s.SELECT_STEP, key)).one()
+                    out[i] = (rows.STEP.load(row), False)
+        return [out[i] for i in range(len(items))]
 
     @translate
     async def list_steps(self, op_id: str) -> list[StepRecord]:

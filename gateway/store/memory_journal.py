@@ -116,6 +116,11 @@ class MemoryJournal(MemoryTables):
         self._add_event(event)
         return copy.deepcopy(step), True
 
+    async def record_steps(
+        self, items: Sequence[tuple[StepRecord, Event]]
+    ) -> list[tuple[StepRecord, bool] | None]:
+        return [await self.record_step(step, event) for step, event in items]
+
     async def list_steps(self, op_id: str) -> list[StepRecord]:
         steps = sorted(self._steps.get(op_id, {}).values(), key=lambda s: (s.at, s.name))
         return copy.deepcopy(steps)

@@ -173,3 +173,27 @@ async def test_batched_heartbeats_answer_each_in_order_with_the_state_and_any_ca
     ]
     got = await port_store.get_operation(live)
     assert got is not None and (got.heartbeat_until, got.heartbeat_details) == (at(21), [1])
+
+
+async def test_batched_step_records_answer_each_in_order_and_the_first_write_wins(
+    port_store: Store,
+) -> None:
+    a = await accepted(port_store)
+    b = await accepted(port_store)
+    op_a, op_b = await port_store.get_operation(a), await port_store.get_operation(b)
+    assert op_a is not None and op_b is not None
+    first = step(a, "x", 1)
+    items = [
+        (first, ev(op_a, "step.completed", 2)),
+        (step("missing", "x", 1), ev(op_a, "step.completed", 2)),
+        (step(a, "x", 2, when=3), ev(op_a, "step.completed", 3)),
+        (step(b, "y", [3]), ev(op_b, "step.completed", 2)),
+    ]
+    assert await port_store.record_steps(items) == [
+        (first, True),
+        None,
+        (first, False),
+        (step(b, "y", [3]), True),
+    ]
+    assert (await kinds(port_store, op_a)).count("step.completed") == 1
+    assert (await kinds(port_store, op_b)).count("step.completed") == 1
