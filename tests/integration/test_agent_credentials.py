@@ -3,6 +3,7 @@ reach a real agent on loopback; secrets are named by env var and never shown or 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 from collections.abc import AsyncIterator
@@ -13,6 +14,10 @@ from urllib.parse import parse_qs
 import pytest
 from aiohttp import web
 
+from adapters.credentials import EnvCredentials
+from adapters.transport import HttpTransport
+from gateway.domain.specs import AgentAuth, AgentSpec, AuthType
+from gateway.security.netguard import OutboundPolicy
 from gateway.testing import eventually
 from tests.conftest import Running, make_settings, running_gateway, serving
 
@@ -313,3 +318,43 @@ async def test_a_refused_oauth2_client_fails_the_attempt_before_the_agent_is_cal
         assert "HTTP 401" in failed[0]["data"]["error"]
         assert agent.seen == []  # never called without a token
         assert "wrong-secret-0c7e" not in repr(events)
+
+
+async def test_an_oauth2_token_is_cached_until_its_expiry_minus_the_margin_and_fetched_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class Clock:
+        now = 1000.0
+
+        def __call__(self) -> float:
+            return self.now
+
+    tokens = TokenEndpoint()
+    clock = Clock()
+    transport = HttpTransport(OutboundPolicy.from_strings(["127.0.0.0/8"]))
+    try:
+        async with serving(tokens.app()) as token_url:
+            creds = EnvCredentials(
+                transport, {"SECRET": CLIENT_SECRET}, monotonic=clock
+            )  # expires_in 3600: renewed 30 s before
+            agent = AgentSpec(
+                name="a",
+                endpoint="http://127.0.0.1:9",
+                auth=AgentAuth(
+                    type=AuthType.OAUTH2_CLIENT_CREDENTIALS,
+                    token_url=f"{token_url}/oauth2/token",
+                    client_id="swarmgate",
+                    client_secret_env="SECRET",
+                ),
+            )
+            first = await asyncio.gather(*(creds.headers(agent) for _ in range(10)))
+            assert {h["Authorization"] for h in first} == {"Bearer access-1"}
+            assert creds.fetches == 1  # concurrent callers share one fetch
+            clock.now += 3600 - 31
+            assert (await creds.headers(agent))["Authorization"] == "Bearer access-1"
+            clock.now += 2  # inside the margin: a new token
+            assert (await creds.headers(agent))["Authorization"] == "Bearer access-2"
+            assert (await creds.headers(agent, refresh=True))["Authorization"] == "Bearer access-3"
+            assert tokens.issued == ["access-1", "access-2", "access-3"]
+    finally:
+        await transport.close()
