@@ -283,3 +283,38 @@ async def test_a_waiting_poll_answers_at_once_when_the_gateway_stops(db_url: str
         async with await asyncio.wait_for(poll, 10) as r:  # not the 60 s wait
             assert r.status == 200
             assert (await r.json())["tasks"] == []
+
+
+async def test_without_heartbeats_a_lease_is_lost_after_the_attempt_timeout(db_url: str) -> None:
+    agent = pull_agent(attempt_timeout_s=1.0)
+    async with gateway(db_url) as gw:
+        await register(gw, agent)
+        op_id = await start(gw, 3)
+        url = f"{gw.url}/api/agents/batch/tasks:poll"
+        work = bearer(OWNER, "agents:work")
+
+        async def poll(worker_id: str) -> list[dict[str, Any]]:
+            body = {"max_tasks": 5, "wait_s": 5, "worker_id": worker_id}
+            async with gw.http.post(url, json=body, headers=work) as r:
+                assert r.status == 200
+                return list((await r.json())["tasks"])
+
+        first = await poll("silent")  # leases it and never answers
+        assert [(t["operationId"], t["attempt"]) for t in first] == [(op_id, 1)]
+        assert first[0]["heartbeatTimeoutS"] is None and first[0]["attemptTimeoutS"] == 1.0
+        second = await eventually(lambda: poll("rescuer"), until=bool, timeout=15)
+        assert [(t["operationId"], t["attempt"]) for t in second] == [(op_id, 2)]
+        history = await kinds(gw, op_id)
+        assert history.count("attempt.leased") == 2
+        assert history.index("attempt.heartbeat_timeout") > history.index("attempt.leased")
+        async with gw.http.post(
+            second[0]["completionUrl"],
+            data=b'{"score": 6}',
+            headers={
+                "Authorization": f"Bearer {second[0]['token']}",
+                "Nexus-Operation-State": "succeeded",
+                "Content-Type": "application/json",
+            },
+        ) as r:
+            assert r.status == 200
+        assert (await operation(gw, op_id))["result"] == {"score": 6}
