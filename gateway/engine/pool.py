@@ -29,7 +29,7 @@ from gateway.domain.dispatch import (
     Outcome,
     OutcomeKind,
 )
-from gateway.domain.specs import AgentSpec
+from gateway.domain.specs import AgentSpec, AuthType
 from gateway.engine.metrics import Metrics
 from gateway.security.netguard import redact_userinfo
 
@@ -193,8 +193,8 @@ class AgentCalls:
             outcome = await send(replace(req, agent=routed, auth_headers=headers))
             if outcome.status != 401 or agent.auth is None or refresh:
                 break
-            if agent.auth.type.value != "oauth2_client_credentials":
-                break
+            if agent.auth.type is not AuthType.OAUTH2_CLIENT_CREDENTIALS:
+                break  # a static secret is not fetched again: the 401 stands
         assert outcome is not None
         if record and len(agent.pool()) > 1:
             self.pool.record(agent.name, endpoint, outcome)
