@@ -355,6 +355,7 @@ class SqlStore(JournalTables):
             res = await conn.execute(s.REDRIVE, {"b_id": op_id, "b_now": now})
             if not res.rowcount:
                 return False
+            await conn.execute(s.DELETE_RESULT_STEP, {"b_id": op_id})  # completed steps stay
             await conn.execute(s.INSERT_EVENTS, [rows.EVENT.values(event)])
         return True
 
