@@ -229,7 +229,7 @@ class Store(Protocol):
         ...
 
     async def due_heartbeats(self, now: datetime, limit: int) -> list[Operation]:
-        """Running operations whose heartbeat deadline has passed, oldest first."""
+        """Running operations owing nothing but their agent's heartbeat, past it, oldest first."""
         ...
 
     async def expire_heartbeat(

@@ -117,6 +117,8 @@ class Attempt:
         self.handler: asyncio.Task[Any] | None = None
         self.stopped: str | None = None
         self.heartbeats_sent = 0
+        self._looping = False
+        self._one_offs: set[asyncio.Future[Any]] = set()
 
     def _read_journal(self, data: dict[str, Any]) -> None:
         self.steps = {s["name"]: s.get("result") for s in data.get("steps") or []}
@@ -194,14 +196,19 @@ class Attempt:
     # -- heartbeats -------------------------------------------------------------------------
 
     def add_details(self, details: Any) -> None:
-        """Send ``details`` with the next heartbeat (at once, if heartbeats run)."""
+        """Send ``details`` with a heartbeat now (the loop's, or a one-off one)."""
         self._details, self._details_pending = details, True
         self._wake.set()
+        if not self._looping and self.heartbeat_url:  # a sync handler: no loop runs
+            task = asyncio.ensure_future(self._beat())
+            self._one_offs.add(task)
+            task.add_done_callback(self._one_offs.discard)
 
     async def heartbeat_loop(self) -> None:
         """Heartbeat until cancelled; stop the handler when the gateway says so."""
         if not self.heartbeat_url:
             return
+        self._looping = True
         interval = self.heartbeat_timeout_s / 3 if self.heartbeat_timeout_s else None
         while True:
             if interval is None and not self._details_pending:

@@ -356,6 +356,7 @@ class SqlStore(PullTables, JournalTables):
             res = await conn.execute(s.REDRIVE, {"b_id": op_id, "b_now": now})
             if not res.rowcount:
                 return False
+            await conn.execute(s.DELETE_RESULT_STEP, {"b_id": op_id})  # completed steps stay
             await conn.execute(s.INSERT_EVENTS, [rows.EVENT.values(event)])
         return True
 

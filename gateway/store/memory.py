@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
 
+from gateway.domain.dispatch import RESULT_STEP
 from gateway.domain.errors import UniqueViolation
 from gateway.domain.model import (
     CallbackDelivery,
@@ -264,6 +265,7 @@ class MemoryStore(MemoryPull, MemoryJournal):
         op = self._ops.get(op_id)
         if op is None or op.state not in (OperationState.FAILED, OperationState.CANCELED):
             return False
+        self._steps.get(op_id, {}).pop(RESULT_STEP, None)  # run again: not the old answer
         self._ops[op_id] = replace(
             op,
             state=OperationState.RUNNING,

@@ -67,6 +67,7 @@ class MemoryJournal(MemoryTables):
             if op.state is OperationState.RUNNING
             and op.heartbeat_until is not None
             and op.heartbeat_until <= now
+            and op.work is None
         ]
         due.sort(key=lambda o: o.heartbeat_until or now)
         return copy.deepcopy(due[:limit])

@@ -29,6 +29,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.sql.elements import ColumnElement
 
+from gateway.domain.dispatch import RESULT_STEP
 from gateway.domain.model import DeliveryState, OperationState, Work
 from gateway.store import schema as t
 
@@ -315,6 +316,7 @@ DUE_HEARTBEATS = (  # served by the partial index ix_sg_operations_heartbeat
         _o.c.state == _RUNNING,
         _o.c.heartbeat_until.is_not(None),
         _o.c.heartbeat_until <= bindparam("b_now", type_=_TS),
+        _o.c.work.is_(None),  # a cancel owed first is not starved out by the limit
     )
     .order_by(_o.c.heartbeat_until)
     .limit(bindparam("b_limit", type_=Integer()))
@@ -344,6 +346,9 @@ LOCK_OPERATION_STATE = OPERATION_STATE.with_for_update()
 INSERT_STEP = insert(_st)
 SELECT_STEP = select(_st).where(
     _st.c.operation_id == bindparam("b_id"), _st.c.name == bindparam("b_name")
+)
+DELETE_RESULT_STEP = delete(_st).where(  # a redrive runs the operation again: not its old answer
+    _st.c.operation_id == bindparam("b_id"), _st.c.name == RESULT_STEP
 )
 LIST_STEPS = (
     select(_st).where(_st.c.operation_id == bindparam("b_id")).order_by(_st.c.at, _st.c.name)

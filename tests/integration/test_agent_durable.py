@@ -114,3 +114,27 @@ async def test_steps_run_once_a_failed_step_records_nothing_and_details_reach_th
                 ("flaky", 2),
             ]
             assert runs == {"sync-step": 1, "flaky": 2}
+
+
+async def test_a_sync_handlers_checkpoint_reaches_the_gateway_while_it_runs(db_url: str) -> None:
+    agent = AgentApp("quick")
+    seen: dict[str, Any] = {}
+
+    @agent.operation("peek", retry=FAST)
+    async def peek(ctx: OpContext, payload: Any) -> Any:
+        ctx.heartbeat({"halfway": True})
+        store = seen["gw"].gw.engine.store
+
+        async def stored() -> Any:
+            op = await store.get_operation(ctx.key)
+            return op.heartbeat_details if op else None
+
+        return await eventually(stored, what="the checkpoint stored")
+
+    async with serving(agent.app) as url:
+        async with running_gateway(make_settings(db_url)) as gw:
+            seen["gw"] = gw
+            await gw.gw.registry.register(agent.spec(url))
+            async with gw.http.post(gw.nexus("quick", "peek"), json={}) as r:
+                assert r.status == 200, await r.text()
+                assert await r.json() == {"halfway": True}

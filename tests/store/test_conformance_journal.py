@@ -197,3 +197,27 @@ async def test_batched_step_records_answer_each_in_order_and_the_first_write_win
     ]
     assert (await kinds(port_store, op_a)).count("step.completed") == 1
     assert (await kinds(port_store, op_b)).count("step.completed") == 1
+
+
+async def test_a_redrive_forgets_the_recorded_answer_and_keeps_the_completed_steps(
+    port_store: Store,
+) -> None:
+    op_id = await accepted(port_store)
+    op = await port_store.get_operation(op_id)
+    assert op is not None
+    done = step(op_id, "a", 1)
+    answer = step(op_id, "$result", {"status": 424, "state": "failed", "body": {}}, when=3)
+    assert await port_store.record_steps(
+        [(done, ev(op, "step.completed", 2)), (answer, ev(op, "step.completed", 3))]
+    ) == [(done, True), (answer, True)]
+    assert await port_store.complete(closing(op, 4, OperationState.FAILED))
+    assert await port_store.redrive(op_id, at(5), ev(op, "operation.redriven", 5))
+    assert await port_store.list_steps(op_id) == [done]
+
+
+async def test_an_overdue_heartbeat_with_a_cancel_owed_is_not_due(port_store: Store) -> None:
+    op_id = await accepted(port_store, hb_until=5)
+    op = await port_store.get_operation(op_id)
+    assert op is not None
+    assert await port_store.request_cancel(op_id, at(4), ev(op, "cancel.requested", 4))
+    assert await port_store.due_heartbeats(at(10), 10) == []
