@@ -27,7 +27,7 @@ operation by the engine as ``Work.POLL``); both end in a compare-and-set of the 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -300,6 +300,7 @@ class A2AAgentAdapter:
         rpc_id: str,
         timeout_s: float,
         extra_headers: dict[str, str] | None = None,
+        auth_headers: Mapping[str, str] | None = None,
     ) -> _Rpc:
         body = json.dumps({"jsonrpc": "2.0", "id": rpc_id, "method": method, "params": params})
         headers = {
@@ -307,6 +308,7 @@ class A2AAgentAdapter:
             "Accept": JSON_CT,
             "A2A-Version": A2A_VERSION,
             **(extra_headers or {}),
+            **(auth_headers or {}),
         }
         try:
             resp = await self.transport.request(
@@ -383,7 +385,7 @@ class A2AAgentAdapter:
                 self.send_message_params(req),
                 rpc_id=f"send-{op.id}",
                 timeout_s=req.timeout_s,
-                extra_headers=headers,
+                extra_headers={**headers, **req.auth_headers},
             )
         except RpcError as exc:
             return exc.outcome()
@@ -403,6 +405,7 @@ class A2AAgentAdapter:
                 {"id": op.agent_token},
                 rpc_id=f"get-{op.id}",
                 timeout_s=req.timeout_s,
+                extra_headers=dict(req.auth_headers),
             )
         except RpcError as exc:
             return exc.outcome()
@@ -424,7 +427,7 @@ class A2AAgentAdapter:
                 {"id": op.agent_token},
                 rpc_id=f"cancel-{op.id}",
                 timeout_s=req.timeout_s,
-                extra_headers={"Idempotency-Key": f"cancel-{op.id}"},
+                extra_headers={"Idempotency-Key": f"cancel-{op.id}", **req.auth_headers},
             )
         except RpcError as exc:
             if exc.code in (TASK_NOT_CANCELABLE, TASK_NOT_FOUND):

@@ -152,8 +152,10 @@ class HttpAgentAdapter:
 
     async def start(self, req: DispatchRequest) -> Outcome:
         op = req.operation
-        # the caller's headers for the handler < the gateway's < extra (credentials)
-        headers = merge_headers(op.handler_headers, start_headers(req), req.headers)
+        # the caller's headers for the handler < the gateway's < extra < credentials
+        headers = merge_headers(
+            op.handler_headers, start_headers(req), req.headers, req.auth_headers
+        )
         url = (
             operation_url(req.agent.endpoint, op.operation)
             + "?"
@@ -176,6 +178,7 @@ class HttpAgentAdapter:
                 "Nexus-Operation-Token": op.agent_token or op.id,
             },
             req.extra,
+            req.auth_headers,
         )
         url = operation_url(req.agent.endpoint, op.operation) + "/cancel"
         try:
@@ -197,8 +200,8 @@ def start_headers(req: DispatchRequest) -> dict[str, str]:
         "Idempotency-Key": op.id,
         "Nexus-Callback-Authorization": f"Bearer {req.completion_token}",
         "Request-Timeout": f"{int(req.timeout_s * 1000)}ms",
-        "Swarmgate-Attempt": str(req.attempt),
         "Swarmgate-Caller": op.caller,
+        **req.journal_headers(),  # attempt, heartbeat and journal (issue 12)
     }
     if op.input_content_type:
         headers["Content-Type"] = op.input_content_type

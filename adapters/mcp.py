@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -229,11 +230,16 @@ class McpAgentAdapter:
     transport: Transport
     client_version: str = "0.1.0"
     sessions: dict[str, Session] = field(default_factory=dict)
+    # the agent's credentials per endpoint (from the latest DispatchRequest/CancelRequest), sent
+    # with every request to it, the session's initialize included; never logged
+    auth: dict[str, dict[str, str]] = field(default_factory=dict)
 
     # -- JSON-RPC over Streamable HTTP ------------------------------------------------------
 
-    def _headers(self, session: Session | None, extra: dict[str, str] | None) -> dict[str, str]:
-        headers = {"Content-Type": JSON_CT, "Accept": ACCEPT}
+    def _headers(
+        self, endpoint: str, session: Session | None, extra: dict[str, str] | None
+    ) -> dict[str, str]:
+        headers = {"Content-Type": JSON_CT, "Accept": ACCEPT, **self.auth.get(endpoint, {})}
         if session is not None:
             headers["MCP-Protocol-Version"] = session.version
             if session.session_id:
@@ -253,7 +259,7 @@ class McpAgentAdapter:
             resp = await self.transport.request(
                 "POST",
                 endpoint,
-                headers=self._headers(session, extra),
+                headers=self._headers(endpoint, session, extra),
                 body=json.dumps(message).encode(),
                 timeout_s=timeout_s,
             )
@@ -330,6 +336,12 @@ class McpAgentAdapter:
             return _answer_for(resp, rpc_id), session
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def _remember_auth(self, endpoint: str, headers: Mapping[str, str]) -> None:
+        if headers:
+            self.auth[endpoint] = dict(headers)
+        else:
+            self.auth.pop(endpoint, None)
+
     @staticmethod
     def _clock(timeout_s: float) -> _Clock:
         return _Clock(asyncio.get_running_loop().time() + timeout_s)
@@ -373,6 +385,7 @@ class McpAgentAdapter:
 
     async def start(self, req: DispatchRequest) -> Outcome:
         op = req.operation
+        self._remember_auth(req.agent.endpoint, req.auth_headers)
         try:
             arguments = jsonio.loads(op.input) if op.input else {}
         except (ValueError, UnicodeDecodeError):
@@ -451,6 +464,7 @@ class McpAgentAdapter:
     async def poll(self, req: DispatchRequest) -> Outcome:
         """``tasks/get`` for an accepted task: ACCEPTED while it works, else its outcome."""
         op = req.operation
+        self._remember_auth(req.agent.endpoint, req.auth_headers)
         if not op.agent_token:
             return Outcome(kind=OutcomeKind.PERMANENT, error="no MCP task id to poll")
         clock = self._clock(req.timeout_s)
@@ -472,6 +486,7 @@ class McpAgentAdapter:
 
     async def cancel(self, req: CancelRequest) -> Outcome:
         op = req.operation
+        self._remember_auth(req.agent.endpoint, req.auth_headers)
         if not op.agent_token:
             # a plain tools/call: nothing runs at the server that a later request could stop
             return Outcome(kind=OutcomeKind.SUCCEEDED, error="no MCP task to cancel")

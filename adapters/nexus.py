@@ -63,8 +63,8 @@ def nexus_start_headers(req: DispatchRequest) -> dict[str, str]:
         headers["Nexus-Link"] = links
     if op.traceparent:
         headers["traceparent"] = op.traceparent
-    # the caller's headers for the handler < the gateway's < extra (credentials)
-    return merge_headers(op.handler_headers, headers, req.headers)
+    # the caller's headers for the handler < the gateway's < extra < credentials
+    return merge_headers(op.handler_headers, headers, req.headers, req.auth_headers)
 
 
 class NexusAgentAdapter:
@@ -106,7 +106,9 @@ class NexusAgentAdapter:
             return Outcome(
                 kind=OutcomeKind.PERMANENT, error="the handler gave no operation token to cancel"
             )
-        headers = merge_headers({"Nexus-Operation-Token": op.agent_token}, req.extra)
+        headers = merge_headers(
+            {"Nexus-Operation-Token": op.agent_token}, req.extra, req.auth_headers
+        )
         url = operation_url(req.agent.endpoint, op.operation) + "/cancel"
         try:
             resp = await self.transport.request(

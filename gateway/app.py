@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
 import secrets
 import signal
 from dataclasses import dataclass, replace
@@ -15,9 +16,11 @@ import yaml
 from aiohttp import web
 
 from adapters.a2a import A2AAgentAdapter
+from adapters.credentials import EnvCredentials
 from adapters.http import HttpAgentAdapter
 from adapters.mcp import McpAgentAdapter
 from adapters.nexus import NexusAgentAdapter
+from adapters.pull import PullAgentAdapter
 from adapters.transport import HttpTransport
 from gateway import logs, otel
 from gateway.config import Settings
@@ -29,7 +32,9 @@ from gateway.engine.engine import Engine, EngineConfig
 from gateway.engine.signing import CallbackSigner
 from gateway.http import a2a as a2a_routes
 from gateway.http import api, mcp_agents, nexus, ui
+from gateway.http import journal as journal_routes
 from gateway.http import mcp as mcp_routes
+from gateway.http import pull as pull_routes
 from gateway.http.context import SERVICES, Services
 from gateway.http.errors import error_middleware
 from gateway.security.netguard import BlockedDestination, OutboundPolicy, screen_url
@@ -139,6 +144,9 @@ async def build(
         shutdown_grace_s=settings.shutdown_grace_s,
         task_poll_s=settings.task_poll_s,
         cancel_grace_s=settings.cancel_grace_s,
+        endpoint_down_s=settings.endpoint_down_s,
+        pull_recheck_s=settings.pull_recheck_s,
+        worker_live_s=settings.worker_live_s,
     )
 
     a2a = A2AAgentAdapter(transport)
@@ -151,6 +159,7 @@ async def build(
             AdapterKind.A2A: a2a,
             AdapterKind.MCP: mcp,
             AdapterKind.NEXUS: NexusAgentAdapter(transport),
+            AdapterKind.PULL: PullAgentAdapter(),
         },
         transport=transport,
         clock=clock,
@@ -158,6 +167,7 @@ async def build(
         secret=secret.encode(),
         signer=CallbackSigner(store, clock),
         tracer=tracing.tracer,
+        credentials=EnvCredentials(transport, os.environ),
     )
     verifier = Verifier(await auth_config(settings, store))
     app = web.Application(middlewares=[error_middleware], client_max_size=settings.max_body_bytes)
@@ -171,6 +181,7 @@ async def build(
     )
     nexus.add_routes(app)
     api.add_routes(app)
+    pull_routes.add_routes(app)
     a2a_routes.add_routes(app, a2a)
     mcp_agents.add_routes(app, mcp)
     mcp_routes.add_routes(
@@ -181,6 +192,7 @@ async def build(
         ),
     )
     ui.add_routes(app, auth_mode=settings.auth_mode)
+    journal_routes.add_routes(app)  # heartbeats and step journal (issue 12)
     return Gateway(
         settings=settings,
         store=store,

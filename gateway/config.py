@@ -80,6 +80,9 @@ class Settings:
     shutdown_grace_s: float = 5.0
     task_poll_s: float = 5.0
     cancel_grace_s: float = 300.0
+    endpoint_down_s: float = 30.0  # a pool endpoint is skipped so long after a connection error
+    pull_recheck_s: float = 1.0  # a pull worker's long poll re-checks the store this often
+    worker_live_s: float = 120.0  # GET /api/agents/{name} lists workers that polled this recently
     event_loop: str = "uvloop"
     log_format: str = "json"
     log_level: str = "INFO"
@@ -136,6 +139,9 @@ class Settings:
             "shutdown_grace_s": _f(e, p + "SHUTDOWN_GRACE_S", cls.shutdown_grace_s),
             "task_poll_s": _f(e, p + "TASK_POLL_S", cls.task_poll_s),
             "cancel_grace_s": _f(e, p + "CANCEL_GRACE_S", cls.cancel_grace_s),
+            "endpoint_down_s": _f(e, p + "ENDPOINT_DOWN_S", cls.endpoint_down_s),
+            "pull_recheck_s": _f(e, p + "PULL_RECHECK_S", cls.pull_recheck_s),
+            "worker_live_s": _f(e, p + "WORKER_LIVE_S", cls.worker_live_s),
             "event_loop": e.get(p + "EVENT_LOOP") or cls.event_loop,
             "log_format": e.get(p + "LOG_FORMAT") or cls.log_format,
             "log_level": e.get(p + "LOG_LEVEL") or cls.log_level,

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import math
+import os
 import time
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -15,10 +17,11 @@ from gateway.domain import jsonio
 from gateway.domain.clock import Clock
 from gateway.domain.errors import HandlerError, HandlerErrorType
 from gateway.domain.ports import Store
-from gateway.domain.specs import SYSTEM_OWNER, AgentSpec, OperationSpec
+from gateway.domain.specs import SYSTEM_OWNER, AdapterKind, AgentSpec, OperationSpec
 from gateway.security.schemas import ValidationTimeout, off_loop, schema_problems, validator_for
 
 MAX_OPERATIONS = 100  # per agent: a registration checks every schema of every operation
+MAX_ENDPOINTS = 32  # per agent pool
 
 NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 
@@ -48,8 +51,31 @@ def schema_errors(schema: dict[str, Any], instance: Any) -> list[dict[str, str]]
 def validate_spec(spec: AgentSpec) -> None:
     """Reject malformed registrations before anything is stored."""
     check_name("agent", spec.name)
-    if not spec.endpoint.startswith(("http://", "https://")):
-        raise HandlerError(HandlerErrorType.BAD_REQUEST, "endpoint must be an http(s) URL")
+    if spec.adapter is AdapterKind.PULL:
+        if spec.pool():
+            raise HandlerError(
+                HandlerErrorType.BAD_REQUEST,
+                "a pull agent has no endpoint: its workers poll the gateway for tasks",
+            )
+    elif not spec.pool():
+        raise HandlerError(HandlerErrorType.BAD_REQUEST, "endpoint (or endpoints) is required")
+    if len(spec.pool()) > MAX_ENDPOINTS:
+        raise HandlerError(
+            HandlerErrorType.BAD_REQUEST, f"an agent has at most {MAX_ENDPOINTS} endpoints"
+        )
+    for endpoint in spec.pool():
+        if not endpoint.startswith(("http://", "https://")):
+            raise HandlerError(HandlerErrorType.BAD_REQUEST, "endpoint must be an http(s) URL")
+    if len(set(spec.pool())) != len(spec.pool()):
+        raise HandlerError(HandlerErrorType.BAD_REQUEST, "endpoints must not repeat")
+    if spec.auth is not None:
+        problems = spec.auth.problems()
+        if problems:
+            raise HandlerError(HandlerErrorType.BAD_REQUEST, problems[0])
+        if spec.auth.token_url and not spec.auth.token_url.startswith(("http://", "https://")):
+            raise HandlerError(
+                HandlerErrorType.BAD_REQUEST, "auth token_url must be an http(s) URL"
+            )
     if not spec.operations:
         raise HandlerError(HandlerErrorType.BAD_REQUEST, "an agent needs at least one operation")
     if len(spec.operations) > MAX_OPERATIONS:
@@ -123,14 +149,31 @@ def _check_owner_sub(sub: str, admin: bool) -> None:
 class Registry:
     """Registered agents, cached per process for ``ttl_s`` (other replicas see changes then)."""
 
-    def __init__(self, store: Store, clock: Clock, *, ttl_s: float = 2.0) -> None:
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        *,
+        ttl_s: float = 2.0,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.store = store
+        # where the secrets an agent's ``auth`` names live (the gateway's environment)
+        self.env: Mapping[str, str] = os.environ if env is None else env
         self.clock = clock
         self.ttl_s = ttl_s
         self._cache: dict[str, tuple[float, AgentSpec, int]] = {}
         # One store read per name at a time: when a hot agent's entry expires, the requests
         # that arrive meanwhile share the read instead of each making one.
         self._reading: dict[str, asyncio.Task[tuple[AgentSpec, int] | None]] = {}
+
+    def _check_secrets(self, spec: AgentSpec) -> None:
+        missing = spec.auth.missing(self.env) if spec.auth is not None else []
+        if missing:
+            raise HandlerError(
+                HandlerErrorType.BAD_REQUEST,
+                f"auth names env var {missing[0]!r}, which is not set in the gateway",
+            )
 
     async def register(self, spec: AgentSpec) -> int:
         try:  # off the event loop, time-limited: schemas are checked and compiled
@@ -139,6 +182,7 @@ class Registry:
             raise HandlerError(
                 HandlerErrorType.BAD_REQUEST, f"registration refused: {exc}"
             ) from exc
+        self._check_secrets(spec)
         version = await self.store.upsert_agent(spec, self.clock.now())
         self._cache[spec.name] = (time.monotonic(), spec, version)
         return version
@@ -152,6 +196,7 @@ class Registry:
             raise HandlerError(
                 HandlerErrorType.BAD_REQUEST, f"registration refused: {exc}"
             ) from exc
+        self._check_secrets(spec)
         found = await self.store.get_agent(spec.name)
         # an admin replacing an agent keeps its owner; anyone else's registration is theirs
         owner = found[0].owner if admin and found is not None and found[0].owner else sub

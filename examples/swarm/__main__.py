@@ -1,5 +1,8 @@
 """Run the demo swarm: a gateway (SQLite file), seven agents, a crash in the middle.
 
+Then an agent dies too: an instance of the durable itinerary agent is SIGKILLed in the middle
+of a step; a fresh instance takes the task over from its last completed step.
+
 make demo            # or: python -m examples.swarm
 """
 
@@ -10,6 +13,8 @@ import json
 import os
 import secrets
 import shutil
+import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -26,6 +31,7 @@ from examples.swarm.agents import (
     research_agent,
     summariser_agent,
 )
+from examples.swarm.itinerary import itinerary_agent
 from examples.swarm.mcp_currency import currency_server, currency_spec, serve_mcp
 from gateway.sdk import AgentApp, Client
 from gateway.testing import GatewayProcess, free_port
@@ -135,16 +141,110 @@ async def run_demo(workdir: Path, *, kill_after_s: float = 1.0) -> dict[str, Any
             for ev in await client.history(token):
                 data = {k: v for k, v in ev["data"].items() if v not in (None, "")}
                 print(f"  #{ev['id']:<4} {ev['at'][11:23]}  {ev['kind']:<22} {json.dumps(data)}")
-            return {"results": results, "ran_twice": twice, "elapsed_s": elapsed}
+            agent_kill = await kill_an_agent(client, workdir)
+            return {
+                "results": results,
+                "ran_twice": twice,
+                "elapsed_s": elapsed,
+                "agent_kill": agent_kill,
+            }
     finally:
         gw.terminate()
         for runner in runners:
             await runner.cleanup()
 
 
+def spawn_itinerary(
+    port: int, effects: Path, instance: str, days_s: float
+) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "ITINERARY_DAYS_S": str(days_s), "PYTHONPATH": str(ROOT)}
+    args = [sys.executable, "-m", "examples.swarm.itinerary", str(port), str(effects), instance]
+    return subprocess.Popen(args, cwd=ROOT, env=env)
+
+
+async def _listening(port: int, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.05)
+
+
+async def kill_an_agent(client: Client, workdir: Path) -> dict[str, Any]:
+    """Act two: SIGKILL an agent instance mid-step; a fresh one resumes from the journal."""
+    effects = workdir / "itinerary-effects.txt"
+    port = free_port()
+    print("\nagents die too: the durable itinerary agent, killed in the middle of a step")
+    first = spawn_itinerary(port, effects, "itinerary-1", days_s=60)
+    second: subprocess.Popen[bytes] | None = None
+    try:
+        await _listening(port)
+        url = f"http://127.0.0.1:{port}"
+        await client.register(itinerary_agent(effects).spec(url).to_json())
+        print(f"  registered agent itinerary   at {url} (instance itinerary-1, pid {first.pid})")
+        s = await client.start(
+            "itinerary", "draft", {"city": "Lisbon", "nights": 3}, request_id="itinerary-Lisbon"
+        )
+        while "start days itinerary-1" not in _lines(effects):
+            await asyncio.sleep(0.05)
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+        print("*** agent instance itinerary-1 killed with SIGKILL in the middle of step 'days' ***")
+        second = spawn_itinerary(port, effects, "itinerary-2", days_s=0.2)
+        print(f"  started a fresh instance itinerary-2 on the same URL (pid {second.pid})")
+        result = await client.result("itinerary", "draft", s.token, wait_s=30)
+        history = await client.history(s.token)
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                proc.wait(10)
+    print(f"\nhistory of itinerary/draft {s.token}:")
+    for ev in history:
+        data = {k: v for k, v in ev["data"].items() if v not in (None, "")}
+        print(f"  #{ev['id']:<4} {ev['at'][11:23]}  {ev['kind']:<26} {json.dumps(data)}")
+    lines = _lines(effects)
+    done = {
+        step: sum(ln.startswith(f"done {step} ") for ln in lines)
+        for step in ("sights", "days", "polish")
+    }
+    ran_twice = {step: n for step, n in done.items() if n != 1}
+    print("\nsteps completed (each must be exactly once):")
+    for step, by in result["steps_by"].items():
+        print(f"  {step:<7} completed {done[step]}x, by {by}")
+    kinds = [ev["kind"] for ev in history]
+    resumed = "attempt.heartbeat_timeout" in kinds and result["steps_by"]["polish"] == "itinerary-2"
+    print(
+        "resumed on another instance from the last completed step; no completed step ran again"
+        if resumed and not ran_twice
+        else f"RESUME FAILED: {ran_twice or kinds}"
+    )
+    return {
+        "result": result,
+        "kinds": kinds,
+        "completed": done,
+        "ran_twice": ran_twice,
+        "resumed": resumed,
+    }
+
+
+def _lines(effects: Path) -> list[str]:
+    return effects.read_text().splitlines() if effects.exists() else []
+
+
 def main() -> int:
     outcome = asyncio.run(run_demo(ROOT / "var" / "demo"))
-    ok = len(outcome["results"]) == len(TRIPS) and not outcome["ran_twice"]
+    ok = (
+        len(outcome["results"]) == len(TRIPS)
+        and not outcome["ran_twice"]
+        and outcome["agent_kill"]["resumed"]
+        and not outcome["agent_kill"]["ran_twice"]
+    )
     print("\ndemo OK" if ok else "\ndemo FAILED")
     return 0 if ok else 1
 

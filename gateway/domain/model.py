@@ -72,6 +72,10 @@ class Operation:
     traceparent: str | None = None
     prev_lease_owner: str | None = None  # set when this lease took over an expired one
     handler_headers: dict[str, str] = field(default_factory=dict)  # caller's, for the agent
+    # Heartbeats (issue 12): the deadline of the accepted attempt's next heartbeat (None: the
+    # operation does not heartbeat, or no attempt is accepted), and the agent's last checkpoint.
+    heartbeat_until: datetime | None = None
+    heartbeat_details: Any = None
 
     @property
     def token(self) -> str:
@@ -88,6 +92,37 @@ class Event:
     at: datetime
     data: dict[str, Any] = field(default_factory=dict)
     id: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Heartbeat:
+    """One heartbeat of an accepted attempt: the next deadline, and a checkpoint if given."""
+
+    operation_id: str
+    attempt: int | None  # None: whatever attempt the operation is on
+    until: datetime
+    details: Any = None
+    has_details: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class HeartbeatAck:
+    """What a recorded heartbeat found: state, attempt, and whether a cancel was asked."""
+
+    state: OperationState
+    attempt: int
+    cancel_requested: bool
+
+
+@dataclass(frozen=True, kw_only=True)
+class StepRecord:
+    """One completed step of an operation's journal (first write wins)."""
+
+    operation_id: str
+    name: str
+    result: Any
+    at: datetime
+    attempt: int = 0
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -6,7 +6,7 @@ Every method is one transaction. Implementations translate driver errors into
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -16,9 +16,12 @@ from gateway.domain.model import (
     Completion,
     DeliveryState,
     Event,
+    Heartbeat,
+    HeartbeatAck,
     IdempotencyRecord,
     Operation,
     OperationState,
+    StepRecord,
     Work,
 )
 from gateway.domain.specs import AgentSpec
@@ -172,10 +175,12 @@ class Store(Protocol):
         last_error: str | None = None,
         refund_attempt: bool = False,
         now: datetime | None = None,
+        heartbeat_until: datetime | None = None,
     ) -> bool:
         """Non-terminal change of a running operation; releases the lease.
 
-        Fenced by the lease owner (if given).
+        Fenced by the lease owner (if given). ``heartbeat_until`` is the accepted attempt's
+        first heartbeat deadline (None: no heartbeat owed; clears an earlier one).
         """
         ...
 
@@ -221,6 +226,105 @@ class Store(Protocol):
 
     async def due_timeouts(self, now: datetime, limit: int) -> list[Operation]:
         """Running operations whose schedule-to-close deadline has passed."""
+        ...
+
+    # heartbeats and the step journal -----------------------------------------------------------
+    async def heartbeat(
+        self,
+        op_id: str,
+        attempt: int | None,
+        until: datetime,
+        *,
+        details: Any = None,
+        has_details: bool,
+    ) -> HeartbeatAck | None:
+        """One heartbeat of attempt ``attempt`` (None: the current one) of a running operation.
+
+        An in-place update: moves ``heartbeat_until`` to ``until`` if the attempt has a
+        heartbeat deadline, and stores ``details`` as the checkpoint if ``has_details``; no
+        event. None (nothing written) when the operation is unknown, closed, or on another
+        attempt.
+        """
+        ...
+
+    async def heartbeat_many(self, beats: Sequence[Heartbeat]) -> list[HeartbeatAck | None]:
+        """``heartbeat`` for several, committed together (group commit); one result each."""
+        ...
+
+    async def due_heartbeats(self, now: datetime, limit: int) -> list[Operation]:
+        """Running operations owing nothing but their agent's heartbeat, past it, oldest first."""
+        ...
+
+    async def expire_heartbeat(
+        self,
+        op_id: str,
+        attempt: int,
+        now: datetime,
+        *,
+        next_attempt_at: datetime,
+        last_error: str,
+        event: Event,
+    ) -> bool:
+        """Fail a missed-heartbeat attempt retryably: dispatch again at ``next_attempt_at``.
+
+        Compare-and-set: applies only while the operation runs attempt ``attempt``, waits for
+        the agent (no work owed) and its heartbeat deadline is at or before ``now``. Clears
+        the deadline and the agent's token, keeps the checkpoint; writes ``event``.
+        """
+        ...
+
+    async def record_step(self, step: StepRecord, event: Event) -> tuple[StepRecord, bool] | None:
+        """Record a completed step of a running operation; the first write of a name wins.
+
+        Returns the recorded step and whether this call recorded it (then ``event`` is
+        written in the same transaction), or None (nothing written) when the operation is
+        unknown or closed.
+        """
+        ...
+
+    async def record_steps(
+        self, items: Sequence[tuple[StepRecord, Event]]
+    ) -> list[tuple[StepRecord, bool] | None]:
+        """``record_step`` for several, committed together (group commit); one result each."""
+        ...
+
+    async def list_steps(self, op_id: str) -> list[StepRecord]:
+        """The operation's recorded steps, oldest first."""
+        ...
+
+    # pull workers' task queues (issue 12 item 4) -------------------------------------------------
+    async def claim_tasks(
+        self,
+        service: str,
+        worker_id: str,
+        now: datetime,
+        leases: Mapping[str, datetime],
+        default_until: datetime,
+        limit: int,
+    ) -> list[Operation]:
+        """Lease up to ``limit`` queued tasks of pull agent ``service`` to ``worker_id``.
+
+        Oldest first, skipping rows another poll holds (``SKIP LOCKED``). A leased task's
+        agent token becomes ``PULL_LEASED + worker_id`` and its heartbeat deadline
+        ``leases[operation name]`` (``default_until`` for others); each gets an
+        ``attempt.leased`` event in the same transaction.
+        """
+        ...
+
+    async def touch_worker(self, agent: str, worker_id: str, at: datetime) -> None:
+        """Record a worker's poll of ``agent``'s queue at ``at``."""
+        ...
+
+    async def list_workers(self, agent: str, since: datetime) -> list[tuple[str, datetime]]:
+        """The workers of ``agent`` that polled at or after ``since``, with their last poll."""
+        ...
+
+    async def forget_workers(self, before: datetime) -> int:
+        """Delete the workers whose last poll is older than ``before``; how many."""
+        ...
+
+    async def pull_counts(self, service: str) -> dict[str, int]:
+        """Running tasks of pull agent ``service`` by agent token (queued, per worker)."""
         ...
 
     # events ------------------------------------------------------------------------------------

@@ -66,7 +66,9 @@ class Cancels:
         adapter = core.adapters.get(agent.adapter)
         attempt_no = int(op.attempts)
         outcome = (
-            await adapter.cancel(CancelRequest(operation=op, agent=agent, timeout_s=10.0))
+            await core.calls.follow(
+                CancelRequest(operation=op, agent=agent, timeout_s=10.0), adapter.cancel
+            )
             if adapter is not None
             else Outcome(kind=OutcomeKind.PERMANENT, error="no adapter")
         )
@@ -134,7 +136,9 @@ class Cancels:
         if agent is None or adapter is None or op.work is not Work.CANCEL:
             outcome = Outcome(kind=OutcomeKind.PERMANENT, error="agent no longer registered")
         else:
-            outcome = await adapter.cancel(CancelRequest(operation=op, agent=agent, timeout_s=10.0))
+            outcome = await core.calls.follow(
+                CancelRequest(operation=op, agent=agent, timeout_s=10.0), adapter.cancel
+            )
         now = core.now()
         closed = op.closed_at or now
         if outcome.kind is OutcomeKind.RETRYABLE and now - closed < timedelta(

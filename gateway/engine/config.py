@@ -40,3 +40,6 @@ class EngineConfig:
     group_commit: bool = True
     cancel_after_close_s: float = 3600.0  # keep telling an agent to stop for this long
     cancel_grace_s: float = 300.0  # after an agent took a cancel (202): close it as canceled
+    endpoint_down_s: float = 30.0  # a pool endpoint with a connection error is skipped so long
+    pull_recheck_s: float = 1.0  # a long poll re-checks the store for work parked elsewhere
+    worker_live_s: float = 120.0  # a pull worker that polled within this long is live

@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from gateway.domain.clock import Clock
-from gateway.domain.dispatch import AgentAdapter, Transport
+from gateway.domain.dispatch import AgentAdapter, CredentialSource, Transport
 from gateway.domain.model import Event
 from gateway.domain.ports import Store
 from gateway.domain.specs import AdapterKind
@@ -26,6 +26,7 @@ from gateway.domain.tracing import NO_TRACER, Tracer
 from gateway.engine.breaker import CircuitBreaker, Limits
 from gateway.engine.config import EngineConfig
 from gateway.engine.metrics import Metrics
+from gateway.engine.pool import AgentCalls, EndpointPool
 from gateway.engine.signing import CallbackSigner
 from registry.service import Registry
 
@@ -51,7 +52,9 @@ class EngineCore:
     metrics: Metrics
     signer: CallbackSigner | None = None
     tracer: Tracer = NO_TRACER
+    credentials: CredentialSource | None = None
     breaker: CircuitBreaker = field(init=False)
+    calls: AgentCalls = field(init=False)  # endpoint choice and credentials of every call
     limits: Limits = field(default_factory=Limits)
     wake_work: asyncio.Event = field(default_factory=asyncio.Event)
     wake_callbacks: asyncio.Event = field(default_factory=asyncio.Event)
@@ -68,6 +71,8 @@ class EngineCore:
         self.breaker = CircuitBreaker(
             threshold=self.config.breaker_threshold, cooldown_s=self.config.breaker_cooldown_s
         )
+        pool = EndpointPool(self.clock, self.metrics, down_s=self.config.endpoint_down_s)
+        self.calls = AgentCalls(pool, self.credentials)
 
     def now(self) -> datetime:
         return self.clock.now()

@@ -15,25 +15,37 @@ import contextlib
 import hashlib
 import hmac
 import logging
+from collections.abc import Mapping
 from dataclasses import replace
 from datetime import timedelta
+from typing import Any
 
-from gateway.domain.dispatch import AgentAdapter, DispatchRequest, Outcome, OutcomeKind
+from gateway.domain.dispatch import AgentAdapter, DispatchRequest, Journal, Outcome, OutcomeKind
 from gateway.domain.errors import DataRejected, StoreError
 from gateway.domain.model import Operation, OperationState, Work, operation_error
-from gateway.domain.specs import AgentSpec, OperationSpec
+from gateway.domain.specs import AdapterKind, AgentSpec, OperationSpec
 from gateway.engine import backoff
 from gateway.engine.cancel import Cancels
 from gateway.engine.closing import UNSTORABLE, Closer
 from gateway.engine.core import EngineCore, claim_round, spawn
+from gateway.engine.pool import endpoint_data
+from gateway.engine.pull import PullQueues
 from registry.service import check_payload_off_loop
 
 log = logging.getLogger("swarmgate.engine")
 
 
 class Dispatcher:
-    def __init__(self, core: EngineCore, closer: Closer, cancels: Cancels, secret: bytes) -> None:
+    def __init__(
+        self,
+        core: EngineCore,
+        closer: Closer,
+        cancels: Cancels,
+        secret: bytes,
+        pull: PullQueues | None = None,
+    ) -> None:
         self._core = core
+        self._pull = pull  # pull agents' attempts wait in their queue for a worker
         self._closer = closer
         self._cancels = cancels
         self._secret = secret
@@ -50,11 +62,31 @@ class Dispatcher:
     def completion_url(self, op_id: str) -> str:
         return f"{self._core.config.public_url.rstrip('/')}/api/completions/{op_id}"
 
+    def operation_url(self, op_id: str) -> str:
+        """Where the agent heartbeats (``/heartbeat``) and keeps its journal (``/steps``)."""
+        return f"{self._core.config.public_url.rstrip('/')}/api/operations/{op_id}"
+
+    async def journal(self, op: Operation) -> Journal | None:
+        """What earlier attempts recorded (None for a first attempt: nothing can be there)."""
+        if op.attempts <= 1 and op.heartbeat_details is None:
+            return None
+        steps = await self._core.store.list_steps(op.id)
+        return Journal(steps=steps, details=op.heartbeat_details)
+
     def dispatch_request(
-        self, op: Operation, agent: AgentSpec, spec: OperationSpec, timeout_s: float | None = None
+        self,
+        op: Operation,
+        agent: AgentSpec,
+        spec: OperationSpec,
+        timeout_s: float | None = None,
+        journal: Journal | None = None,
     ) -> DispatchRequest:
         """What an adapter needs to call (or poll) the agent for this operation."""
+        base = self.operation_url(op.id)
         return DispatchRequest(
+            heartbeat_url=base + "/heartbeat",
+            steps_url=base + "/steps",
+            journal=journal,
             operation=op,
             agent=agent,
             spec=spec,
@@ -149,6 +181,9 @@ class Dispatcher:
 
     async def _dispatch(self, op: Operation, agent: AgentSpec, spec: OperationSpec) -> None:
         core = self._core
+        if agent.adapter is AdapterKind.PULL and self._pull is not None:
+            await self._pull.park(op, spec)  # no call: a worker leases it from the queue
+            return
         adapter = core.adapters.get(agent.adapter)
         if adapter is None:
             await self._closer.fail(op, f"no adapter for {agent.adapter}", owner=core.config.owner)
@@ -183,7 +218,9 @@ class Dispatcher:
     ) -> None:
         core = self._core
         metrics, breaker = core.metrics, core.breaker
+        req = self.dispatch_request(op, agent, spec, journal=await self.journal(op))
         started = core.now()
+        endpoint = agent.endpoint
         with core.tracer.span(
             "attempt",
             op.traceparent,
@@ -192,16 +229,18 @@ class Dispatcher:
             operation=spec.name,
             attempt=op.attempts,
         ) as span:
-            # the agent joins the trace as a child of this attempt
-            traced = replace(op, traceparent=span.traceparent) if span.traceparent else op
-            req = self.dispatch_request(traced, agent, spec)
+            if span.traceparent:  # the agent joins the trace as a child of this attempt
+                req = replace(req, operation=replace(op, traceparent=span.traceparent))
             try:
                 # asyncio.timeout, not wait_for: no extra task per attempt (3.11's wait_for
                 # wraps the coroutine in one)
                 async with asyncio.timeout(spec.attempt_timeout_s + 1.0):
-                    outcome = await adapter.start(req)
+                    outcome, endpoint = await core.calls.start(req, adapter.start)
             except TimeoutError:
                 outcome = Outcome(kind=OutcomeKind.RETRYABLE, error="attempt timed out")
+                if len(agent.pool()) > 1:
+                    endpoint = core.calls.pool.last_endpoint(op.id) or endpoint
+                    core.calls.pool.failure(agent.name, endpoint, "attempt timed out")
             span.set(outcome=outcome.kind.value, http_status=outcome.status)
             if outcome.error:
                 span.fail(outcome.error)
@@ -216,7 +255,12 @@ class Dispatcher:
                 metrics.breaker_open.labels(agent.name).set(0)
             breaker.success(agent.name)
         await self.apply_outcome(
-            op, spec, outcome, round(elapsed * 1000, 1), pollable=hasattr(adapter, "poll")
+            op,
+            spec,
+            outcome,
+            round(elapsed * 1000, 1),
+            pollable=hasattr(adapter, "poll"),
+            where=endpoint_data(agent, endpoint),
         )
 
     async def _poll(self, op: Operation, agent: AgentSpec, spec: OperationSpec) -> None:
@@ -237,7 +281,7 @@ class Dispatcher:
         req = self.dispatch_request(op, agent, spec)
         try:
             async with asyncio.timeout(spec.attempt_timeout_s + 1.0):
-                outcome: Outcome = await poll(req)
+                outcome: Outcome = await core.calls.follow(req, poll)
         except TimeoutError:
             outcome = Outcome(kind=OutcomeKind.RETRYABLE, error="poll timed out")
         if outcome.kind in (OutcomeKind.SUCCEEDED, OutcomeKind.OPERATION_FAILED):
@@ -263,8 +307,10 @@ class Dispatcher:
         elapsed_ms: float = 0.0,
         *,
         pollable: bool = False,
+        where: Mapping[str, str] | None = None,
     ) -> None:
         core, closer = self._core, self._closer
+        at: dict[str, Any] = dict(where or {})  # the pool endpoint the attempt went to
         owner = core.config.owner
         if outcome.kind is OutcomeKind.SUCCEEDED:
             errors = await check_payload_off_loop(
@@ -272,7 +318,7 @@ class Dispatcher:
             )
             if errors:
                 await closer.fail_output_schema(
-                    op, errors, owner=owner, attempt=op.attempts, elapsed_ms=elapsed_ms
+                    op, errors, owner=owner, attempt=op.attempts, elapsed_ms=elapsed_ms, **at
                 )
                 return
             await closer.finish(
@@ -285,23 +331,30 @@ class Dispatcher:
                 attempt=op.attempts,
                 elapsed_ms=elapsed_ms,
                 links=outcome.links,
+                **at,
             )
         elif outcome.kind is OutcomeKind.ACCEPTED:
             if outcome.links and op.id in core.sync_waiting:
                 core.answer_links[op.id] = list(outcome.links)
             poll_at = core.now() + timedelta(seconds=core.config.task_poll_s)
+            hb = spec.heartbeat_timeout_s
             await core.store.update_running(
                 op.id,
                 owner,
                 work=Work.POLL if pollable else None,
                 next_attempt_at=poll_at if pollable else None,
                 agent_token=outcome.agent_token,
+                # a heartbeating attempt owes its first heartbeat within the timeout
+                heartbeat_until=(
+                    core.now() + timedelta(seconds=hb) if hb and not pollable else None
+                ),
                 event=core.event(
                     op.id,
                     "attempt.accepted",
                     attempt=op.attempts,
                     agent_token=bool(outcome.agent_token),
                     elapsed_ms=elapsed_ms,
+                    **at,
                 ),
             )
             core.wake_work.set()  # a cancel may have arrived meanwhile
@@ -323,6 +376,7 @@ class Dispatcher:
                 attempt=op.attempts,
                 elapsed_ms=elapsed_ms,
                 links=outcome.links,
+                **at,
             )
         elif outcome.kind is OutcomeKind.RETRYABLE:
             exhausted = (
@@ -336,6 +390,7 @@ class Dispatcher:
                     owner=owner,
                     attempt=op.attempts,
                     elapsed_ms=elapsed_ms,
+                    **at,
                 )
                 return
             core.metrics.child(core.metrics.retries, op.service).inc()
@@ -359,6 +414,7 @@ class Dispatcher:
                     status=outcome.status,
                     next_attempt_at=nxt.isoformat(),
                     elapsed_ms=elapsed_ms,
+                    **at,
                 ),
             )
         else:
@@ -370,4 +426,5 @@ class Dispatcher:
                 attempt=op.attempts,
                 elapsed_ms=elapsed_ms,
                 status=outcome.status,
+                **at,
             )

@@ -18,14 +18,21 @@ and one object per concern, and forwards each public method to its room:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any
 
 from gateway.domain.clock import Clock
-from gateway.domain.dispatch import AgentAdapter, DispatchRequest, Outcome, Transport
-from gateway.domain.model import Operation, OperationState
+from gateway.domain.dispatch import (
+    AgentAdapter,
+    CredentialSource,
+    DispatchRequest,
+    Journal,
+    Outcome,
+    Transport,
+)
+from gateway.domain.model import Operation, OperationState, StepRecord
 from gateway.domain.ports import Store
 from gateway.domain.specs import AdapterKind, AgentSpec, OperationSpec
 from gateway.domain.tracing import NO_TRACER, Tracer
@@ -35,9 +42,11 @@ from gateway.engine.closing import Closer
 from gateway.engine.config import EngineConfig
 from gateway.engine.core import EngineCore
 from gateway.engine.dispatch import Dispatcher
+from gateway.engine.heartbeats import HeartbeatAnswer, Heartbeats
 from gateway.engine.loops import Loops
 from gateway.engine.metrics import Metrics
 from gateway.engine.outbox import Outbox
+from gateway.engine.pull import PullQueues, WorkerInfo
 from gateway.engine.signing import CallbackSigner
 from gateway.engine.starts import StartRequest, StartResult, Starts, fingerprint
 from gateway.engine.waiters import Waiters
@@ -71,6 +80,7 @@ class Engine:
         signer: CallbackSigner | None = None,
         metrics: Metrics | None = None,
         tracer: Tracer | None = None,
+        credentials: CredentialSource | None = None,
     ) -> None:
         self._core = core = EngineCore(
             store=store,
@@ -82,14 +92,19 @@ class Engine:
             signer=signer,
             metrics=metrics or Metrics(),
             tracer=tracer or NO_TRACER,
+            credentials=credentials,
         )
         self._waiters = Waiters(core)
         self._outbox = Outbox(core)
         self._closer = Closer(core, self._outbox, self._waiters)
         self._cancels = Cancels(core, self._closer)
-        self._dispatcher = Dispatcher(core, self._closer, self._cancels, secret)
+        self._pull = PullQueues(core)
+        self._dispatcher = Dispatcher(core, self._closer, self._cancels, secret, self._pull)
         self._starts = Starts(core, self._dispatcher)
-        self._loops = Loops(core, self._dispatcher, self._outbox, self._cancels, self._waiters)
+        self._heartbeats = Heartbeats(core, self._closer, self._dispatcher.check_completion_token)
+        self._loops = Loops(
+            core, self._dispatcher, self._outbox, self._cancels, self._waiters, self._heartbeats
+        )
 
     # -- shared state -----------------------------------------------------------------------
 
@@ -136,6 +151,10 @@ class Engine:
     @property
     def limits(self) -> Limits:
         return self._core.limits
+
+    def endpoint_health(self, agent: AgentSpec) -> list[dict[str, Any]]:
+        """Each endpoint of the agent's pool as this replica sees it."""
+        return self._core.calls.pool.health(agent)
 
     @property
     def pending_starts(self) -> int:
@@ -214,6 +233,7 @@ class Engine:
     async def stop(self, grace_s: float | None = None) -> None:
         """Stop taking work, let in-flight work finish for ``grace_s``, then cancel what is
         left and release its leases so another replica takes it over at once."""
+        self._pull.close()  # waiting pull workers get their (empty) answer now
         await self._loops.stop(grace_s)
 
     def wake(self) -> None:
@@ -270,6 +290,50 @@ class Engine:
 
     async def redrive(self, op_id: str, by: str) -> bool:
         return await self._dispatcher.redrive(op_id, by)
+
+    # -- heartbeats and the step journal (agent-facing) ---------------------------------------
+
+    async def heartbeat(
+        self, op_id: str, token: str, *, attempt: int | None, details: Any, has_details: bool
+    ) -> HeartbeatAnswer:
+        return await self._heartbeats.beat(
+            op_id, token, attempt=attempt, details=details, has_details=has_details
+        )
+
+    async def journal(self, op_id: str, token: str) -> Journal:
+        return await self._heartbeats.journal(op_id, token)
+
+    async def record_step(
+        self, op_id: str, token: str, name: str, result: Any, *, attempt: int | None = None
+    ) -> tuple[StepRecord, bool]:
+        return await self._heartbeats.record_step(op_id, token, name, result, attempt=attempt)
+
+    async def expire_heartbeats(self) -> int:
+        return await self._heartbeats.expire()
+
+    # -- pull workers (agent-facing) -------------------------------------------------------------
+
+    async def poll_tasks(
+        self,
+        agent: AgentSpec,
+        worker_id: str,
+        max_tasks: int,
+        wait_s: float,
+        gone: Callable[[], bool] = lambda: False,
+    ) -> list[DispatchRequest]:
+        """Lease up to ``max_tasks`` queued tasks of pull agent ``agent`` to ``worker_id``,
+        waiting up to ``wait_s`` for one; each as the request a pushed agent would get."""
+        ops = await self._pull.poll(agent, worker_id, max_tasks, wait_s, gone)
+        out = []
+        for op in ops:
+            spec = agent.operations.get(op.operation) or OperationSpec(name=op.operation)
+            journal = await self._dispatcher.journal(op)
+            out.append(self._dispatcher.dispatch_request(op, agent, spec, journal=journal))
+        return out
+
+    async def pull_status(self, agent: AgentSpec) -> tuple[int, list[WorkerInfo]]:
+        """A pull agent's queue depth and live workers."""
+        return await self._pull.status(agent)
 
     async def redrive_callback(self, delivery_id: str, op_id: str, by: str) -> bool:
         return await self._outbox.redrive(delivery_id, op_id, by)

@@ -19,6 +19,7 @@ from gateway.domain.errors import StoreError, StoreFull
 from gateway.engine.cancel import Cancels
 from gateway.engine.core import EngineCore
 from gateway.engine.dispatch import Dispatcher
+from gateway.engine.heartbeats import Heartbeats
 from gateway.engine.outbox import Outbox
 from gateway.engine.waiters import Waiters
 
@@ -33,12 +34,14 @@ class Loops:
         outbox: Outbox,
         cancels: Cancels,
         waiters: Waiters,
+        heartbeats: Heartbeats,
     ) -> None:
         self._core = core
         self._dispatcher = dispatcher
         self._outbox = outbox
         self._cancels = cancels
         self._waiters = waiters
+        self._heartbeats = heartbeats
         self._loops: list[asyncio.Task[None]] = []
         self._stopping = False
 
@@ -130,6 +133,7 @@ class Loops:
     async def _timeout_loop(self) -> None:
         while not self._stopping:
             await self._guarded("timeouts", self._cancels.expire_timeouts())
+            await self._guarded("heartbeats", self._heartbeats.expire())
             await asyncio.sleep(self._core.config.poll_interval_s)
 
     async def _closures_loop(self) -> None:

@@ -70,6 +70,18 @@ class Metrics:
         self.breaker_open = Gauge(
             "swarmgate_circuit_open", "1 while the agent's circuit is open", ["agent"], registry=r
         )
+        self.endpoint_up = Gauge(
+            "swarmgate_agent_endpoint_up",
+            "1 while the pool endpoint is up, 0 while it is down after a connection error",
+            ["agent", "endpoint"],
+            registry=r,
+        )
+        self.endpoint_calls = Counter(
+            "swarmgate_agent_endpoint_calls_total",
+            "Calls to a pool endpoint by result (success, failure)",
+            ["agent", "endpoint", "result"],
+            registry=r,
+        )
         self.dispatch_seconds = Histogram(
             "swarmgate_dispatch_seconds",
             "Duration of one dispatch attempt",

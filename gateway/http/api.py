@@ -98,7 +98,10 @@ async def register_agent(request: web.Request) -> web.Response:
         spec = AgentSpec.from_json(data)
     except (KeyError, TypeError, ValueError) as exc:
         raise HandlerError(HandlerErrorType.BAD_REQUEST, f"invalid registration: {exc!r}") from exc
-    await check_outbound_url(request, spec.endpoint, "agent endpoint")
+    for endpoint in spec.pool():
+        await check_outbound_url(request, endpoint, "agent endpoint")
+    if spec.auth is not None and spec.auth.token_url:
+        await check_outbound_url(request, spec.auth.token_url, "auth token_url")
     if spec.adapter is AdapterKind.MCP:  # its tools are its operations
         spec = await mcp_agents.discover(request, spec)
     svc = services(request)
@@ -108,12 +111,14 @@ async def register_agent(request: web.Request) -> web.Response:
 
 
 def agent_json(agent: AgentSpec, version: int) -> dict[str, Any]:
-    """An agent as reads show it: credentials in the endpoint URL are redacted."""
-    return {
-        **agent.to_json(),
-        "endpoint": redact_userinfo(agent.endpoint),
-        "registryVersion": version,
-    }
+    """An agent as reads show it: credentials in the endpoint URL are redacted (``auth``
+    shows references, env var names, never a secret)."""
+    data = {**agent.to_json(), "registryVersion": version}
+    if agent.endpoint:  # a pull agent has none
+        data["endpoint"] = redact_userinfo(agent.endpoint)
+    if "endpoints" in data:
+        data["endpoints"] = [redact_userinfo(e) for e in agent.endpoints]
+    return data
 
 
 def _require_agents_read(p: Principal) -> None:
@@ -132,7 +137,15 @@ async def show_agent(request: web.Request) -> web.Response:
     found = await services(request).registry.get_versioned(request.match_info["name"])
     if found is None:
         raise HandlerError(HandlerErrorType.NOT_FOUND, "no such agent")
-    return web.json_response(agent_json(*found))
+    data = agent_json(*found)
+    engine = services(request).engine
+    if len(found[0].pool()) > 1:  # a pool: each endpoint's health
+        data["endpoint_health"] = engine.endpoint_health(found[0])
+    if found[0].adapter is AdapterKind.PULL:  # a pull agent: its queue and live workers
+        depth, workers = await engine.pull_status(found[0])
+        data["queue_depth"] = depth
+        data["workers"] = [w.to_json() for w in workers]
+    return web.json_response(data)
 
 
 async def agent_status(request: web.Request) -> web.Response:

@@ -18,7 +18,7 @@ from aiohttp import web
 from gateway.domain import jsonio
 from gateway.domain.errors import HandlerError, HandlerErrorType
 
-__all__ = ["int_param", "json_body", "parse_json", "read_body"]
+__all__ = ["capped_body", "int_param", "json_body", "parse_json", "read_body"]
 
 
 def parse_json(raw: bytes | str, what: str = "body") -> Any:
@@ -49,6 +49,19 @@ async def read_body(request: web.Request, timeout_s: float) -> bytes:
 async def json_body(request: web.Request) -> Any:
     """The request's JSON body (see the module docstring); 400 when refused."""
     return parse_json(await request.read())
+
+
+async def capped_body(request: web.Request, max_bytes: int, what: str = "body") -> bytes:
+    """The raw body, refused with a 400 once it is over ``max_bytes`` (read no further)."""
+    too_big = HandlerError(HandlerErrorType.BAD_REQUEST, f"{what} is over {max_bytes} bytes")
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise too_big
+    buf = bytearray()
+    async for chunk in request.content.iter_chunked(64 * 1024):
+        buf += chunk
+        if len(buf) > max_bytes:
+            raise too_big
+    return bytes(buf)
 
 
 def int_param(

@@ -36,7 +36,8 @@ from gateway.store import rows
 from gateway.store import schema as t
 from gateway.store import statements as s
 from gateway.store.errors import FullState, translate
-from gateway.store.records import RecordTables
+from gateway.store.journal import JournalTables
+from gateway.store.pull import PullTables
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -50,7 +51,7 @@ def normalize_url(url: str) -> str:
     return url
 
 
-class SqlStore(RecordTables):
+class SqlStore(PullTables, JournalTables):
     """The Store port on SQLAlchemy Core (async); ``SqlStore(url)`` builds the subclass for
     the URL's database."""
 
@@ -312,8 +313,10 @@ class SqlStore(RecordTables):
         last_error: str | None = None,
         refund_attempt: bool = False,
         now: datetime | None = None,
+        heartbeat_until: datetime | None = None,
     ) -> bool:
         params = {
+            "b_hb_until": heartbeat_until,
             "b_id": op_id,
             "b_owner": owner,
             "b_cancelable": work in (None, Work.POLL),
@@ -382,6 +385,7 @@ class SqlStore(RecordTables):
             res = await conn.execute(s.REDRIVE, {"b_id": op_id, "b_now": now})
             if not res.rowcount:
                 return False
+            await conn.execute(s.DELETE_RESULT_STEP, {"b_id": op_id})  # completed steps stay
             await conn.execute(s.INSERT_EVENTS, [rows.EVENT.values(event)])
         return True
 

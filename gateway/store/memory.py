@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
 
+from gateway.domain.dispatch import RESULT_STEP
 from gateway.domain.errors import UniqueViolation
 from gateway.domain.model import (
     CallbackDelivery,
@@ -28,7 +29,8 @@ from gateway.domain.model import (
     Work,
 )
 from gateway.domain.ports import Created, NewOperation
-from gateway.store.memory_records import MemoryTables
+from gateway.store.memory_journal import MemoryJournal
+from gateway.store.memory_pull import MemoryPull
 from gateway.store.rows import attempt_data
 
 
@@ -36,7 +38,7 @@ def _due(at: datetime | None, lease_until: datetime | None, now: datetime) -> bo
     return at is not None and at <= now and (lease_until is None or lease_until < now)
 
 
-class MemoryStore(MemoryTables):
+class MemoryStore(MemoryPull, MemoryJournal):
     """The Store port on Python dicts."""
 
     # -- operations --------------------------------------------------------------------------
@@ -175,6 +177,7 @@ class MemoryStore(MemoryTables):
         last_error: str | None = None,
         refund_attempt: bool = False,
         now: datetime | None = None,
+        heartbeat_until: datetime | None = None,
     ) -> bool:
         op = self._ops.get(op_id)
         if op is None or op.state is not OperationState.RUNNING:
@@ -196,6 +199,7 @@ class MemoryStore(MemoryTables):
             last_error=last_error,
             agent_token=agent_token if agent_token is not None else op.agent_token,
             attempts=op.attempts - (1 if refund_attempt else 0),
+            heartbeat_until=heartbeat_until,
         )
         if event is not None:
             self._add_event(event)
@@ -278,6 +282,7 @@ class MemoryStore(MemoryTables):
         op = self._ops.get(op_id)
         if op is None or op.state not in (OperationState.FAILED, OperationState.CANCELED):
             return False
+        self._steps.get(op_id, {}).pop(RESULT_STEP, None)  # run again: not the old answer
         self._ops[op_id] = replace(
             op,
             state=OperationState.RUNNING,

@@ -16,7 +16,15 @@ from sqlalchemy import Column, Insert, Table, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from gateway.domain.model import Completion, Event, IdempotencyRecord, Operation
+from gateway.domain.model import (
+    Completion,
+    Event,
+    Heartbeat,
+    HeartbeatAck,
+    IdempotencyRecord,
+    Operation,
+    OperationState,
+)
 from gateway.domain.ports import NewOperation
 from gateway.store import rows
 from gateway.store import sql_postgres as sql
@@ -206,6 +214,44 @@ class PostgresStore(SqlStore):
                     col.append(value)
         async with self._driver() as conn:
             return set(await conn.fetchval(sql.PG_COMPLETE_MANY, *cols, *cbs) or ())
+
+    @translate
+    async def heartbeat_many(self, beats: Sequence[Heartbeat]) -> list[HeartbeatAck | None]:
+        """One statement on a lane (see ``sql_postgres.PG_HEARTBEAT_MANY``); a repeat of an
+        operation within the batch goes in a next statement, after the first."""
+        first: dict[str, int] = {}
+        later: list[int] = []
+        for i, b in enumerate(beats):
+            if b.operation_id in first:
+                later.append(i)
+            else:
+                first[b.operation_id] = i
+        batch = [beats[i] for i in first.values()]
+        async with self._driver() as conn:
+            found = await conn.fetch(
+                sql.PG_HEARTBEAT_MANY,
+                [b.operation_id for b in batch],
+                [b.attempt for b in batch],
+                [b.until for b in batch],
+                [b.has_details for b in batch],
+                [json.dumps(b.details) if b.has_details else None for b in batch],
+            )
+        acks: dict[str, HeartbeatAck] = {
+            r["id"]: HeartbeatAck(
+                state=OperationState(r["state"]),
+                attempt=int(r["attempts"]),
+                cancel_requested=r["cancel_requested_at"] is not None,
+            )
+            for r in found
+        }
+        out: list[HeartbeatAck | None] = [None] * len(beats)
+        for op_id, i in first.items():
+            out[i] = acks.get(op_id)
+        if later:
+            again = await self.heartbeat_many([beats[i] for i in later])
+            for i, ack in zip(later, again, strict=True):
+                out[i] = ack
+        return out
 
     @translate
     async def callbacks_delivered(self, owner: str, events: Sequence[Event]) -> int:

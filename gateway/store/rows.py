@@ -26,6 +26,7 @@ from gateway.domain.model import (
     IdempotencyRecord,
     Operation,
     OperationState,
+    StepRecord,
     Work,
 )
 from gateway.store import schema as t
@@ -41,6 +42,7 @@ CODECS: dict[Any, Decode | None] = {
     bytes: bytes,
     dict[str, str]: lambda v: dict(v or {}),
     dict[str, Any]: None,
+    Any: None,  # any JSON value (heartbeat details, step results)
     list[str]: lambda v: list(v or []),
     OperationState: OperationState,
     Work: Work,
@@ -129,6 +131,7 @@ EVENT = RowMap(Event, t.events, write_exclude=("id",))
 CALLBACK = RowMap(CallbackDelivery, t.callbacks)
 IDEMPOTENCY = RowMap(IdempotencyRecord, t.idempotency)
 CALLER_SECRETS = RowMap(CallerSecrets, t.caller_secrets)
+STEP = RowMap(StepRecord, t.steps)
 
 
 def completion_params(c: Completion) -> dict[str, Any]:

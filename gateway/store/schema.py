@@ -102,6 +102,8 @@ operations = Table(
     Column("traceparent", String(100)),
     Column("prev_lease_owner", String(100)),
     Column("handler_headers", Json, nullable=False, server_default=text("'{}'")),
+    Column("heartbeat_until", UTCDateTime),  # migration 0007 (heartbeats)
+    Column("heartbeat_details", Json),
 )
 
 events = Table(
@@ -172,6 +174,26 @@ a2a_push_configs = Table(
     Column("pushed_event_id", BigInteger, nullable=False, server_default="0"),
 )
 
+# The durable step journal (migration 0007): one row per completed step, first write wins.
+steps = Table(
+    "sg_steps",
+    metadata,
+    Column("operation_id", String(64), primary_key=True),
+    Column("name", String(200), primary_key=True),
+    Column("result", Json),
+    Column("at", UTCDateTime, nullable=False),
+    Column("attempt", Integer, nullable=False),
+)
+
+# Pull workers (migration 0008): the last poll of each worker of a pull agent.
+pull_workers = Table(
+    "sg_pull_workers",
+    metadata,
+    Column("agent", String(200), primary_key=True),
+    Column("worker_id", String(200), primary_key=True),
+    Column("last_poll_at", UTCDateTime, nullable=False),
+)
+
 __all__ = [
     "a2a_push_configs",
     "agents",
@@ -181,5 +203,7 @@ __all__ = [
     "idempotency",
     "metadata",
     "operations",
+    "pull_workers",
     "settings",
+    "steps",
 ]

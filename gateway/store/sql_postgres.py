@@ -283,3 +283,25 @@ def completion_row(c: Completion) -> list[Any]:
         c.event.kind,
         json.dumps(c.event.data),
     ]
+
+
+# Heartbeats (a group-committed batch): one statement. The rows are locked in id order first,
+# like every multi-row writer; the update moves only the heartbeat columns, in place, and
+# answers what the agent needs (state, attempt, whether a cancel was asked). One beat per
+# operation: the caller folds repeats of an operation in a batch into one.
+PG_HEARTBEAT_MANY = f"""
+    WITH v AS (
+        SELECT * FROM unnest($1::varchar[], $2::integer[], $3::timestamptz[], $4::boolean[],
+                             $5::text[]) AS v(id, attempt, until, has_details, details)
+    ), locked AS (
+        SELECT o.id FROM {_o.name} o WHERE o.id = ANY($1::varchar[]) ORDER BY o.id FOR UPDATE
+    )
+    UPDATE {_o.name} o
+    SET heartbeat_until = CASE WHEN o.heartbeat_until IS NULL THEN NULL ELSE v.until END,
+        heartbeat_details = CASE WHEN v.has_details THEN v.details::jsonb
+                                 ELSE o.heartbeat_details END
+    FROM v JOIN locked l ON l.id = v.id
+    WHERE o.id = ANY($1::varchar[]) AND o.id = l.id
+      AND o.state = '{OperationState.RUNNING.value}'
+      AND (v.attempt IS NULL OR o.attempts = v.attempt)
+    RETURNING o.id, o.state, o.attempts, o.cancel_requested_at"""

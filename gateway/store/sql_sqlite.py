@@ -109,3 +109,13 @@ def callbacks_delivered(n: int) -> str:
     WHERE lease_owner = ? AND state = '{DeliveryState.PENDING.value}'
       AND id IN ({", ".join("?" * n)})
     RETURNING id"""
+
+
+# One heartbeat on the aiosqlite connection (a batch runs it once per beat in one commit):
+# the heartbeat columns only, in place, answering state, attempt and the cancel request.
+HEARTBEAT = f"""
+    UPDATE {_o.name}
+    SET heartbeat_until = CASE WHEN heartbeat_until IS NULL THEN NULL ELSE ? END,
+        heartbeat_details = CASE WHEN ? THEN ? ELSE heartbeat_details END
+    WHERE id = ? AND state = '{OperationState.RUNNING.value}' AND (? IS NULL OR attempts = ?)
+    RETURNING state, attempts, cancel_requested_at"""

@@ -19,7 +19,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool
 
-from gateway.domain.model import Completion, Event
+from gateway.domain.model import Completion, Event, Heartbeat, HeartbeatAck, OperationState
 from gateway.domain.ports import NewOperation
 from gateway.store import rows
 from gateway.store import sql_sqlite as sql
@@ -154,6 +154,35 @@ class SqliteStore(SqlStore):
             if deliveries:
                 await db.executemany(sql.SQ_CB.insert, deliveries)
         return done
+
+    @translate
+    async def heartbeat_many(self, beats: Sequence[Heartbeat]) -> list[HeartbeatAck | None]:
+        """Every beat of the batch in one commit on the aiosqlite connection."""
+        out: list[HeartbeatAck | None] = []
+        async with self._sqlite_tx() as db:
+            for b in beats:
+                found = await db.execute_fetchall(
+                    sql.HEARTBEAT,
+                    (
+                        sql.SQ_TS(b.until),
+                        b.has_details,
+                        sql.SQ_JSON(b.details) if b.has_details else None,
+                        b.operation_id,
+                        b.attempt,
+                        b.attempt,
+                    ),
+                )
+                row = found[0] if found else None
+                out.append(
+                    None
+                    if row is None
+                    else HeartbeatAck(
+                        state=OperationState(row[0]),
+                        attempt=int(row[1]),
+                        cancel_requested=row[2] is not None,
+                    )
+                )
+        return out
 
     @translate
     async def callbacks_delivered(self, owner: str, events: Sequence[Event]) -> int:

@@ -29,6 +29,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.sql.elements import ColumnElement
 
+from gateway.domain.dispatch import RESULT_STEP
 from gateway.domain.model import DeliveryState, OperationState, Work
 from gateway.store import schema as t
 
@@ -133,6 +134,7 @@ def _update_running_statement(fenced: bool) -> Any:
             last_error=bindparam("b_error", type_=Text()),
             agent_token=func.coalesce(bindparam("b_token", type_=Text()), _o.c.agent_token),
             attempts=_o.c.attempts - bindparam("b_refund", type_=Integer()),
+            heartbeat_until=bindparam("b_hb_until", type_=_TS),
         )
     )
 
@@ -319,4 +321,72 @@ A2A_MARK_QUEUED = (
         _p.c.delivery_id.is_(None),
     )
     .values(delivery_id=bindparam("b_delivery"))
+)
+
+
+# -- heartbeats and the step journal (migration 0007) -------------------------------------------
+# A heartbeat is one in-place update of the deadline (and the details, when it brings some) of
+# a running operation's current attempt; it moves the deadline only once an attempt has one.
+_hb_live = and_(
+    _o.c.id == bindparam("b_id"),
+    _o.c.state == OperationState.RUNNING.value,
+    or_(
+        bindparam("b_any_attempt", type_=Boolean()),
+        _o.c.attempts == bindparam("b_attempt", type_=Integer()),
+    ),
+)
+_hb_until = case((_o.c.heartbeat_until.is_(None), None), else_=bindparam("b_until", type_=_TS))
+_hb_ack = (_o.c.state, _o.c.attempts, _o.c.cancel_requested_at)
+HEARTBEAT = {
+    True: update(_o)
+    .where(_hb_live)
+    .values(
+        heartbeat_until=_hb_until,
+        heartbeat_details=bindparam("b_details", type_=t.Json),
+    )
+    .returning(*_hb_ack),
+    False: update(_o).where(_hb_live).values(heartbeat_until=_hb_until).returning(*_hb_ack),
+}
+DUE_HEARTBEATS = (  # served by the partial index ix_sg_operations_heartbeat
+    select(_o)
+    .where(
+        _o.c.state == _RUNNING,
+        _o.c.heartbeat_until.is_not(None),
+        _o.c.heartbeat_until <= bindparam("b_now", type_=_TS),
+        _o.c.work.is_(None),  # a cancel owed first is not starved out by the limit
+    )
+    .order_by(_o.c.heartbeat_until)
+    .limit(bindparam("b_limit", type_=Integer()))
+)
+EXPIRE_HEARTBEAT = (  # compare-and-set: still that attempt, still overdue, nothing else owed
+    update(_o)
+    .where(
+        _o.c.id == bindparam("b_id"),
+        _o.c.state == OperationState.RUNNING.value,
+        _o.c.attempts == bindparam("b_attempt", type_=Integer()),
+        _o.c.work.is_(None),
+        _o.c.heartbeat_until <= bindparam("b_now", type_=_TS),
+    )
+    .values(
+        work=Work.DISPATCH.value,
+        next_attempt_at=bindparam("b_next", type_=_TS),
+        heartbeat_until=None,
+        agent_token=None,
+        last_error=bindparam("b_error", type_=Text()),
+        lease_owner=None,
+        lease_until=None,
+    )
+)
+_st = t.steps
+OPERATION_STATE = select(_o.c.state).where(_o.c.id == bindparam("b_id"))
+LOCK_OPERATION_STATE = OPERATION_STATE.with_for_update()
+INSERT_STEP = insert(_st)
+SELECT_STEP = select(_st).where(
+    _st.c.operation_id == bindparam("b_id"), _st.c.name == bindparam("b_name")
+)
+DELETE_RESULT_STEP = delete(_st).where(  # a redrive runs the operation again: not its old answer
+    _st.c.operation_id == bindparam("b_id"), _st.c.name == RESULT_STEP
+)
+LIST_STEPS = (
+    select(_st).where(_st.c.operation_id == bindparam("b_id")).order_by(_st.c.at, _st.c.name)
 )

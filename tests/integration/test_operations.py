@@ -78,6 +78,7 @@ async def test_an_async_agent_gets_201_and_the_result_arrives_through_the_comple
             "operation.started",
             "attempt.started",
             "attempt.accepted",
+            "step.completed",  # AgentApp records the answer in the journal ($result) first
             "operation.succeeded",
         ]
 

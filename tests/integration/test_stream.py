@@ -52,6 +52,7 @@ async def test_the_stream_replays_history_and_ends_after_the_callback_is_deliver
             "operation.started",
             "attempt.started",
             "attempt.accepted",
+            "step.completed",  # AgentApp records the answer in the journal ($result) first
             "operation.succeeded",
             "callback.delivered",
         ]
