@@ -272,12 +272,14 @@ async def test_credentials_also_reach_the_agent_with_a_cancel(
         async with gw.http.post(f"{gw.url}/api/operations/{op_id}/cancel") as r:
             assert r.status in (200, 202)
 
-        async def state() -> str:
-            async with gw.http.get(f"{gw.url}/api/operations/{op_id}") as r:
-                return str((await r.json())["state"])
+        async def kinds() -> list[str]:
+            async with gw.http.get(f"{gw.url}/api/operations/{op_id}/events") as r:
+                return [e["kind"] for e in (await r.json())["events"]]
 
+        # The agent takes the cancel with 202: a request (issue 14), so the operation waits
+        # for its completion; the delivery itself is what carries the credentials.
         await eventually(
-            state, until=lambda s: s == "canceled", what="the cancel reaches the agent"
+            kinds, until=lambda k: "cancel.delivered" in k, what="the cancel reaches the agent"
         )
         assert seen == [("/work", API_KEY), ("/work/cancel", API_KEY)]
 

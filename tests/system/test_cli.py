@@ -663,7 +663,12 @@ async def test_a_busy_port_is_one_clear_line_and_exit_1(tmp_path: Path) -> None:
 
 async def test_a_database_that_is_down_is_one_clear_line_and_exit_1(tmp_path: Path) -> None:
     down = f"postgresql://postgres@127.0.0.1:{free_port()}/swarmgate"
-    res = await _serve(tmp_path, SWARMGATE_DATABASE_URL=down, SWARMGATE_PORT=str(free_port()))
+    res = await _serve(
+        tmp_path,
+        SWARMGATE_DATABASE_URL=down,
+        SWARMGATE_PORT=str(free_port()),
+        SWARMGATE_STARTUP_DB_WAIT_S="1",  # it waits for the database this long, then says so
+    )
     line = one_error_line(res)
     assert res.code == 1 and "cannot open the database" in line and "SWARMGATE_DATABASE_URL" in line
 

@@ -292,7 +292,7 @@ async def test_the_resend_button_redelivers_a_disabled_callback_and_records_who(
     ):
         await gw.gw.registry.register(agent.spec(agent_url))
         tok = token("operator-olga")
-        op_id = await start(gw, "echo", {}, tok, callback=cb_url + "/done")
+        op_id = await start(gw, "later", {}, tok, callback=cb_url + "/done")  # async: a callback
         async with browser_page(chromium, tmp_path) as page:
             await login(page, gw, tok)
             await page.goto(f"{gw.url}/ui#/operations/{op_id}")

@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import Case, GenerationMode
 from schemathesis.checks import not_a_server_error
+from schemathesis.core.errors import InvalidSchema
 from schemathesis.core.result import Ok
 from schemathesis.schemas import APIOperation
 from schemathesis.specs.openapi.checks import (
@@ -160,6 +161,11 @@ def test_schemathesis_finds_no_server_error_and_no_undocumented_answer_in_the_ap
                     _fuzz(operation, mode, live.url, session, deadline, seen, **fixed)
                 except Unsatisfiable:
                     pass  # nothing to make invalid (no parameters, no body)
+                except InvalidSchema as exc:
+                    if not str(exc).startswith("Cannot generate"):
+                        raise
+                    # schemathesis' generator gave up on this schema in this mode (a limit of
+                    # its array strategy under negation, not an answer of the gateway)
                 except Exception as exc:  # a FailureGroup carries the curl to reproduce
                     failures.append(f"{operation.label} ({mode.value}, {fixed}):\n{exc}")
     assert not failures, "\n\n".join(failures)
