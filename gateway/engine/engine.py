@@ -101,7 +101,9 @@ class Engine:
         self._pull = PullQueues(core)
         self._dispatcher = Dispatcher(core, self._closer, self._cancels, secret, self._pull)
         self._starts = Starts(core, self._dispatcher)
-        self._heartbeats = Heartbeats(core, self._closer, self._dispatcher.check_completion_token)
+        self._heartbeats = Heartbeats(
+            core, self._closer, self._dispatcher.check_completion_token, self._waiters.notify
+        )
         self._loops = Loops(
             core, self._dispatcher, self._outbox, self._cancels, self._waiters, self._heartbeats
         )

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -29,6 +30,7 @@ from gateway.domain.model import (
     failure,
 )
 from gateway.domain.specs import AdapterKind, OperationSpec
+from gateway.domain.tracing import NO_TRACER
 from gateway.engine import backoff
 from gateway.engine.batching import GroupCommit
 from gateway.engine.closing import Closer
@@ -36,6 +38,7 @@ from gateway.engine.core import EngineCore
 
 log = logging.getLogger("swarmgate.engine")
 NAMES_CACHED = 100_000  # operations whose names a heartbeat remembers (LRU)
+Names = tuple[str, str, str | None]  # agent, operation, the operation's traceparent
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -57,13 +60,21 @@ class HeartbeatAnswer:
 
 
 class Heartbeats:
-    def __init__(self, core: EngineCore, closer: Closer, check_token: Any) -> None:
+    def __init__(
+        self,
+        core: EngineCore,
+        closer: Closer,
+        check_token: Any,
+        notify: Callable[[str], None] | None = None,
+    ) -> None:
         self._core = core
         self._closer = closer
         self._check_token = check_token  # (op_id, token) -> bool: the completion token
-        # operation id -> (agent, operation): they never change, so a heartbeat after the
-        # first needs no read of the operation
-        self._names: OrderedDict[str, tuple[str, str]] = OrderedDict()
+        # wakes this replica's waiters of an operation (a heartbeat with details: progress)
+        self._notify = notify
+        # operation id -> (agent, operation, traceparent): they never change, so a heartbeat
+        # after the first needs no read of the operation
+        self._names: OrderedDict[str, Names] = OrderedDict()
         # Through core.store at call time, so a wrapped store (fault injection) sees the calls.
         self._beats: GroupCommit[Heartbeat, HeartbeatAck | None] = GroupCommit(
             lambda batch: core.store.heartbeat_many(batch),
@@ -128,25 +139,36 @@ class Heartbeats:
         names = self._names.get(op_id)
         if names is None:
             op = await self._running(op_id, token, attempt)
-            names = self._remember(op_id, (op.service, op.operation))
+            names = self._remember(op)
         else:
             self._names.move_to_end(op_id)
-        spec = await self._spec_of(*names)
+        spec = await self._spec_of(names[0], names[1])
         timeout = spec.heartbeat_timeout_s if spec else None
         beat = Heartbeat(
             operation_id=op_id,
             attempt=attempt,
             # (an operation registered again without heartbeats keeps an hour's grace; a pull
             # task without heartbeats renews its attempt-timeout lease)
-            until=core.now() + timedelta(seconds=timeout or await self._grace_s(*names)),
+            until=core.now()
+            + timedelta(seconds=timeout or await self._grace_s(names[0], names[1])),
             details=details,
             has_details=has_details,
         )
-        ack = await self._beats.submit(beat)
+        with core.tracer.span(
+            "heartbeat", names[2], operation_id=op_id, agent=names[0], attempt=attempt
+        ) as span:
+            ack = await self._beats.submit(beat)
+            if ack is None:
+                span.set(outcome="stale", details=has_details)
+            else:
+                outcome = "cancel_requested" if ack.cancel_requested else "recorded"
+                span.set(attempt=ack.attempt, outcome=outcome, details=has_details)
         if ack is None:  # unknown, closed or on another attempt: say which
             self._names.pop(op_id, None)
             await self._running(op_id, token, attempt)
             raise HandlerError(HandlerErrorType.CONFLICT, "operation changed: stop")
+        if has_details and self._notify is not None:  # progress watchers re-read it now
+            self._notify(op_id)
         return HeartbeatAnswer(
             state=ack.state.value,
             cancel_requested=ack.cancel_requested,
@@ -154,10 +176,18 @@ class Heartbeats:
             attempt=ack.attempt,
         )
 
-    def _remember(self, op_id: str, names: tuple[str, str]) -> tuple[str, str]:
-        self._names[op_id] = names
+    def _remember(self, op: Operation) -> Names:
+        names = self._names[op.id] = (op.service, op.operation, op.traceparent)
         if len(self._names) > NAMES_CACHED:
             self._names.popitem(last=False)
+        return names
+
+    async def _names_of(self, op_id: str) -> Names | None:
+        """The cached names; read only when tracing is on (a span needs the trace)."""
+        names = self._names.get(op_id)
+        if names is None and self._core.tracer is not NO_TRACER:
+            op = await self._core.store.get_operation(op_id)
+            names = self._remember(op) if op is not None else None
         return names
 
     async def journal(self, op_id: str, token: str) -> Journal:
@@ -189,7 +219,19 @@ class Heartbeats:
             operation_id=op_id, name=name, result=result, at=core.now(), attempt=attempt
         )
         event = core.event(op_id, "step.completed", name=name, attempt=step.attempt)
-        recorded = await self._steps.submit((step, event))
+        names = await self._names_of(op_id)
+        with core.tracer.span(
+            "step",
+            names[2] if names else None,
+            operation_id=op_id,
+            agent=names[0] if names else None,
+            attempt=attempt,
+            step=name,
+        ) as span:
+            recorded = await self._steps.submit((step, event))
+            span.set(
+                outcome="stale" if recorded is None else "recorded" if recorded[1] else "replayed"
+            )
         if recorded is None:  # unknown or closed: say which
             await self._running(op_id, token)
             raise HandlerError(HandlerErrorType.CONFLICT, "operation changed")

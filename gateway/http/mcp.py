@@ -3,7 +3,10 @@
 Routes:
   POST   /mcp                                     one JSON-RPC message; answered with JSON
                                                   (or one SSE event when the client accepts
-                                                  only text/event-stream); notifications 202
+                                                  only text/event-stream); notifications 202;
+                                                  a waiting call with a progressToken may
+                                                  answer with an SSE stream of progress
+                                                  notifications, then the response
   GET    /mcp                                     405: the gateway pushes nothing unasked
   DELETE /mcp                                     ends the session named by Mcp-Session-Id
   GET    /.well-known/oauth-protected-resource    RFC 9728 metadata (also at .../mcp)
@@ -14,6 +17,13 @@ call waits (bounded by ``SWARMGATE_MCP_WAIT_S``) and answers with the result, or
 error that names the task to poll when the bound runs out. ``tasks/*`` read, wait for and
 cancel operations; ``tasks/list`` shows the caller's own only.
 
+Progress (``adapters.mcp_progress``): a ``tools/call`` (or ``tasks/result``) with
+``params._meta.progressToken`` from a client that accepts ``text/event-stream`` watches the
+operation while it waits (a heartbeat with details wakes the wait; plain heartbeats are seen
+on the next re-read); from the first notification on, the answer is an SSE stream of
+``notifications/progress`` ending with the JSON-RPC response. A call that closes before any
+progress, or a client that accepts only JSON, gets the plain JSON answer.
+
 Sessions are HMAC-signed ids (caller and protocol version), so any replica accepts them;
 ``DELETE`` revokes one in this process. Requests without a session id are served too
 (stateless clients); a session id of another caller, forged or revoked, is a 404.
@@ -22,6 +32,7 @@ Sessions are HMAC-signed ids (caller and protocol version), so any replica accep
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +41,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from adapters import mcp_facade as proto
+from adapters.mcp_progress import ProgressTracker, progress_token
 from gateway.domain.errors import HandlerError, HandlerErrorType
 from gateway.domain.model import Operation
 from gateway.domain.specs import AgentSpec, OperationSpec
@@ -43,6 +55,12 @@ SESSION_HEADER = "Mcp-Session-Id"
 VERSION_HEADER = "MCP-Protocol-Version"
 MAX_LISTED = 10_000  # tasks/list pages reach this far back
 MAX_REVOKED = 100_000
+SSE_HEADERS = {
+    "Content-Type": "text/event-stream",
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",
+}
+log = logging.getLogger("swarmgate.mcp")
 
 
 @dataclass
@@ -60,12 +78,36 @@ class McpConfig:
 MCP = web.AppKey("swarmgate.mcp", McpConfig)
 
 
+def _sse(message: dict[str, Any]) -> bytes:
+    return f"event: message\ndata: {json.dumps(message)}\n\n".encode()
+
+
+@dataclass
+class ProgressStream:
+    """A waiting request's progress: the SSE answer is opened by the first notification."""
+
+    request: web.Request
+    tracker: ProgressTracker
+    response: web.StreamResponse | None = None
+
+    async def watch(self, op: Operation) -> None:
+        """Send the notification this read of ``op`` calls for, if any."""
+        note = self.tracker.update(op)
+        if note is None:
+            return
+        if self.response is None:
+            self.response = web.StreamResponse(headers=SSE_HEADERS)
+            await self.response.prepare(self.request)
+        await self.response.write(_sse(note))
+
+
 @dataclass
 class Call:
     request: web.Request
     caller: Principal
     params: dict[str, Any]
     version: str
+    progress: ProgressStream | None = None
 
     @property
     def config(self) -> McpConfig:
@@ -190,6 +232,8 @@ async def _start(call: Call, agent: AgentSpec, spec: OperationSpec) -> Operation
 
 
 async def _wait(call: Call, op: Operation, wait_s: float) -> Operation:
+    if call.progress is not None:
+        return await _wait_with_progress(call.progress, op, wait_s)
     engine = services(call.request).engine
     deadline = time.monotonic() + wait_s
     op = await engine.wait_inline(op.id, min(wait_s, engine.config.sync_wait_s)) or op
@@ -198,6 +242,22 @@ async def _wait(call: Call, op: Operation, wait_s: float) -> Operation:
         if left <= 0:
             break
         op = await engine.wait_terminal(op.id, min(left, 30.0)) or op
+    return op
+
+
+async def _wait_with_progress(progress: ProgressStream, op: Operation, wait_s: float) -> Operation:
+    """Wait like :func:`_wait`, re-reading the operation whenever it may have changed (a
+    close, a heartbeat with details, else every poll interval) and telling the client."""
+    engine = services(progress.request).engine
+    deadline = time.monotonic() + wait_s
+    poll_s = max(0.05, engine.config.poll_interval_s)
+    while not op.state.terminal:
+        await progress.watch(op)
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        await engine.wait_change(op.id, min(left, poll_s))
+        op = await engine.store.get_operation(op.id) or op
     return op
 
 
@@ -293,6 +353,7 @@ async def ping(_call: Call) -> dict[str, Any]:
     return {}
 
 
+PROGRESS_METHODS = frozenset({"tools/call", "tasks/result"})  # the ones that wait
 METHODS = {
     "ping": ping,
     "tools/list": tools_list,
@@ -312,21 +373,26 @@ def _wants_sse(request: web.Request) -> bool:
     return "text/event-stream" in accept and "application/json" not in accept
 
 
+def _progress(
+    request: web.Request, method: str | None, params: dict[str, Any]
+) -> ProgressStream | None:
+    """A progress stream when the client asked for one and can read an SSE answer."""
+    if method not in PROGRESS_METHODS:
+        return None
+    token = progress_token(params)
+    if token is None or "text/event-stream" not in request.headers.get("Accept", "").lower():
+        return None
+    return ProgressStream(request, ProgressTracker(token))
+
+
 async def _answer(
     request: web.Request, body: dict[str, Any], headers: dict[str, str]
 ) -> web.StreamResponse:
     if not _wants_sse(request):
         return web.json_response(body, headers=headers)
-    resp = web.StreamResponse(
-        headers={
-            **headers,
-            "Content-Type": "text/event-stream",
-            "Cache-Control": "no-cache",
-            "X-Accel-Buffering": "no",
-        }
-    )
+    resp = web.StreamResponse(headers={**headers, **SSE_HEADERS})
     await resp.prepare(request)
-    await resp.write(f"event: message\ndata: {json.dumps(body)}\n\n".encode())
+    await resp.write(_sse(body))
     await resp.write_eof()
     return resp
 
@@ -370,20 +436,37 @@ async def post(request: web.Request) -> web.StreamResponse:
     if handler is None:
         body = proto.error(msg.rpc_id, proto.METHOD_NOT_FOUND, f"method {msg.method!r} not found")
         return await _answer(request, body, headers)
-    call = Call(request=request, caller=caller, params=msg.params, version=version)
+    progress = _progress(request, msg.method, msg.params)
+    call = Call(
+        request=request, caller=caller, params=msg.params, version=version, progress=progress
+    )
+    streaming = False
     try:
         body = proto.result(msg.rpc_id, await handler(call))
     except proto.McpFault as fault:
         body = proto.error(msg.rpc_id, fault.code, fault.message, fault.data)
     except HandlerError as exc:
+        streaming = progress is not None and progress.response is not None
         if exc.type is HandlerErrorType.UNAUTHORIZED:  # MCP authorization: a 403 names it
             exc.headers.setdefault(
                 "WWW-Authenticate",
                 f'Bearer error="insufficient_scope", resource_metadata="{metadata_url(request)}"',
             )
-        if exc.type in (HandlerErrorType.UNAUTHENTICATED, HandlerErrorType.UNAUTHORIZED):
+        if not streaming and exc.type in (
+            HandlerErrorType.UNAUTHENTICATED,
+            HandlerErrorType.UNAUTHORIZED,
+        ):
             raise
         body = proto.error(msg.rpc_id, proto.INTERNAL_ERROR, exc.message, exc.details)
+    except Exception:
+        if progress is None or progress.response is None:
+            raise
+        log.exception("mcp: %s failed after its progress stream began", msg.method)
+        body = proto.error(msg.rpc_id, proto.INTERNAL_ERROR, "internal error")
+    if progress is not None and progress.response is not None:  # the stream ends with it
+        await progress.response.write(_sse(body))
+        await progress.response.write_eof()
+        return progress.response
     return await _answer(request, body, headers)
 
 

@@ -113,6 +113,7 @@ class Attempt:
                 self._read_journal(json.loads(raw))
         self._details: Any = None
         self._details_pending = False
+        self._details_seq = 0  # counts add_details: a heartbeat in flight must not clear a newer
         self._wake = asyncio.Event()
         self.handler: asyncio.Task[Any] | None = None
         self.stopped: str | None = None
@@ -198,6 +199,7 @@ class Attempt:
     def add_details(self, details: Any) -> None:
         """Send ``details`` with a heartbeat now (the loop's, or a one-off one)."""
         self._details, self._details_pending = details, True
+        self._details_seq += 1
         self._wake.set()
         if not self._looping and self.heartbeat_url:  # a sync handler: no loop runs
             task = asyncio.ensure_future(self._beat())
@@ -227,6 +229,7 @@ class Attempt:
         sending = self._details_pending
         if sending:
             body["details"] = self._details
+        seq = self._details_seq
         assert self.heartbeat_url is not None
         try:
             async with self._session().post(
@@ -237,7 +240,7 @@ class Attempt:
             ) as resp:
                 self.heartbeats_sent += 1
                 if resp.status == 200:
-                    if sending:
+                    if sending and self._details_seq == seq:  # none newer came meanwhile
                         self._details_pending = False
                     answer = await resp.json()
                     return "canceled" if answer.get("cancelRequested") else None

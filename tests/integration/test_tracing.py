@@ -3,6 +3,7 @@ the SDK's InMemorySpanExporter on a real gateway with a real agent and callback 
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from gateway import otel
@@ -119,3 +120,61 @@ def test_tracing_is_off_unless_an_otlp_endpoint_is_configured() -> None:
         assert isinstance(tracing.tracer, otel.OtelTracer)
     finally:
         tracing.shutdown()  # no span was made: nothing to export
+
+
+async def test_heartbeats_and_steps_of_an_agent_app_operation_are_spans_in_the_starts_trace(
+    db_url: str,
+) -> None:
+    from gateway.sdk.agent import AgentApp, OpContext
+
+    agent = AgentApp("durable")
+    release = asyncio.Event()  # set once the heartbeat's span is seen
+
+    @agent.operation("work", mode="async", heartbeat_timeout_s=30)
+    async def work(ctx: OpContext, payload: Any) -> Any:
+        fetched = await ctx.step("fetch", lambda: {"pages": 3})
+        ctx.heartbeat({"progress": 1, "total": 2})
+        await release.wait()
+        return {"fetched": fetched}
+
+    tracing, exporter = otel.in_memory()
+    async with (
+        serving_agent(agent) as agent_url,
+        running_gateway(make_settings(db_url), tracing=tracing) as gw,
+    ):
+        await gw.gw.registry.register(agent.spec(agent_url))
+        async with gw.http.post(
+            gw.nexus("durable", "work"), json={}, headers={"traceparent": TRACEPARENT}
+        ) as r:
+            assert r.status in (200, 201)
+            op_id = r.headers.get("Nexus-Operation-Token") or (await r.json())["id"]
+
+        def finished() -> list[Any]:
+            spans = list(exporter.get_finished_spans())
+            return spans if named(spans, "heartbeat") and named(spans, "step") else []
+
+        spans = await eventually(finished)
+        release.set()
+        op = await gw.gw.engine.wait_terminal(op_id, 30)
+    (start,) = named(spans, "start")
+    (step,) = named(spans, "step")
+    heartbeat = named(spans, "heartbeat")[0]
+    assert {format(s.context.trace_id, "032x") for s in spans} == {TRACE}
+    assert step.parent.span_id == start.context.span_id
+    assert heartbeat.parent.span_id == start.context.span_id
+    assert attrs(step) == {
+        "operation_id": op_id,
+        "agent": "durable",
+        "attempt": 1,
+        "step": "fetch",
+        "outcome": "recorded",
+    }
+    assert attrs(heartbeat) == {
+        "operation_id": op_id,
+        "agent": "durable",
+        "attempt": 1,
+        "outcome": "recorded",
+        "details": True,
+    }
+    assert op is not None and op.state.value == "succeeded"
+    assert op.heartbeat_details == {"progress": 1, "total": 2}
