@@ -172,23 +172,8 @@ class HttpAgentAdapter:
 
     async def cancel(self, req: CancelRequest) -> Outcome:
         op = req.operation
-        headers = merge_headers(
-            {
-                "Nexus-Request-Id": f"cancel-{op.id}",
-                "Nexus-Operation-Token": op.agent_token or op.id,
-            },
-            req.extra,
-            req.auth_headers,
-        )
-        url = operation_url(req.agent.endpoint, op.operation) + "/cancel"
-        try:
-            resp = await self.transport.request(
-                "POST", url, headers=headers, body=b"", timeout_s=req.timeout_s
-            )
-        except TransportError as exc:
-            kind = OutcomeKind.RETRYABLE if exc.retryable else OutcomeKind.PERMANENT
-            return Outcome(kind=kind, error=str(exc))
-        return cancel_outcome(resp)
+        headers = {"Nexus-Request-Id": f"cancel-{op.id}"}
+        return await send_cancel(self.transport, req, op.agent_token or op.id, headers)
 
 
 def start_headers(req: DispatchRequest) -> dict[str, str]:
@@ -255,6 +240,24 @@ def start_outcome(resp: HttpResponse) -> Outcome:
             links=links,
         )
     return classify_error(resp)
+
+
+async def send_cancel(
+    transport: Transport, req: CancelRequest, token: str, headers: Mapping[str, str] | None = None
+) -> Outcome:
+    """POST the Nexus cancel of ``req`` with the handler's ``token`` (the gateway's headers <
+    extra < credentials) and read the answer."""
+    op = req.operation
+    sent = merge_headers(
+        {**(headers or {}), "Nexus-Operation-Token": token}, req.extra, req.auth_headers
+    )
+    url = operation_url(req.agent.endpoint, op.operation) + "/cancel"
+    try:
+        resp = await transport.request("POST", url, headers=sent, body=b"", timeout_s=req.timeout_s)
+    except TransportError as exc:
+        kind = OutcomeKind.RETRYABLE if exc.retryable else OutcomeKind.PERMANENT
+        return Outcome(kind=kind, error=str(exc))
+    return cancel_outcome(resp)
 
 
 def cancel_outcome(resp: HttpResponse) -> Outcome:

@@ -29,10 +29,10 @@ from datetime import UTC, datetime
 from urllib.parse import urlencode
 
 from adapters.http import (
-    cancel_outcome,
     forwardable_links,
     merge_headers,
     operation_url,
+    send_cancel,
     start_outcome,
 )
 from gateway.domain.dispatch import (
@@ -106,15 +106,4 @@ class NexusAgentAdapter:
             return Outcome(
                 kind=OutcomeKind.PERMANENT, error="the handler gave no operation token to cancel"
             )
-        headers = merge_headers(
-            {"Nexus-Operation-Token": op.agent_token}, req.extra, req.auth_headers
-        )
-        url = operation_url(req.agent.endpoint, op.operation) + "/cancel"
-        try:
-            resp = await self.transport.request(
-                "POST", url, headers=headers, body=b"", timeout_s=req.timeout_s
-            )
-        except TransportError as exc:
-            kind = OutcomeKind.RETRYABLE if exc.retryable else OutcomeKind.PERMANENT
-            return Outcome(kind=kind, error=str(exc))
-        return cancel_outcome(resp)
+        return await send_cancel(self.transport, req, op.agent_token)
