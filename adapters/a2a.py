@@ -34,6 +34,7 @@ from urllib.parse import quote
 
 from adapters.a2a_card import CardCache, rest_error_code
 from adapters.http import classify_error
+from adapters.jsonrpc import JsonRpcError
 from gateway.domain import jsonio
 from gateway.domain.dispatch import (
     CancelRequest,
@@ -68,24 +69,11 @@ TASK_NOT_FOUND = -32001
 TASK_NOT_CANCELABLE = -32002
 
 
-class RpcError(Exception):
-    def __init__(self, code: int, message: str, data: Any = None) -> None:
-        super().__init__(f"JSON-RPC error {code}: {message}")
-        self.code = code
-        self.rpc_message = message
-        self.data = data
+class RpcError(JsonRpcError):
+    """A JSON-RPC error answer of an A2A agent."""
 
-    def outcome(self) -> Outcome:
-        retryable = self.code not in PERMANENT_RPC_CODES
-        return Outcome(
-            kind=OutcomeKind.RETRYABLE if retryable else OutcomeKind.PERMANENT,
-            error=str(self),
-            failure=failure(
-                self.rpc_message,
-                type="a2a.JSONRPCError",
-                details={"code": self.code, "data": self.data},
-            ),
-        )
+    failure_type = "a2a.JSONRPCError"
+    permanent_codes = PERMANENT_RPC_CODES
 
 
 # -- A2A JSON <-> swarmgate payloads ----------------------------------------------------------

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from adapters.http import classify_error
+from adapters.jsonrpc import JSONRPC_PERMANENT_CODES, JsonRpcError
 from adapters.mcp_facade import IDEMPOTENCY_META, LATEST_VERSION, SUPPORTED_VERSIONS
 from gateway.domain import jsonio
 from gateway.domain.dispatch import (
@@ -52,30 +53,18 @@ from gateway.domain.specs import OperationSpec
 
 JSON_CT = "application/json"
 ACCEPT = "application/json, text/event-stream"
-PERMANENT_CODES = frozenset({-32700, -32600, -32601, -32602})
+PERMANENT_CODES = JSONRPC_PERMANENT_CODES
 MAX_TOOL_PAGES = 20
 OPERATION_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 DISCOVERED_ATTEMPT_TIMEOUT_S = 60.0  # a plain tools/call answers when the tool is done
 
 
-class McpRpcError(Exception):
-    def __init__(self, code: int, message: str, data: Any = None) -> None:
-        super().__init__(f"MCP JSON-RPC error {code}: {message}")
-        self.code = code
-        self.rpc_message = message
-        self.data = data
+class McpRpcError(JsonRpcError):
+    """A JSON-RPC error answer of an MCP server."""
 
-    def outcome(self) -> Outcome:
-        permanent = self.code in PERMANENT_CODES
-        return Outcome(
-            kind=OutcomeKind.PERMANENT if permanent else OutcomeKind.RETRYABLE,
-            error=str(self),
-            failure=failure(
-                self.rpc_message,
-                type="mcp.JSONRPCError",
-                details={"code": self.code, "data": self.data},
-            ),
-        )
+    label = "MCP JSON-RPC"
+    failure_type = "mcp.JSONRPCError"
+    permanent_codes = PERMANENT_CODES
 
 
 class McpTrouble(Exception):
