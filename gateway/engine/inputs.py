@@ -152,15 +152,7 @@ class Inputs:
         if recorded is None:
             raise HandlerError(HandlerErrorType.CONFLICT, "operation changed: stop")
         await core.store.park_for_input(op_id, attempt)
-        result = recorded[0].result if isinstance(recorded[0].result, dict) else question
-        schema_now = result.get("schema")
-        return WaitingForInput(
-            name=name,
-            prompt=str(result.get("prompt") or ""),
-            schema=schema_now if isinstance(schema_now, dict) else None,
-            asked_at=str(result.get("askedAt") or rfc3339_ms(now)),
-            attempt=int(result.get("attempt") or attempt),
-        ), None
+        return open_question([recorded[0]]), None
 
     # -- the caller answers ---------------------------------------------------------------------
 

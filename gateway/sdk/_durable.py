@@ -208,8 +208,11 @@ class Attempt:
         return base.rsplit("/", 1)[0] + "/input-request"
 
     async def ask(self, prompt: str, schema: dict[str, Any] | None, name: str | None) -> Any:
-        """The caller's answer to this question, from the journal; otherwise the question
-        is recorded in the gateway and ``InputRequested`` ends the attempt."""
+        """The caller's answer to this question, from the journal, if it was given.
+
+        Otherwise the question is recorded in the gateway and ``InputRequested`` ends the
+        attempt.
+        """
         self._asks += 1
         name = name or str(self._asks)
         answer = self.steps.get(f"{ANSWER_PREFIX}{name}")

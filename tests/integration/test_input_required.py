@@ -93,7 +93,9 @@ async def test_an_agent_asks_waits_across_a_gateway_restart_and_goes_on_with_the
             assert op["waitingForInput"]["prompt"] == "deploy api?"
             assert op["waitingForInput"]["schema"] == APPROVAL
             assert op["waitingForInput"]["askedAt"]
-            kinds = await sse_kinds(gw.http, op_url + "/stream", until="input.requested", headers=alice)
+            kinds = await sse_kinds(
+                gw.http, op_url + "/stream", until="input.requested", headers=alice
+            )
             assert "input.requested" in kinds
             # parked: no heartbeat owed, nothing dispatched while the caller takes its time
             stored = await gw.gw.engine.store.get_operation(op_id)
@@ -104,13 +106,17 @@ async def test_an_agent_asks_waits_across_a_gateway_restart_and_goes_on_with_the
             assert (await gw.gw.engine.store.get_operation(op_id)).work is None  # type: ignore[union-attr]
 
         # a new gateway process state on the same database: still waiting
-        async with running_gateway(make_settings(db_url, auth_mode="hs256", jwt_secret=SECRET)) as gw:
+        async with running_gateway(
+            make_settings(db_url, auth_mode="hs256", jwt_secret=SECRET)
+        ) as gw:
             op_url = f"{gw.url}/api/operations/{op_id}"
             async with gw.http.get(op_url, headers=alice) as r:
                 assert (await r.json())["waitingForInput"]["prompt"] == "deploy api?"
             async with gw.http.post(op_url + "/input", json={"approved": True}, headers=bob) as r:
                 assert r.status == 404  # not bob's operation
-            async with gw.http.post(op_url + "/input", json={"approved": "yes"}, headers=alice) as r:
+            async with gw.http.post(
+                op_url + "/input", json={"approved": "yes"}, headers=alice
+            ) as r:
                 assert r.status == 400
                 assert r.headers["Content-Type"].startswith("application/problem+json")
                 assert "schema" in (await r.json())["detail"]
@@ -176,11 +182,14 @@ async def test_a_plain_http_agent_asks_with_its_token_and_reads_the_answer_from_
         seen.append(steps)
         if "$input:1" in steps:
             return web.json_response({"answer": steps["$input:1"]["value"]})
-        async with aiohttp.ClientSession() as s, s.post(
-            f"{gw_url['url']}/api/operations/{op_id}/input-request",
-            json={"prompt": "your name?", "schema": {"type": "string"}},
-            headers={"Authorization": auth},
-        ) as r:
+        async with (
+            aiohttp.ClientSession() as s,
+            s.post(
+                f"{gw_url['url']}/api/operations/{op_id}/input-request",
+                json={"prompt": "your name?", "schema": {"type": "string"}},
+                headers={"Authorization": auth},
+            ) as r,
+        ):
             assert r.status == 202, await r.text()
             body = await r.json()
             assert body["state"] == "waiting"
