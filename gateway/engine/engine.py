@@ -43,7 +43,7 @@ from gateway.engine.config import EngineConfig
 from gateway.engine.core import EngineCore
 from gateway.engine.dispatch import Dispatcher
 from gateway.engine.heartbeats import HeartbeatAnswer, Heartbeats
-from gateway.engine.inputs import Inputs, WaitingForInput
+from gateway.engine.inputs import Inputs, WaitingForInput, park_outbound
 from gateway.engine.loops import Loops
 from gateway.engine.metrics import Metrics
 from gateway.engine.outbox import Outbox
@@ -335,6 +335,13 @@ class Engine:
     ) -> StepRecord:
         """The caller answers the operation's open question; it is dispatched again."""
         return await self._inputs.answer(op, value, by=by, via=via)
+
+    async def agent_asks(self, op: Operation, prompt: str, agent_token: str | None) -> None:
+        """An agent's pushed task asks its caller (A2A input-required): wait for the answer."""
+        if op.work is None and not op.state.terminal:
+            await park_outbound(
+                self._core, op, prompt, owner=None, agent_token=agent_token or op.agent_token
+            )
 
     async def waiting_for_input(self, op: Operation) -> WaitingForInput | None:
         """The operation's open question, if it waits for input."""

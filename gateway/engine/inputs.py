@@ -75,6 +75,40 @@ def open_question(steps: list[StepRecord]) -> WaitingForInput | None:
     return None
 
 
+async def park_outbound(
+    core: EngineCore,
+    op: Operation,
+    prompt: str,
+    *,
+    owner: str | None,
+    agent_token: str | None,
+    event: Event | None = None,
+) -> None:
+    """An agent (A2A ``TASK_STATE_INPUT_REQUIRED``) asks: record the question, stop polling."""
+    steps = await core.store.list_steps(op.id)
+    if open_question(steps) is None:
+        name = str(1 + sum(1 for s in steps if s.name.startswith(ASK_PREFIX)))
+        now = core.now()
+        question = {"prompt": prompt, "schema": None, "askedAt": rfc3339_ms(now)}
+        question["attempt"] = op.attempts
+        step = StepRecord(
+            operation_id=op.id, name=ASK_PREFIX + name, result=question, at=now, attempt=op.attempts
+        )
+        event = core.event(
+            op.id, "input.requested", name=name, prompt=prompt, schema=None, attempt=op.attempts
+        )
+        await core.store.record_step(step, event)
+    await core.store.update_running(
+        op.id,
+        owner,
+        work=None,
+        next_attempt_at=None,
+        agent_token=agent_token,
+        event=event,
+        now=core.now(),
+    )
+
+
 class Inputs:
     def __init__(self, core: EngineCore, check_token: Any) -> None:
         self._core = core
