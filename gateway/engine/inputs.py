@@ -89,8 +89,12 @@ async def park_outbound(
     if open_question(steps) is None:
         name = str(1 + sum(1 for s in steps if s.name.startswith(ASK_PREFIX)))
         now = core.now()
-        question = {"prompt": prompt, "schema": None, "askedAt": rfc3339_ms(now)}
-        question["attempt"] = op.attempts
+        question: dict[str, Any] = {
+            "prompt": prompt,
+            "schema": None,
+            "askedAt": rfc3339_ms(now),
+            "attempt": op.attempts,
+        }
         step = StepRecord(
             operation_id=op.id, name=ASK_PREFIX + name, result=question, at=now, attempt=op.attempts
         )
