@@ -108,7 +108,7 @@ async def test_an_a2a_agent_asking_for_input_gets_the_callers_answer_as_a_follow
                 assert r.status == 200, await r.text()
                 assert await r.json() == {"confirmed": {"yes": True}}
             first, follow_up = executor.messages
-            assert first["messageId"] == op_id and "taskId" not in first
+            assert first["messageId"] == op_id
             assert follow_up["taskId"] and follow_up["messageId"] == f"{op_id}-input-1"
             kinds = [e.kind for e in await gw.gw.store.list_events(op_id)]
             assert kinds.index("input.requested") < kinds.index("input.provided")
