@@ -225,3 +225,48 @@ async def test_a_plain_http_agent_asks_with_its_token_and_reads_the_answer_from_
             assert r.status == 200, await r.text()
             assert await r.json() == {"answer": "Ada"}
         assert len(seen) == 2
+
+
+async def test_a_sync_handler_can_ask_too_and_a_waiting_operation_still_times_out(
+    db_url: str,
+) -> None:
+    agent = AgentApp("syncasker")
+
+    @agent.operation("ask", mode="sync", retry=FAST)
+    async def ask(ctx: OpContext, payload: Any) -> Any:
+        return {"got": await ctx.ask("number?", {"type": "integer"})}
+
+    @agent.operation("slow", mode="sync", retry=FAST, timeout_s=1.0)
+    async def slow(ctx: OpContext, payload: Any) -> Any:
+        return await ctx.ask("nobody answers this")
+
+    async with serving(agent.app) as agent_url, running_gateway(make_settings(db_url)) as gw:
+        await gw.gw.registry.register(agent.spec(agent_url))
+        async with gw.http.post(gw.nexus("syncasker", "ask"), json={}) as r:
+            assert r.status == 201, await r.text()  # parked, not answered: running
+            op_id = (await r.json())["token"]
+        async with gw.http.post(gw.nexus("syncasker", "slow"), json={}) as r:
+            slow_id = (await r.json())["token"]
+        op_url = f"{gw.url}/api/operations/{op_id}"
+
+        async def asked() -> bool:
+            async with gw.http.get(op_url) as r:
+                return bool((await r.json()).get("waitingForInput"))
+
+        await eventually(asked, what="the sync handler's question")
+        async with gw.http.post(op_url + "/input", json=42) as r:
+            assert r.status == 202
+        async with gw.http.get(
+            gw.nexus("syncasker", "ask") + "/result", params={"token": op_id, "wait": "15s"}
+        ) as r:
+            assert r.status == 200, await r.text()
+            assert await r.json() == {"got": 42}
+        # the schedule-to-close timeout applies while an operation waits for input
+        async with gw.http.get(
+            gw.nexus("syncasker", "slow") + "/result", params={"token": slow_id, "wait": "15s"}
+        ) as r:
+            assert r.headers.get("Nexus-Operation-State") in ("failed", "canceled"), await r.text()
+        slow_op = await gw.gw.store.get_operation(slow_id)
+        assert slow_op is not None and slow_op.state.terminal
+        kinds = [e.kind for e in await gw.gw.store.list_events(slow_id)]
+        assert "input.requested" in kinds and "input.provided" not in kinds
