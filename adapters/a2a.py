@@ -160,6 +160,13 @@ def outcome_from_task(task: dict[str, Any]) -> Outcome:
                 text, type="a2a.TaskState", details={"state": state, "taskId": task_id}
             ),
         )
+    if state == "TASK_STATE_INPUT_REQUIRED":  # the agent asks: the operation waits for input
+        return Outcome(
+            kind=OutcomeKind.ACCEPTED,
+            agent_token=task_id,
+            status=200,
+            input_prompt=status_text(task) or "input required",
+        )
     if state in RUNNING_STATES:
         return Outcome(kind=OutcomeKind.ACCEPTED, agent_token=task_id, status=200)
     return Outcome(kind=OutcomeKind.PERMANENT, error=f"unknown A2A task state {state!r}")
@@ -180,6 +187,16 @@ def outcome_from_send_result(result: Any) -> Outcome:
     if isinstance(result, dict) and isinstance(result.get("status"), dict):
         return outcome_from_task(result)  # a bare Task (lenient)
     return Outcome(kind=OutcomeKind.RETRYABLE, error="A2A agent sent neither task nor message")
+
+
+def latest_answer(req: DispatchRequest) -> tuple[str, Any] | None:
+    """The caller's answer to the agent's last question (journal ``$input:<name>``), if any."""
+    if req.journal is None:
+        return None
+    answers = [s for s in req.journal.steps if s.name.startswith("$input:")]
+    if not answers or not isinstance(answers[-1].result, dict):
+        return None
+    return answers[-1].name.split(":", 1)[1], answers[-1].result.get("value")
 
 
 def push_url(public_url: str, op_id: str) -> str:
@@ -335,6 +352,20 @@ class A2AAgentAdapter:
 
     def send_message_params(self, req: DispatchRequest) -> dict[str, Any]:
         op = req.operation
+        answer = latest_answer(req)
+        if answer is not None and op.agent_token:  # the caller answered the agent's question
+            name, value = answer
+            return {
+                "message": {
+                    "messageId": f"{op.id}-input-{name}",
+                    "taskId": op.agent_token,
+                    "role": "ROLE_USER",
+                    "parts": [{"data": value, "mediaType": JSON_CT}],
+                    "metadata": {"skill": op.operation, "swarmgateOperationId": op.id},
+                },
+                "configuration": {"returnImmediately": True},
+                "metadata": {"skill": op.operation, "caller": op.caller},
+            }
         configuration: dict[str, Any] = {
             "returnImmediately": True,
             "acceptedOutputModes": [JSON_CT, "text/plain"],

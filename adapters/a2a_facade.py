@@ -242,9 +242,17 @@ def history(op: Operation, status_message: dict[str, Any] | None) -> list[dict[s
 
 
 def task_json(
-    op: Operation, *, include_artifacts: bool = True, history_length: int | None = None
+    op: Operation,
+    *,
+    include_artifacts: bool = True,
+    history_length: int | None = None,
+    waiting: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The A2A Task of an operation; ``history_length`` None: whole history, 0: none."""
+    """The A2A Task of an operation; ``history_length`` None: whole history, 0: none.
+
+    ``waiting`` (the operation's open question, ``waitingForInput``) makes it
+    ``TASK_STATE_INPUT_REQUIRED`` with the prompt as the status message.
+    """
     status: dict[str, Any] = {"state": STATE_OF[op.state]}
     stamp = _ts(op.closed_at or op.created_at)
     if stamp:
@@ -255,6 +263,19 @@ def task_json(
         "status": status,
         "metadata": {"skill": op.operation, "agent": op.service},
     }
+    if waiting is not None and not op.state.terminal:
+        status["state"] = "TASK_STATE_INPUT_REQUIRED"
+        parts: list[dict[str, Any]] = [{"text": str(waiting.get("prompt") or "")}]
+        if waiting.get("schema") is not None:
+            parts.append({"data": {"schema": waiting["schema"]}, "mediaType": JSON_CT})
+        status["message"] = {
+            "messageId": f"{op.id}-input-{waiting.get('name', '1')}",
+            "contextId": task["contextId"],
+            "taskId": op.id,
+            "role": "ROLE_AGENT",
+            "parts": parts,
+        }
+        task["metadata"]["waitingForInput"] = waiting
     if op.state is OperationState.SUCCEEDED and include_artifacts:
         task["artifacts"] = [result_artifact(op)]
     elif op.state.terminal and op.state is not OperationState.SUCCEEDED:
@@ -294,6 +315,11 @@ def message_input(message: dict[str, Any]) -> bytes:
         return text.encode()
     except ValueError:
         return json.dumps(text).encode()
+
+
+def answer_value(message: dict[str, Any]) -> Any:
+    """The answer a follow-up message carries: its data part, else its text (JSON if it is)."""
+    return json.loads(message_input(message))
 
 
 def requested_skill(params: dict[str, Any], message: dict[str, Any]) -> str | None:
@@ -344,8 +370,6 @@ def check_send(params: dict[str, Any]) -> tuple[dict[str, Any], str]:
     role = message.get("role")
     if role not in ROLES:
         raise invalid_params("message.role is required: ROLE_USER")
-    if message.get("taskId"):
-        raise RpcFault(-32004, "follow-up messages to an existing task are not supported")
     message_id = message.get("messageId")
     if not isinstance(message_id, str) or not message_id:
         raise invalid_params("message.messageId is required")

@@ -72,12 +72,29 @@ def event_updates(op: Operation, event: Event) -> list[dict[str, Any]]:
         return out
     if event.kind in TERMINAL_KINDS:
         return []
+    if event.kind == "input.requested":  # the agent asks the caller: answer with a follow-up
+        update = status_update(op, "TASK_STATE_INPUT_REQUIRED", meta)
+        update["statusUpdate"]["status"]["message"] = {
+            "messageId": f"{op.id}-input-{event.data.get('name', '1')}",
+            "contextId": context_id(op),
+            "taskId": op.id,
+            "role": "ROLE_AGENT",
+            "parts": [{"text": str(event.data.get("prompt") or "")}],
+        }
+        return [update]
     return [status_update(op, "TASK_STATE_WORKING", meta)]
 
 
 def ends_stream(update: dict[str, Any]) -> bool:
     state = (update.get("statusUpdate") or {}).get("status", {}).get("state")
-    return state in ("TASK_STATE_COMPLETED", "TASK_STATE_FAILED", "TASK_STATE_CANCELED")
+    # an interrupted task (the agent asks its caller) ends the stream too, as A2A says: the
+    # follow-up message with the taskId answers it
+    return state in (
+        "TASK_STATE_COMPLETED",
+        "TASK_STATE_FAILED",
+        "TASK_STATE_CANCELED",
+        "TASK_STATE_INPUT_REQUIRED",
+    )
 
 
 def sse_frame(event_id: int | None, payload: dict[str, Any]) -> bytes:

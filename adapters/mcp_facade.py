@@ -317,7 +317,10 @@ def _iso(op: Operation) -> tuple[str, str]:
     return created, updated
 
 
-def task_json(op: Operation, poll_interval_ms: int) -> dict[str, Any]:
+def task_json(
+    op: Operation, poll_interval_ms: int, waiting: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The MCP task of an operation; ``waiting`` (its open question) is ``input_required``."""
     created, updated = _iso(op)
     task: dict[str, Any] = {
         "taskId": op.id,
@@ -331,6 +334,9 @@ def task_json(op: Operation, poll_interval_ms: int) -> dict[str, Any]:
         task["statusMessage"] = failure_text(op)
     elif op.state is OperationState.RUNNING and op.cancel_requested_at is not None:
         task["statusMessage"] = "cancellation requested"
+    elif op.state is OperationState.RUNNING and waiting is not None:
+        task["status"] = "input_required"
+        task["statusMessage"] = str(waiting.get("prompt") or "input required")
     elif op.state is OperationState.RUNNING and op.last_error:
         task["statusMessage"] = f"retrying: {op.last_error}"
     return task

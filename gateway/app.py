@@ -32,6 +32,7 @@ from gateway.engine.engine import Engine, EngineConfig
 from gateway.engine.signing import CallbackSigner
 from gateway.http import a2a as a2a_routes
 from gateway.http import api, mcp_agents, nexus, ui
+from gateway.http import inputs as input_routes
 from gateway.http import journal as journal_routes
 from gateway.http import mcp as mcp_routes
 from gateway.http import pull as pull_routes
@@ -193,6 +194,7 @@ async def build(
     )
     ui.add_routes(app, auth_mode=settings.auth_mode)
     journal_routes.add_routes(app)  # heartbeats and step journal (issue 12)
+    input_routes.add_routes(app)  # input-required (issue 15 item 4)
     return Gateway(
         settings=settings,
         store=store,

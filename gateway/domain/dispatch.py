@@ -81,6 +81,8 @@ class Outcome:
     status: int | None = None
     retry_after_s: float | None = None
     links: tuple[str, ...] = ()  # Nexus links the agent returned (header form)
+    # ACCEPTED and waiting for the caller's input (an A2A TASK_STATE_INPUT_REQUIRED): the prompt
+    input_prompt: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

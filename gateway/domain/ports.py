@@ -292,6 +292,21 @@ class Store(Protocol):
         """The operation's recorded steps, oldest first."""
         ...
 
+    # input-required (issue 15 item 4) ---------------------------------------------------------
+    async def park_for_input(self, op_id: str, attempt: int) -> bool:
+        """Attempt ``attempt`` asked its caller for input: no heartbeat is owed while it waits.
+
+        Clears ``heartbeat_until`` of the running operation if it is still on that attempt.
+        """
+        ...
+
+    async def resume_with_input(self, op_id: str, now: datetime, event: Event) -> bool:
+        """The caller answered: dispatch the operation again at ``now``, with ``event``.
+
+        Applies only to a running operation owing no other work (a cancel owed wins).
+        """
+        ...
+
     # pull workers' task queues (issue 12 item 4) -------------------------------------------------
     async def claim_tasks(
         self,

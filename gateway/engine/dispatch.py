@@ -28,6 +28,7 @@ from gateway.engine import backoff
 from gateway.engine.cancel import Cancels
 from gateway.engine.closing import UNSTORABLE, Closer
 from gateway.engine.core import EngineCore, claim_round, spawn
+from gateway.engine.inputs import park_outbound
 from gateway.engine.pool import endpoint_data
 from gateway.engine.pull import PullQueues
 from registry.service import check_payload_off_loop
@@ -287,6 +288,15 @@ class Dispatcher:
         if outcome.kind in (OutcomeKind.SUCCEEDED, OutcomeKind.OPERATION_FAILED):
             await self.apply_outcome(op, spec, outcome)
             return
+        if outcome.kind is OutcomeKind.ACCEPTED and outcome.input_prompt is not None:
+            await park_outbound(  # the agent asks its caller: wait for the answer, no polls
+                core,
+                op,
+                outcome.input_prompt,
+                owner=core.config.owner,
+                agent_token=outcome.agent_token or op.agent_token,
+            )
+            return
         # Still running (or the agent did not answer): poll again later; the schedule-to-close
         # timeout bounds how long. Polls are not state changes, so they write no event.
         await core.store.update_running(
@@ -333,6 +343,16 @@ class Dispatcher:
                 links=outcome.links,
                 **at,
             )
+        elif outcome.kind is OutcomeKind.ACCEPTED and outcome.input_prompt is not None:
+            await park_outbound(  # accepted, and the agent asks its caller: no polls
+                core,
+                op,
+                outcome.input_prompt,
+                owner=owner,
+                agent_token=outcome.agent_token,
+                event=core.event(op.id, "attempt.accepted", attempt=op.attempts, **at),
+            )
+            core.wake_work.set()
         elif outcome.kind is OutcomeKind.ACCEPTED:
             if outcome.links and op.id in core.sync_waiting:
                 core.answer_links[op.id] = list(outcome.links)

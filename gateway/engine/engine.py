@@ -43,6 +43,7 @@ from gateway.engine.config import EngineConfig
 from gateway.engine.core import EngineCore
 from gateway.engine.dispatch import Dispatcher
 from gateway.engine.heartbeats import HeartbeatAnswer, Heartbeats
+from gateway.engine.inputs import Inputs, WaitingForInput, park_outbound
 from gateway.engine.loops import Loops
 from gateway.engine.metrics import Metrics
 from gateway.engine.outbox import Outbox
@@ -104,6 +105,7 @@ class Engine:
         self._heartbeats = Heartbeats(
             core, self._closer, self._dispatcher.check_completion_token, self._waiters.notify
         )
+        self._inputs = Inputs(core, self._dispatcher.check_completion_token)
         self._loops = Loops(
             core, self._dispatcher, self._outbox, self._cancels, self._waiters, self._heartbeats
         )
@@ -312,6 +314,40 @@ class Engine:
 
     async def expire_heartbeats(self) -> int:
         return await self._heartbeats.expire()
+
+    # -- input-required (issue 15 item 4) -------------------------------------------------------
+
+    async def ask_input(
+        self,
+        op_id: str,
+        token: str,
+        *,
+        name: str,
+        prompt: str,
+        schema: dict[str, Any] | None,
+        attempt: int | None,
+    ) -> tuple[WaitingForInput | None, Any]:
+        """The agent asks its caller (see :mod:`gateway.engine.inputs`)."""
+        return await self._inputs.ask(
+            op_id, token, name=name, prompt=prompt, schema=schema, attempt=attempt
+        )
+
+    async def provide_input(
+        self, op: Operation, value: Any, *, by: str, via: str = "api"
+    ) -> StepRecord:
+        """The caller answers the operation's open question; it is dispatched again."""
+        return await self._inputs.answer(op, value, by=by, via=via)
+
+    async def agent_asks(self, op: Operation, prompt: str, agent_token: str | None) -> None:
+        """An agent's pushed task asks its caller (A2A input-required): wait for the answer."""
+        if op.work is None and not op.state.terminal:
+            await park_outbound(
+                self._core, op, prompt, owner=None, agent_token=agent_token or op.agent_token
+            )
+
+    async def waiting_for_input(self, op: Operation) -> WaitingForInput | None:
+        """The operation's open question, if it waits for input."""
+        return await self._inputs.waiting(op)
 
     # -- pull workers (agent-facing) -------------------------------------------------------------
 

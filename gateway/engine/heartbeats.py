@@ -35,6 +35,7 @@ from gateway.engine import backoff
 from gateway.engine.batching import GroupCommit
 from gateway.engine.closing import Closer
 from gateway.engine.core import EngineCore
+from gateway.engine.inputs import open_question
 
 log = logging.getLogger("swarmgate.engine")
 NAMES_CACHED = 100_000  # operations whose names a heartbeat remembers (LRU)
@@ -246,6 +247,11 @@ class Heartbeats:
         n = 0
         for op in await core.store.due_heartbeats(now, 200):
             if op.work is not None:  # a cancel (or a poll) is owed first: that wins
+                continue
+            if open_question(await core.store.list_steps(op.id)) is not None:
+                # it asked its caller and waits: no heartbeat is owed (the accepted answer
+                # landed after the question parked it)
+                await core.store.park_for_input(op.id, op.attempts)
                 continue
             spec = await self._spec(op)
             timeout = spec.heartbeat_timeout_s if spec else None

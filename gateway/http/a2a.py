@@ -208,6 +208,8 @@ async def push_receiver(request: web.Request) -> web.Response:
         outcome = outcome_from_task(pushed.task)
         if outcome.kind in (OutcomeKind.SUCCEEDED, OutcomeKind.OPERATION_FAILED):
             await apply_final(svc.engine, op, outcome)
+        elif outcome.input_prompt is not None:  # the agent asks the caller (input-required)
+            await svc.engine.agent_asks(op, outcome.input_prompt, outcome.agent_token)
     return web.Response(status=200)
 
 

@@ -109,6 +109,8 @@ async def _target(call: Call, message: dict[str, Any]) -> tuple[AgentSpec, str]:
 
 async def start_task(call: Call) -> Operation:
     message, message_id = proto.check_send(call.params)
+    if message.get("taskId"):  # a follow-up: the answer to the task's open question
+        return await answer_task(call, message)
     agent, skill = await _target(call, message)
     call.caller.require(f"ops:start:{agent.name}/{skill}")
     configuration = proto.send_configuration(call.params)
@@ -141,6 +143,49 @@ async def start_task(call: Call) -> Operation:
     return op
 
 
+async def answer_task(call: Call, message: dict[str, Any]) -> Operation:
+    """A follow-up message with ``taskId`` (and ``contextId``) answers the task's question."""
+    op = await own_task(call, message.get("taskId"))
+    context = message.get("contextId")
+    if context and context != proto.context_id(op):
+        raise invalid_params("message.contextId is not the task's contextId")
+    try:
+        await call.engine.provide_input(
+            op, proto.answer_value(message), by=call.caller.sub, via="a2a"
+        )
+    except HandlerError as exc:
+        if exc.type is HandlerErrorType.BAD_REQUEST:
+            raise invalid_params(exc.message, exc.details) from exc
+        if exc.type is HandlerErrorType.CONFLICT:
+            raise RpcFault(
+                -32004, f"the task does not wait for input ({proto.STATE_OF[op.state]})"
+            ) from exc
+        raise
+    return await call.engine.store.get_operation(op.id) or op
+
+
+async def waiting_json(call: Call, op: Operation) -> dict[str, Any] | None:
+    question = await call.engine.waiting_for_input(op)
+    return question.to_json() if question is not None else None
+
+
+async def settle(call: Call, op: Operation, bound_s: float) -> Operation:
+    """Wait (up to ``bound_s``) until the task is final or waits for input again."""
+    engine = call.engine
+    deadline = engine.now().timestamp() + bound_s
+    step = max(0.05, engine.config.poll_interval_s) * 4
+    while True:
+        left = deadline - engine.now().timestamp()
+        current = await engine.store.get_operation(op.id) or op
+        if current.state.terminal or left <= 0:
+            return current
+        if await engine.waiting_for_input(current) is not None:
+            return current
+        op = await engine.wait_terminal(op.id, min(left, step)) or current
+        if op.state.terminal:
+            return op
+
+
 def block_bound_s(call: Call, op: Operation) -> float:
     """How long a blocking SendMessage waits: the request's own ``Request-Timeout``, else the
     operation's deadline, at most ``MAX_BLOCK_S``."""
@@ -164,16 +209,18 @@ async def send_message(call: Call) -> dict[str, Any]:
         bound = block_bound_s(call, op)
         op = await engine.wait_inline(op.id, bound) or op
         if not op.state.terminal:
-            op = await engine.wait_terminal(op.id, bound) or op
+            op = await settle(call, op, bound)
     else:
         op = await engine.store.get_operation(op.id) or op
     length = wire.history_length(configuration)
-    return {"task": proto.task_json(op, history_length=length)}
+    waiting = await waiting_json(call, op)
+    return {"task": proto.task_json(op, history_length=length, waiting=waiting)}
 
 
 async def get_task(call: Call) -> dict[str, Any]:
     length = wire.history_length(call.params)
-    return proto.task_json(await own_task(call, call.params.get("id")), history_length=length)
+    op = await own_task(call, call.params.get("id"))
+    return proto.task_json(op, history_length=length, waiting=await waiting_json(call, op))
 
 
 async def cancel_task(call: Call) -> dict[str, Any]:

@@ -248,7 +248,10 @@ async def list_operations(request: web.Request) -> web.Response:
 async def show_operation(request: web.Request) -> web.Response:
     """The operation with its input (the list leaves the input out)."""
     op = await _load(request)
-    return web.json_response({**operation_json(op), **input_json(op)})
+    body = {**operation_json(op), **input_json(op)}
+    question = await services(request).engine.waiting_for_input(op)
+    body["waitingForInput"] = question.to_json() if question is not None else None
+    return web.json_response(body)
 
 
 async def operation_events(request: web.Request) -> web.Response:

@@ -305,7 +305,10 @@ async def _own_task(call: Call) -> Operation:
 
 
 async def tasks_get(call: Call) -> dict[str, Any]:
-    return proto.task_json(await _own_task(call), call.config.poll_interval_ms)
+    op = await _own_task(call)
+    question = await services(call.request).engine.waiting_for_input(op)
+    waiting = question.to_json() if question is not None else None
+    return proto.task_json(op, call.config.poll_interval_ms, waiting)
 
 
 async def tasks_result(call: Call) -> dict[str, Any]:

@@ -33,6 +33,8 @@ from gateway.domain.dispatch import (
     RESULT_STEP,
 )
 
+ANSWER_PREFIX = "$input:"  # the journal entry of the caller's answer to question <name>
+
 log = logging.getLogger("swarmgate.agent")
 
 K = TypeVar("K")
@@ -43,6 +45,14 @@ _RECORD_TRIES = 40  # ~30 s of retries for a step record before the handler give
 
 class GatewayRefused(Exception):
     """The gateway refused a journal write for good (the operation closed or moved on)."""
+
+
+class InputRequested(Exception):
+    """The handler asked its caller for input: this attempt ends; the answer re-runs it."""
+
+    def __init__(self, name: str, prompt: str) -> None:
+        super().__init__(f"waiting for input {name!r}: {prompt}")
+        self.name = name
 
 
 class Stopped(Exception):
@@ -120,6 +130,7 @@ class Attempt:
         self.heartbeats_sent = 0
         self._looping = False
         self._one_offs: set[asyncio.Future[Any]] = set()
+        self._asks = 0  # questions this run of the handler asked, in order (their names)
 
     def _read_journal(self, data: dict[str, Any]) -> None:
         self.steps = {s["name"]: s.get("result") for s in data.get("steps") or []}
@@ -188,6 +199,49 @@ class Attempt:
                 pass
             await asyncio.sleep(delay)
         raise GatewayRefused(f"the gateway did not record step {name!r}")
+
+    @property
+    def input_request_url(self) -> str | None:
+        """Where the agent asks its caller (``.../api/operations/{id}/input-request``)."""
+        base = self.steps_url or self.heartbeat_url
+        if not base:
+            return None
+        return base.rsplit("/", 1)[0] + "/input-request"
+
+    async def ask(self, prompt: str, schema: dict[str, Any] | None, name: str | None) -> Any:
+        """The caller's answer to this question, from the journal, if it was given.
+
+        Otherwise the question is recorded in the gateway and ``InputRequested`` ends the
+        attempt.
+        """
+        self._asks += 1
+        name = name or str(self._asks)
+        answer = self.steps.get(f"{ANSWER_PREFIX}{name}")
+        if isinstance(answer, dict) and "value" in answer:
+            return answer["value"]
+        url = self.input_request_url
+        if url is None:
+            raise GatewayRefused("ctx.ask needs a dispatch from a gateway (no journal URL)")
+        body = json.dumps(
+            {"name": name, "prompt": prompt, "schema": schema, "attempt": self.attempt}
+        ).encode()
+        headers = {**self._auth, "Content-Type": "application/json"}
+        for delay in _delays():
+            try:
+                async with self._session().post(
+                    url, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=10)
+                ) as resp:
+                    if resp.status == 200:  # answered already (e.g. while this ran)
+                        return (await resp.json())["value"]
+                    if resp.status == 202:
+                        raise InputRequested(name, prompt)
+                    if resp.status < 500 and resp.status != 429:
+                        text = (await resp.text())[:200]
+                        raise GatewayRefused(f"input request refused: HTTP {resp.status} {text}")
+            except _TRANSIENT:
+                pass
+            await asyncio.sleep(delay)
+        raise GatewayRefused("the gateway did not record the input request")
 
     def stored_answer(self) -> dict[str, Any] | None:
         """The final answer an earlier attempt recorded (``$result``), if any."""

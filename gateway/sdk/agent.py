@@ -39,7 +39,14 @@ from aiohttp import web
 
 from gateway.domain.dispatch import RESULT_STEP
 from gateway.domain.specs import AdapterKind, AgentSpec, OperationSpec, RetryPolicy
-from gateway.sdk._durable import LRU, Attempt, GatewayRefused, Stopped, run_handler
+from gateway.sdk._durable import (
+    LRU,
+    Attempt,
+    GatewayRefused,
+    InputRequested,
+    Stopped,
+    run_handler,
+)
 
 log = logging.getLogger("swarmgate.agent")
 DEFAULT_GATEWAY = "http://127.0.0.1:8080"
@@ -86,6 +93,21 @@ class OpContext:
             return await value if inspect.isawaitable(value) else value
         return await self.link.step(name, fn, *args)
 
+    async def ask(
+        self, prompt: str, schema: dict[str, Any] | None = None, *, name: str | None = None
+    ) -> Any:
+        """Ask the caller for input and return its answer (JSON, valid against ``schema``).
+
+        Durable: the question is recorded in the gateway, this attempt ends (nothing is held
+        while the caller takes its time: no connection, no heartbeat), and the caller's answer
+        dispatches the operation again; the handler then runs again from the start and this
+        call returns the answer. Wrap the work before it in ``ctx.step`` so it is not run
+        twice. Questions are named by their order in the handler (``name`` overrides it).
+        """
+        if self.link is None:
+            raise RuntimeError("ctx.ask needs a dispatch from a gateway")
+        return await self.link.ask(prompt, schema, name)
+
 
 Handler = Callable[[OpContext, Any], Awaitable[Any]]
 
@@ -107,6 +129,7 @@ class _Job:
     state: str = "running"
     done: asyncio.Event = field(default_factory=asyncio.Event)
     link: Attempt | None = None
+    asked: bool = False  # the handler asked its caller for input: no answer from this attempt
 
 
 class AgentApp:
@@ -339,6 +362,8 @@ class AgentApp:
                     self._jobs.pop(key, None)  # transient: a retry runs the handler again
             if job.status == 503:
                 return _unavailable(job)
+            if job.asked:  # parked: the operation is pending in the gateway
+                return web.json_response({"token": key, "state": "running"}, status=201)
             return _stored(job)
         if job is None:
             job = self._jobs[key] = _Job(link=link)
@@ -360,6 +385,9 @@ class AgentApp:
             result = await run_handler(
                 link if op.mode == "async" else None, op.handler(ctx, payload)
             )
+        except InputRequested:
+            job.asked = True
+            return  # parked in the gateway until the caller answers
         except Stopped as exc:
             if exc.reason == "canceled":  # the caller asked: stop and report it
                 self.canceled.append(ctx.key)

@@ -234,6 +234,22 @@ class Client:
             raise GatewayError(status, _decode(body))
         return dict(_decode(body))
 
+    async def provide_input(self, token: str, value: Any) -> dict[str, Any]:
+        """Answer the question an operation waits on (``POST /api/operations/{id}/input``).
+
+        ``value`` (JSON) must match the asked schema (400 otherwise); 409 when the operation
+        is not waiting for input. The operation is then dispatched again with the answer.
+        """
+        status, _h, body = await self._send(
+            "POST",
+            f"{self.base_url}/api/operations/{quote(token, safe='')}/input",
+            json=value,
+            headers=self._headers(),
+        )
+        if status != 202:
+            raise GatewayError(status, _decode(body))
+        return dict(_decode(body))
+
     async def register(self, spec: dict[str, Any]) -> dict[str, Any]:
         """Register (or replace) an agent from its JSON spec; returns the stored agent."""
         status, _h, body = await self._send(

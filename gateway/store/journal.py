@@ -143,3 +143,21 @@ class JournalTables(RecordTables):
         async with self.engine.connect() as conn:
             rs = (await conn.execute(s.LIST_STEPS, {"b_id": op_id})).all()
         return [rows.STEP.load(r) for r in rs]
+
+    # -- input-required (issue 15 item 4) ---------------------------------------------------
+
+    @translate
+    async def park_for_input(self, op_id: str, attempt: int) -> bool:
+        async with self._tx() as conn:
+            res = await conn.execute(s.PARK_FOR_INPUT, {"b_id": op_id, "b_attempt": attempt})
+        return bool(res.rowcount)
+
+    @translate
+    async def resume_with_input(self, op_id: str, now: datetime, event: Event) -> bool:
+        async with self._tx() as conn:
+            await self._lock_operation(conn, op_id)
+            res = await conn.execute(s.RESUME_WITH_INPUT, {"b_id": op_id, "b_now": now})
+            if not res.rowcount:
+                return False
+            await conn.execute(s.INSERT_EVENTS, [rows.EVENT.values(event)])
+        return True

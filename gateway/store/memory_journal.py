@@ -125,3 +125,25 @@ class MemoryJournal(MemoryTables):
     async def list_steps(self, op_id: str) -> list[StepRecord]:
         steps = sorted(self._steps.get(op_id, {}).values(), key=lambda s: (s.at, s.name))
         return copy.deepcopy(steps)
+
+    async def park_for_input(self, op_id: str, attempt: int) -> bool:
+        op = self._ops.get(op_id)
+        if op is None or op.state is not OperationState.RUNNING or op.attempts != attempt:
+            return False
+        self._ops[op_id] = replace(op, heartbeat_until=None)
+        return True
+
+    async def resume_with_input(self, op_id: str, now: datetime, event: Event) -> bool:
+        op = self._ops.get(op_id)
+        if op is None or op.state is not OperationState.RUNNING or op.work is not None:
+            return False
+        self._ops[op_id] = replace(
+            op,
+            work=Work.DISPATCH,
+            next_attempt_at=now,
+            heartbeat_until=None,
+            lease_owner=None,
+            lease_until=None,
+        )
+        self._add_event(event)
+        return True

@@ -390,3 +390,28 @@ DELETE_RESULT_STEP = delete(_st).where(  # a redrive runs the operation again: n
 LIST_STEPS = (
     select(_st).where(_st.c.operation_id == bindparam("b_id")).order_by(_st.c.at, _st.c.name)
 )
+# input-required (issue 15 item 4): park an attempt that asked for input, resume when answered
+PARK_FOR_INPUT = (  # no heartbeat is owed while the operation waits for its caller
+    update(_o)
+    .where(
+        _o.c.id == bindparam("b_id"),
+        _o.c.state == OperationState.RUNNING.value,
+        _o.c.attempts == bindparam("b_attempt", type_=Integer()),
+    )
+    .values(heartbeat_until=None)
+)
+RESUME_WITH_INPUT = (  # dispatch again, unless other work (a cancel) is owed
+    update(_o)
+    .where(
+        _o.c.id == bindparam("b_id"),
+        _o.c.state == OperationState.RUNNING.value,
+        _o.c.work.is_(None),
+    )
+    .values(
+        work=Work.DISPATCH.value,
+        next_attempt_at=bindparam("b_now", type_=_TS),
+        heartbeat_until=None,
+        lease_owner=None,
+        lease_until=None,
+    )
+)

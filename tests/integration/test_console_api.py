@@ -93,7 +93,7 @@ async def test_the_console_is_served_with_a_csp_that_allows_no_inline_script(
         assert "script-src 'self'" in csp and "unsafe-inline" not in csp
         assert "default-src 'none'" in csp and "frame-ancestors 'none'" in csp
         assert '<meta name="swarmgate-auth" content="none">' in page
-        assert '<meta name="swarmgate-features" content="">' in page  # no input endpoint yet
+        assert '<meta name="swarmgate-features" content="input">' in page
         assert "<script>" not in page  # the only script is the module file
         for name, ctype in (("app.js", "text/javascript"), ("style.css", "text/css")):
             async with gw.http.get(f"{gw.url}/ui/{name}") as r:

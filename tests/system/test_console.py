@@ -302,7 +302,7 @@ async def test_the_resend_button_redelivers_a_disabled_callback_and_records_who(
             assert "Callback resent by operator-olga" in await resent.inner_text()
             assert "delivered" in await page.locator(".delivery .badge").inner_text()
             assert await page.get_by_role("button", name="Resend callback").count() == 0
-            # no input endpoint on this gateway: no answer-input form
+            # a closed operation waits for no input: no answer-input form
             assert await page.locator("#answer").count() == 0
         assert len(receiver.requests) == 2
 
