@@ -26,7 +26,7 @@ def _ratio(v: Any) -> str:
 HEADER = (
     f"{'target':<14}{'scenario':<10}{'mode':<12}{'ops/s':>8}"
     f"{'p50':>8}{'p95':>8}{'p99':>8}{'e2e p50':>9}{'e2e p99':>9}{'err':>6}"
-    f"{'gw%':>6}{'ag%':>5}{'hn%':>5}{'pg%':>5}{'sys%':>6}{'RSS MB':>11}"
+    f"{'gw%':>6}{'ag%':>5}{'hn%':>5}{'pg%':>5}{'sys%':>6}{'gw us':>7}{'box us':>7}{'RSS MB':>11}"
 )
 
 
@@ -43,6 +43,7 @@ def scenario_rows(target: dict[str, Any]) -> list[str]:
                 else f"open {r.get('rate_per_s', 0):g}/s"
             )
             cpu = r.get("cpu_pct", {})
+            us = r.get("cpu_us_per_op", {})
             rss = r.get("gateway_rss_kb", {})
             rss_s = f"{_mb(rss.get('start'))}->{_mb(rss.get('end'))}"
             if scenario == "baseline":
@@ -53,7 +54,8 @@ def scenario_rows(target: dict[str, Any]) -> list[str]:
                 f"{_ms(e2e.get('p50')):>9}{_ms(e2e.get('p99')):>9}{r.get('errors', 0):>6}"
                 f"{_pct(cpu.get('gateway')):>6}{_pct(cpu.get('agent')):>5}"
                 f"{_pct(cpu.get('harness')):>5}{_pct(cpu.get('postgres')):>5}"
-                f"{_pct(cpu.get('system')):>6}{rss_s:>11}"
+                f"{_pct(cpu.get('system')):>6}{_pct(us.get('gateway')):>7}{_pct(us.get('box')):>7}"
+                f"{rss_s:>11}"
             )
     return rows
 
@@ -69,7 +71,8 @@ def render(result: dict[str, Any], top: int = 12) -> str:
         "latencies in ms; p50/p95/p99 = baseline round trip or durable start (201); "
         "e2e = start sent -> callback received; open loop measures from the intended send time",
         "gw%/ag%/hn%/pg% = CPU of gateway / echo agent / harness / all postgres processes "
-        "(100 = one core); sys% = whole machine (100 = every core busy)",
+        "(100 = one core); sys% = whole machine (100 = every core busy); gw us / box us = CPU "
+        "microseconds per unit of work of the gateway / of gateway + agent + PostgreSQL",
         "",
         HEADER,
         "-" * len(HEADER),

@@ -30,7 +30,14 @@ from bench.load import OpFn, RunResult, closed_loop, open_loop
 from bench.procs import ROOT, Child, agent_process, free_port, gateway_process, write_agents_file
 from bench.profile import PySpy
 from bench.scenarios import Receiver, baseline_op, lifecycle_op, start_op
-from bench.stats import CpuMeter, median_of, median_summary, process_tree, tree_rss_kb
+from bench.stats import (
+    CpuMeter,
+    cpu_us_per_op,
+    median_of,
+    median_summary,
+    process_tree,
+    tree_rss_kb,
+)
 from gateway.security.netguard import OutboundPolicy
 from registry.auth import AuthConfig, mint_token
 
@@ -140,6 +147,7 @@ async def run_scenario(
     rep: int,
     profile: PySpy | None,
     rate: float,
+    pg_database: str | None = None,
 ) -> dict[str, Any]:
     o = env.opts
     run_id = f"{env.run_id}-{target}-{scenario}-{mode}-{rep}"
@@ -148,7 +156,7 @@ async def run_scenario(
         "agent": env.agent.pid,
         "harness": os.getpid(),
     }
-    cpu = CpuMeter(pids, postgres=target == "postgresql")
+    cpu = CpuMeter(pids, postgres=target == "postgresql", pg_database=pg_database)
     limit = o.concurrency if mode == "closed" else o.max_outstanding
     rss_start = tree_rss_kb(gw.pid)
     received_before, unexpected_before = env.receiver.received, env.receiver.unexpected
@@ -193,6 +201,7 @@ async def run_scenario(
     rss_end = tree_rss_kb(gw.pid)
     summary = result.summary()
     summary["cpu_pct"] = cpu_pct
+    summary["cpu_us_per_op"] = cpu_us_per_op(cpu_pct, float(summary["throughput_per_s"]))
     summary["gateway_rss_kb"] = {"start": rss_start, "end": rss_end}
     if scenario == "lifecycle":
         summary["callbacks"] = {
@@ -219,6 +228,7 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "errors_outside_window",
             "error_kinds",
             "cpu_pct",
+            "cpu_us_per_op",
             "gateway_rss_kb",
             "offered",
             "callbacks",
@@ -245,6 +255,11 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
     out["cpu_pct"] = {
         k: round(median_of([r["cpu_pct"][k] for r in runs if k in r["cpu_pct"]]), 1)
         for k in sorted(cpu_keys)
+    }
+    us_keys = {k for r in runs for k in r.get("cpu_us_per_op", {})}
+    out["cpu_us_per_op"] = {
+        k: round(median_of([r["cpu_us_per_op"][k] for r in runs if k in r["cpu_us_per_op"]]), 1)
+        for k in sorted(us_keys)
     }
     out["gateway_rss_kb"] = {
         "start": runs[0]["gateway_rss_kb"]["start"],
@@ -387,7 +402,16 @@ async def run_target(env: Env, target: dbmod.Target) -> dict[str, Any]:
                             profile = spy
                         _log(o, f"{target.name}: {scenario}/{mode} (repeat {rep + 1})")
                         res = await run_scenario(
-                            env, gw, gw_url, target.name, scenario, mode, rep, spy, rate or 0.0
+                            env,
+                            gw,
+                            gw_url,
+                            target.name,
+                            scenario,
+                            mode,
+                            rep,
+                            spy,
+                            rate or 0.0,
+                            pg_database=db.pg_name,
                         )
                         runs[scenario][mode].append(res)
                         _log(o, f"{target.name}: {scenario}/{mode}: {_brief(res)}")

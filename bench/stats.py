@@ -98,8 +98,25 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / _CLK_TCK
 
 
-def postgres_cpu_seconds() -> float | None:
-    """CPU time of every process named ``postgres`` on this machine (server + backends)."""
+def _pg_backend_database(pid: str) -> str | None:
+    """The database of a PostgreSQL client backend from its process title
+    (``postgres: USER DB HOST(PORT) STATE``); None for the server and its background
+    processes (``postgres: 15/main: walwriter``), which every database shares."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            parts = f.read().replace(b"\0", b" ").decode(errors="replace").split()
+    except OSError:
+        return None
+    if len(parts) >= 3 and parts[0] == "postgres:" and not parts[1].endswith(":"):
+        return parts[2]
+    return None
+
+
+def postgres_cpu_seconds(database: str | None = None) -> float | None:
+    """CPU time of the processes named ``postgres`` on this machine: the server, its background
+    processes and, with ``database``, only the backends connected to that database (other
+    work on a shared server, such as a test suite, is left out; it still shares the WAL
+    writer and checkpointer)."""
     total, found = 0.0, False
     try:
         entries = os.listdir("/proc")
@@ -114,6 +131,10 @@ def postgres_cpu_seconds() -> float | None:
                     continue
         except OSError:
             continue
+        if database is not None:
+            db = _pg_backend_database(entry)
+            if db is not None and db != database:
+                continue
         secs = cpu_seconds(int(entry))
         if secs is not None:
             total += secs
@@ -136,9 +157,16 @@ class CpuMeter:
     """CPU use of a few processes over an interval, as percent of one core; ``postgres`` is
     all PostgreSQL processes together, ``system`` the whole machine (100 = all cores busy)."""
 
-    def __init__(self, pids: dict[str, int | list[int]], *, postgres: bool = False) -> None:
+    def __init__(
+        self,
+        pids: dict[str, int | list[int]],
+        *,
+        postgres: bool = False,
+        pg_database: str | None = None,
+    ) -> None:
         self.pids = pids
         self.postgres = postgres
+        self.pg_database = pg_database
         self._start: dict[str, float | None] = {}
         self._sys: tuple[float, float] | None = None
         self._t0 = 0.0
@@ -147,7 +175,7 @@ class CpuMeter:
         self._t0 = now
         self._start = {name: _cpu(pids) for name, pids in self.pids.items()}
         if self.postgres:
-            self._start["postgres"] = postgres_cpu_seconds()
+            self._start["postgres"] = postgres_cpu_seconds(self.pg_database)
         self._sys = system_busy()
 
     def stop(self, now: float) -> dict[str, float]:
@@ -155,7 +183,7 @@ class CpuMeter:
         out: dict[str, float] = {}
         after_all = {name: _cpu(pids) for name, pids in self.pids.items()}
         if self.postgres:
-            after_all["postgres"] = postgres_cpu_seconds()
+            after_all["postgres"] = postgres_cpu_seconds(self.pg_database)
         for name, after in after_all.items():
             before = self._start.get(name)
             if before is not None and after is not None:
@@ -182,3 +210,20 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [jsonable(v) for v in value]
     return value
+
+
+# What one operation costs in CPU, from the percentages above: "box" is what the issue calls the
+# box's CPU per operation, the system under test and its agent (gateway + echo agent +
+# PostgreSQL); the harness (load generator and callback receiver) is reported apart.
+BOX_PARTS = ("gateway", "agent", "postgres")
+
+
+def cpu_us_per_op(cpu_pct: dict[str, float], per_s: float) -> dict[str, float]:
+    """Microseconds of CPU per unit of work for each measured process, plus ``box``."""
+    if per_s <= 0:
+        return {}
+    out = {k: round(v * 1e4 / per_s, 1) for k, v in cpu_pct.items() if k != "system"}
+    parts = [out[k] for k in BOX_PARTS if k in out]
+    if parts:
+        out["box"] = round(sum(parts), 1)
+    return out

@@ -44,13 +44,16 @@ class PgLanes:
 
     def __init__(self, engine: AsyncEngine, size: int) -> None:
         args, kwargs = engine.dialect.create_connect_args(engine.url)
-        # The hot statements are prepared once per connection and planned at every execution
-        # with their actual arrays: a cached generic plan is made once, possibly while the
-        # tables are still empty and never ANALYZEd (a sequential scan), and is kept until
-        # statistics change, which without autovacuum is never. Seen: acks scanning every
-        # callback row, completions walking every running operation.
+        # The hot statements are prepared once per connection and run on ONE generic plan
+        # (sql_postgres.LANE_SETTINGS): planning each execution anew cost PostgreSQL more CPU
+        # than running a small batch (figures: bench/README.md). A generic plan is made once,
+        # maybe while the tables are empty and never ANALYZEd, and kept; so every lane
+        # statement reaches rows by primary key only, sequential scans are off on the lanes,
+        # and tests/store/test_pg_lane_plans.py checks each statement's plan on empty and on
+        # filled tables. (Seen before that rule: acks scanning every callback row, completions
+        # walking every running operation through a partial index.)
         settings = dict(kwargs.pop("server_settings", None) or {})
-        for name, value in sql.PLAN_SETTINGS.items():
+        for name, value in sql.LANE_SETTINGS.items():
             settings.setdefault(name, value)
         kwargs["server_settings"] = settings
         self._connect_args: tuple[list[Any], dict[str, Any]] = (list(args), dict(kwargs))
@@ -174,22 +177,20 @@ class PostgresStore(SqlStore):
     async def _start_batch(self, items: Sequence[NewOperation]) -> set[str]:
         if not items:
             return set()
-        n_cols = len(sql.PG_OP.names) + 1 + len(sql.PG_IDEM.names)
-        cols: list[list[Any]] = [[] for _ in range(n_cols)]
-        ev: list[list[Any]] = [[], [], [], []]
-        for op, events, keys in items:
-            row = [*sql.PG_OP.args(rows.OPERATION.values(op)), bool(keys)]
-            if keys:
-                row += sql.PG_IDEM.args(rows.IDEMPOTENCY.values(keys[0]))
-            for col, value in zip(cols, row, strict=False):
-                col.append(value)
-            for e in events:
-                ev[0].append(op.id)
-                ev[1].append(e.at)
-                ev[2].append(e.kind)
-                ev[3].append(json.dumps(e.data))
+        ops: list[dict[str, Any]] = []
+        keys: list[dict[str, Any]] = []
+        events: list[dict[str, Any]] = []
+        for op, evs, idem in items:
+            ops.append(rows.OPERATION.values(op))
+            if idem:
+                keys.append(rows.IDEMPOTENCY.values(idem[0]))
+            events.extend(
+                {"operation_id": op.id, "at": e.at, "kind": e.kind, "data": e.data} for e in evs
+            )
         async with self._driver() as conn:
-            found = await conn.fetch(sql.PG_START_MANY, *cols, *ev)
+            found = await conn.fetch(
+                sql.PG_START_MANY, sql.json_rows(ops), sql.json_rows(keys), sql.json_rows(events)
+            )
         return {r[0] for r in found}
 
     @translate
@@ -203,17 +204,15 @@ class PostgresStore(SqlStore):
         return bool(applied)
 
     async def _complete_batch(self, batch: Sequence[Completion]) -> set[str]:
-        cols: list[list[Any]] = [[] for _ in range(12)]
-        cbs: list[list[Any]] = [[] for _ in sql.PG_CB.names]
-        for c in batch:
-            for col, value in zip(cols, sql.completion_row(c), strict=True):
-                col.append(value)
-            if c.callback is not None:
-                cb = sql.PG_CB.args(rows.CALLBACK.values(c.callback))
-                for col, value in zip(cbs, cb, strict=True):
-                    col.append(value)
+        callbacks = [rows.CALLBACK.values(c.callback) for c in batch if c.callback is not None]
         async with self._driver() as conn:
-            return set(await conn.fetchval(sql.PG_COMPLETE_MANY, *cols, *cbs) or ())
+            closed = await conn.fetchval(
+                sql.PG_COMPLETE_MANY,
+                [c.operation_id for c in batch],
+                sql.json_rows([sql.completion_json(c) for c in batch]),
+                sql.json_rows(callbacks),
+            )
+        return set(closed or ())
 
     @translate
     async def heartbeat_many(self, beats: Sequence[Heartbeat]) -> list[HeartbeatAck | None]:

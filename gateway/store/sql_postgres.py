@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import JSON, Table
@@ -23,7 +24,12 @@ from gateway.store.rows import completion_params
 
 _o, _e, _cb_t, _i = t.operations, t.events, t.callbacks, t.idempotency
 MIGRATION_LOCK = 0x5357_4152  # arbitrary advisory lock key ("SWAR")
+# SQLAlchemy's pool (claims, sweeps, reads: statements whose best plan depends on the sizes):
+# planned at every execution.
 PLAN_SETTINGS = {"plan_cache_mode": "force_custom_plan"}
+# The hot lanes (LANE_STATEMENTS): one generic plan per statement and connection, rows reached
+# by primary key only (see postgres.PgLanes).
+LANE_SETTINGS = {"plan_cache_mode": "force_generic_plan", "enable_seqscan": "off"}
 AUTOVACUUM = "SELECT current_setting('autovacuum')"
 LOCK_FOR_MIGRATION = "SELECT pg_advisory_xact_lock(:k)"
 
@@ -51,6 +57,23 @@ class PgRow:
 
 def pg_json(value: Any) -> str | None:
     return None if value is None else json.dumps(value)
+
+
+def _json_value(value: Any) -> str:
+    """A column value JSON has no type for, as the text its column's input function reads."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, bytes | bytearray | memoryview):
+        return "\\x" + bytes(value).hex()
+    raise TypeError(f"no JSON form for a {type(value).__name__} column value")
+
+
+_ROWS_ENCODER = json.JSONEncoder(default=_json_value, separators=(",", ":"))
+
+
+def json_rows(rows: Sequence[Any]) -> str:
+    """A batch's rows as one JSON parameter (see the batch statements below)."""
+    return _ROWS_ENCODER.encode(rows)
 
 
 PG_OP = PgRow(_o, [c.name for c in _o.c if c.name != "prev_lease_owner"])
@@ -120,14 +143,18 @@ def _pg_complete_sql(with_callback: bool) -> str:
         else ""
     )
     return f"""
-    WITH upd AS (
-        UPDATE {_o.name}
+    WITH locked AS (
+        -- by primary key only, the state checked on the locked row (see PG_COMPLETE_MANY)
+        SELECT o.id, o.state, o.lease_owner FROM {_o.name} o WHERE o.id = $1::varchar FOR UPDATE
+    ), upd AS (
+        UPDATE {_o.name} o
         SET state = $2::varchar, work = $3::varchar, next_attempt_at = $4::timestamptz,
             lease_owner = NULL, lease_until = NULL, result = $5::bytea,
             result_content_type = $6::varchar, failure = $7::jsonb, closed_at = $8::timestamptz
-        WHERE id = $1::varchar AND state = '{OperationState.RUNNING.value}'
-          AND ($9::varchar IS NULL OR lease_owner = $9::varchar)
-        RETURNING id
+        FROM locked l
+        WHERE o.id = $1::varchar AND o.id = l.id AND l.state = '{OperationState.RUNNING.value}'
+          AND ($9::varchar IS NULL OR l.lease_owner = $9::varchar)
+        RETURNING o.id
     ),{callback}
     ev AS (
         INSERT INTO {_e.name} (operation_id, at, kind, data)
@@ -161,32 +188,46 @@ def _unnest(row: PgRow, first: int, alias: str, extra: Sequence[tuple[str, str]]
     return f"unnest({params}) AS {alias}({', '.join(names)})"
 
 
+# A batch's rows go as ONE JSON parameter per table, expanded by json_populate_recordset into
+# rows of the table's own type. The earlier form, one array per column (27 for a start), cost
+# the gateway more CPU than the statement: the driver checks and encodes every element of every
+# array on its own (figures: bench/README.md, ``python -m bench.statements``). Values keep
+# their column types: timestamps as ISO 8601 text, bytea as ``\x`` hex text, JSON columns as
+# nested JSON. Ids that are looked up also go as a varchar[] (``= ANY``): a lookup by primary
+# key whatever the planner guesses of a JSON function's row count.
+
+
+def _cols(names: Sequence[str], alias: str) -> str:
+    return ", ".join(f"{alias}.{n}" for n in names)
+
+
 def _pg_start_many_sql() -> str:
-    # $1..$26 operation columns, $27 keyed (bool[]); then the keys (one per keyed operation);
-    # then the events: operation id, at, kind, data. An operation with a key is inserted only
+    # $1 the operations (JSON array of rows), $2 their keys (at most one per operation), $3 the
+    # events (operation_id, at, kind, data) in order. An operation with a key is inserted only
     # if its key was free; the caller sends the others down the one-by-one path.
-    n_op = len(PG_OP.names) + 1
-    n_idem = len(PG_IDEM.names)
-    ev = n_op + n_idem + 1
     return f"""
     WITH v AS (
-        SELECT * FROM {_unnest(PG_OP, 1, "v", [("keyed", "boolean[]")])}
+        SELECT * FROM json_populate_recordset(NULL::{_o.name}, $1::json)
+    ), k AS (
+        SELECT * FROM json_populate_recordset(NULL::{_i.name}, $2::json)
     ), idem AS (
         INSERT INTO {_i.name} ({", ".join(PG_IDEM.names)})
-        SELECT {_select_list(PG_IDEM, "k")} FROM {_unnest(PG_IDEM, n_op + 1, "k")}
+        SELECT {_cols(PG_IDEM.names, "k")} FROM k
         ON CONFLICT (scope, key) DO NOTHING
         RETURNING operation_id
     ), op AS (
         INSERT INTO {_o.name} ({", ".join(PG_OP.names)})
-        SELECT {_select_list(PG_OP, "v")} FROM v
-        WHERE NOT v.keyed OR v.id IN (SELECT operation_id FROM idem)
+        SELECT {_cols(PG_OP.names, "v")} FROM v
+        WHERE v.id NOT IN (SELECT operation_id FROM k)
+           OR v.id IN (SELECT operation_id FROM idem)
         RETURNING id
     ), ev AS (
         INSERT INTO {_e.name} (operation_id, at, kind, data)
-        SELECT u.op, u.at, u.kind, u.data::jsonb
-        FROM unnest(${ev}::varchar[], ${ev + 1}::timestamptz[], ${ev + 2}::text[],
-                    ${ev + 3}::text[]) WITH ORDINALITY AS u(op, at, kind, data, n)
-        WHERE u.op IN (SELECT id FROM op)
+        SELECT u.operation_id, u.at, u.kind, u.data
+        FROM ROWS FROM (json_to_recordset($3::json)
+                        AS (operation_id varchar, at timestamptz, kind varchar, data jsonb))
+             WITH ORDINALITY AS u(operation_id, at, kind, data, n)
+        WHERE u.operation_id IN (SELECT id FROM op)
         ORDER BY u.n
     )
     SELECT id FROM op"""
@@ -197,17 +238,18 @@ PG_START_MANY = _pg_start_many_sql()
 
 def _pg_complete_many_sql() -> str:
     # One completion per operation (the caller keeps later ones of the same operation for
-    # afterwards). Rows are locked in id order first, like every multi-row writer, so two
-    # replicas' batches cannot deadlock; the update only touches rows that CTE locked, and the
-    # events and callbacks come FROM the update (written after the row lock).
-    cb = 13
+    # afterwards). $1 their ids (varchar[]), $2 the completions (JSON rows: id, state, work,
+    # next_at, result, ctype, failure, closed_at, owner, ev_at, ev_kind, ev_data), $3 the
+    # callback deliveries (JSON rows of the callbacks table). Rows are locked in id order
+    # first, like every multi-row writer, so two replicas' batches cannot deadlock; the update
+    # only touches rows that CTE locked, and the events and callbacks come FROM the update
+    # (written after the row lock).
     return f"""
     WITH v AS (
-        SELECT * FROM unnest($1::varchar[], $2::varchar[], $3::varchar[], $4::timestamptz[],
-                             $5::bytea[], $6::varchar[], $7::text[], $8::timestamptz[],
-                             $9::varchar[], $10::timestamptz[], $11::varchar[], $12::text[])
-            AS v(id, state, work, next_at, result, ctype, failure, closed_at, owner,
-                 ev_at, ev_kind, ev_data)
+        SELECT * FROM json_to_recordset($2::json)
+            AS v(id varchar, state varchar, work varchar, next_at timestamptz, result bytea,
+                 ctype varchar, failure jsonb, closed_at timestamptz, owner varchar,
+                 ev_at timestamptz, ev_kind varchar, ev_data jsonb)
     ), locked AS (
         -- by primary key only: a condition on state would let a generic plan pick the partial
         -- index of running operations and walk all of them for every batch
@@ -217,7 +259,7 @@ def _pg_complete_many_sql() -> str:
         UPDATE {_o.name} o
         SET state = v.state, work = v.work, next_attempt_at = v.next_at, lease_owner = NULL,
             lease_until = NULL, result = v.result, result_content_type = v.ctype,
-            failure = v.failure::jsonb, closed_at = v.closed_at
+            failure = v.failure, closed_at = v.closed_at
         FROM v JOIN locked l ON l.id = v.id
         WHERE o.id = ANY($1::varchar[]) AND o.id = l.id
           AND l.state = '{OperationState.RUNNING.value}'
@@ -225,10 +267,11 @@ def _pg_complete_many_sql() -> str:
         RETURNING o.id
     ), ev AS (
         INSERT INTO {_e.name} (operation_id, at, kind, data)
-        SELECT v.id, v.ev_at, v.ev_kind, v.ev_data::jsonb FROM v JOIN upd ON upd.id = v.id
+        SELECT v.id, v.ev_at, v.ev_kind, v.ev_data FROM v JOIN upd ON upd.id = v.id
     ), cb AS (
         INSERT INTO {_cb_t.name} ({", ".join(PG_CB.names)})
-        SELECT {_select_list(PG_CB, "c")} FROM {_unnest(PG_CB, cb, "c")}
+        SELECT {_cols(PG_CB.names, "c")}
+        FROM json_populate_recordset(NULL::{_cb_t.name}, $3::json) c
         JOIN upd ON upd.id = c.operation_id
     )
     SELECT array_agg(id), {_NOTIFY_CLOSED} FROM upd"""
@@ -266,8 +309,27 @@ PG_CALLBACKS_DELIVERED = f"""
     SELECT count(*) FROM done"""
 
 
+def completion_json(c: Completion) -> dict[str, Any]:
+    """One row of PG_COMPLETE_MANY's $2."""
+    p = completion_params(c)
+    return {
+        "id": p["b_id"],
+        "state": p["b_state"],
+        "work": p["b_work"],
+        "next_at": p["b_next"],
+        "result": p["b_result"],
+        "ctype": p["b_ctype"],
+        "failure": p["b_failure"],
+        "closed_at": p["b_at"],
+        "owner": p["b_owner"],
+        "ev_at": c.event.at,
+        "ev_kind": c.event.kind,
+        "ev_data": c.event.data,
+    }
+
+
 def completion_row(c: Completion) -> list[Any]:
-    """$1..$12 of PG_COMPLETE, and one row of PG_COMPLETE_MANY's arrays."""
+    """$1..$12 of PG_COMPLETE."""
     p = completion_params(c)
     return [
         p["b_id"],
@@ -294,7 +356,9 @@ PG_HEARTBEAT_MANY = f"""
         SELECT * FROM unnest($1::varchar[], $2::integer[], $3::timestamptz[], $4::boolean[],
                              $5::text[]) AS v(id, attempt, until, has_details, details)
     ), locked AS (
-        SELECT o.id FROM {_o.name} o WHERE o.id = ANY($1::varchar[]) ORDER BY o.id FOR UPDATE
+        -- by primary key only, the state checked on the locked rows (see PG_COMPLETE_MANY)
+        SELECT o.id, o.state, o.attempts FROM {_o.name} o
+        WHERE o.id = ANY($1::varchar[]) ORDER BY o.id FOR UPDATE
     )
     UPDATE {_o.name} o
     SET heartbeat_until = CASE WHEN o.heartbeat_until IS NULL THEN NULL ELSE v.until END,
@@ -302,6 +366,19 @@ PG_HEARTBEAT_MANY = f"""
                                  ELSE o.heartbeat_details END
     FROM v JOIN locked l ON l.id = v.id
     WHERE o.id = ANY($1::varchar[]) AND o.id = l.id
-      AND o.state = '{OperationState.RUNNING.value}'
-      AND (v.attempt IS NULL OR o.attempts = v.attempt)
+      AND l.state = '{OperationState.RUNNING.value}'
+      AND (v.attempt IS NULL OR l.attempts = v.attempt)
     RETURNING o.id, o.state, o.attempts, o.cancel_requested_at"""
+
+
+# Every statement the lanes run (their plans are checked: tests/store/test_pg_lane_plans.py).
+LANE_STATEMENTS: dict[str, str] = {
+    "start": PG_START[False],
+    "start_keyed": PG_START[True],
+    "complete": PG_COMPLETE[False],
+    "complete_callback": PG_COMPLETE[True],
+    "start_many": PG_START_MANY,
+    "complete_many": PG_COMPLETE_MANY,
+    "callbacks_delivered": PG_CALLBACKS_DELIVERED,
+    "heartbeat_many": PG_HEARTBEAT_MANY,
+}
