@@ -293,6 +293,17 @@ class Store(Protocol):
         ...
 
     # input-required (issue 15 item 4) ---------------------------------------------------------
+    async def record_question(
+        self, step: StepRecord, event: Event, delivery: CallbackDelivery | None
+    ) -> tuple[StepRecord, bool] | None:
+        """``record_step`` for an agent's question, with its callback.
+
+        ``delivery`` (the caller's ``input.requested`` callback, if it asked for one) is
+        queued in the callback outbox in the same transaction as the step and its event;
+        nothing is queued when the step existed.
+        """
+        ...
+
     async def park_for_input(self, op_id: str, attempt: int) -> bool:
         """Attempt ``attempt`` asked its caller for input: no heartbeat is owed while it waits.
 

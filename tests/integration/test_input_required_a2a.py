@@ -4,6 +4,7 @@ status message, and a follow-up message with the taskId (and contextId) answers 
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -17,7 +18,9 @@ from google.protobuf.struct_pb2 import Struct
 
 from gateway.domain.specs import RetryPolicy
 from gateway.sdk import AgentApp, OpContext
+from gateway.testing import eventually
 from tests.conftest import make_settings, running_gateway, serving
+from tests.helpers import Receiver
 
 BINDINGS = ["JSONRPC", "HTTP+JSON"]
 FAST = RetryPolicy(initial_s=0.05, max_s=0.2, jitter_s=0.01)
@@ -45,7 +48,11 @@ def message(data: Any, message_id: str, **ids: str) -> Message:
 
 
 async def send(client: Client, msg: Message) -> Any:
-    responses = [r async for r in client.send_message(SendMessageRequest(message=msg))]
+    return await send_request(client, SendMessageRequest(message=msg))
+
+
+async def send_request(client: Client, req: SendMessageRequest) -> Any:
+    responses = [r async for r in client.send_message(req)]
     assert len(responses) == 1 and responses[0].HasField("task")
     return responses[0].task
 
@@ -99,3 +106,54 @@ async def test_a_follow_up_to_a_task_that_does_not_wait_is_refused(db_url: str) 
             assert task.status.state == TaskState.TASK_STATE_COMPLETED
             with pytest.raises(Exception, match="does not wait for input"):
                 await send(client, message({"x": 2}, "m2", task_id=task.id))
+
+
+async def test_push_configs_get_the_input_required_status_update_once(db_url: str) -> None:
+    """Item 5's progress pushes carry the question: one TASK_STATE_INPUT_REQUIRED update with
+    the prompt, before the final task."""
+    agent = AgentApp("greeter")
+
+    @agent.operation("greet", mode="async", retry=FAST)
+    async def greet(ctx: OpContext, payload: Any) -> Any:
+        who = await ctx.ask("who is there?", NAME)
+        return {"greeting": f"hello {who['name']}"}
+
+    receiver = Receiver()
+    async with (
+        serving(agent.app) as agent_url,
+        serving(receiver.app()) as hook,
+        running_gateway(make_settings(db_url)) as gw,
+    ):
+        await gw.gw.registry.register(agent.spec(agent_url))
+        async with client_for(gw.url, "JSONRPC") as client:
+            req = SendMessageRequest(message=message({"lang": "en"}, "m-push"))
+            req.configuration.return_immediately = True
+            req.configuration.task_push_notification_config.url = hook + "/push"
+            req.configuration.task_push_notification_config.token = "tok-i"
+            task = await send_request(client, req)
+
+            def pushed() -> list[dict[str, Any]]:
+                return [json.loads(r["body"]) for r in receiver.requests]
+
+            def asked() -> list[dict[str, Any]]:
+                return [
+                    b["statusUpdate"]
+                    for b in pushed()
+                    if b.get("statusUpdate", {}).get("status", {}).get("state")
+                    == "TASK_STATE_INPUT_REQUIRED"
+                ]
+
+            await eventually(asked, what="the INPUT_REQUIRED push")
+            (update,) = asked()
+            assert update["taskId"] == task.id
+            assert update["status"]["message"]["parts"] == [{"text": "who is there?"}]
+            answer = message({"name": "Ada"}, "m-push-2", task_id=task.id)
+            await send(client, answer)
+            await eventually(lambda: any("task" in b for b in pushed()), what="the final push")
+        assert len(asked()) == 1
+        final = [b["task"] for b in pushed() if "task" in b]
+        assert [t["status"]["state"] for t in final] == ["TASK_STATE_COMPLETED"]
+        kinds = [
+            b.get("statusUpdate", {}).get("status", {}).get("state") or "task" for b in pushed()
+        ]
+        assert kinds.index("TASK_STATE_INPUT_REQUIRED") < kinds.index("task")
