@@ -124,6 +124,17 @@ async def record_question(
     return recorded
 
 
+async def retry_attempts(core: EngineCore, op: Operation) -> int:
+    """The attempts of ``op`` that count against its retry policy's ``max_attempts``.
+
+    The dispatch after each answer is a new attempt but not a retry (an answer is no
+    failure), so the answers in the journal are not counted. One journal read: callers ask
+    only once ``op.attempts`` reaches the budget.
+    """
+    answers = sum(1 for s in await core.store.list_steps(op.id) if s.name.startswith(ANSWER_PREFIX))
+    return max(1, op.attempts - answers)
+
+
 def open_question(steps: list[StepRecord]) -> WaitingForInput | None:
     """The first question in the journal that has no answer yet (None: not waiting)."""
     names = {s.name for s in steps}
