@@ -346,9 +346,10 @@ async def updates(call: Call, op: Operation, after: int | None) -> AsyncIterator
         seen = await store.list_events(op.id, after=0, limit=100_000)
         after = seen[-1].id or 0 if seen else 0
         current = await store.get_operation(op.id) or op
-        yield after, {"task": proto.task_json(current)}
-        if current.state.terminal:
-            return
+        waiting = await waiting_json(call, current)
+        yield after, {"task": proto.task_json(current, waiting=waiting)}
+        if current.state.terminal or waiting is not None:
+            return  # final, or interrupted: it waits for a follow-up message (a new stream)
     while True:
         events = await store.list_events(op.id, after=after)
         current = await store.get_operation(op.id) or op
