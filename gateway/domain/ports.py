@@ -142,6 +142,29 @@ class Store(Protocol):
         """The number of operations in each state (with the filters of ``list_operations``)."""
         ...
 
+    async def page_operations(
+        self,
+        *,
+        caller: str | None = None,
+        service: str | None = None,
+        state: OperationState | None = None,
+        with_link: str | None = None,
+        or_id: str | None = None,
+        changed_after: datetime | None = None,
+        waiting: bool | None = None,
+        offset: int = 0,
+        limit: int = 50,
+    ) -> tuple[list[Operation], int]:
+        """One page of the matching operations (newest first) and how many match in all.
+
+        ``with_link``: operations whose links include this exact link, or (``or_id``) the
+        operation of that id; ``changed_after``: closed, or else created, after that time;
+        ``waiting``: only (True) or no (False) operations waiting for input (running, owing no
+        work, with a ``$ask:<name>`` step that has no ``$input:<name>``). The count is exact
+        (one count query; no scan bound).
+        """
+        ...
+
     async def claim_work(
         self, owner: str, now: datetime, lease_until: datetime, limit: int
     ) -> list[Operation]:

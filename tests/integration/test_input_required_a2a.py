@@ -15,6 +15,7 @@ import pytest
 from a2a.client import Client, ClientConfig, create_client
 from a2a.types.a2a_pb2 import (
     GetTaskRequest,
+    ListTasksRequest,
     Message,
     Part,
     Role,
@@ -200,6 +201,15 @@ async def test_a_streaming_follow_up_answers_and_streams_the_task_to_its_end(
             assert stream_states(waiting) == ["task:TASK_STATE_INPUT_REQUIRED"]
             prompt = waiting[0].task.status.message.parts[0]
             assert MessageToDict(prompt)["text"] == "who is there?"
+            # ListTasks shows it interrupted, and filters by it
+            listed = await client.list_tasks(ListTasksRequest())
+            assert [TaskState.Name(t.status.state) for t in listed.tasks] == [
+                "TASK_STATE_INPUT_REQUIRED"
+            ]
+            only = ListTasksRequest(status=TaskState.TASK_STATE_INPUT_REQUIRED)
+            assert (await client.list_tasks(only)).total_size == 1
+            working = ListTasksRequest(status=TaskState.TASK_STATE_WORKING)
+            assert (await client.list_tasks(working)).total_size == 0
             answer = message({"name": "Ada"}, f"s2-{binding}", task_id=task_id)
             second = [u async for u in client.send_message(SendMessageRequest(message=answer))]
             # the snapshot after the answer, then up to the next question (the stream ends)
