@@ -12,7 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway.domain.specs import RetryPolicy
-from gateway.sdk import AgentApp, OpContext
+from gateway.sdk import AgentApp, Client, OpContext
 from gateway.security.webhooks import verify
 from gateway.testing import eventually
 from tests.conftest import make_settings, running_gateway, serving
@@ -85,12 +85,17 @@ async def test_an_input_request_callback_is_delivered_once_signed_across_a_resta
                 ) as r:
                     assert r.status == 400, await r.text()
                     assert EVENTS in (await r.json())["message"]  # a Nexus Failure on /nexus
-            headers = {EVENTS: "input.requested", "Nexus-Callback-Authorization": "Bearer cb-1"}
-            async with gw.http.post(
-                url, json={"v": 1}, params={"callback": hook_url + "/a"}, headers=headers
-            ) as r:
-                assert r.status == 201, await r.text()
-                asked_id = (await r.json())["token"]
+            async with Client(gw.url) as client:  # the SDK's way to ask for it
+                started = await client.start(
+                    "gate",
+                    "release",
+                    {"v": 1},
+                    callback=hook_url + "/a",
+                    callback_events=["input.requested"],
+                    headers={"Nexus-Callback-Authorization": "Bearer cb-1"},
+                )
+            assert started.state == "running"
+            asked_id = started.token
             async with gw.http.post(url, json={"v": 2}, params={"callback": hook_url + "/b"}) as r:
                 plain_id = (await r.json())["token"]
             async with gw.http.get(f"{gw.url}/api/operations/{asked_id}") as r:
