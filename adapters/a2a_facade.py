@@ -200,6 +200,11 @@ def context_id(op: Operation) -> str:
     return op.id
 
 
+def context_link(value: str) -> str:
+    """The operation link that carries the contextId ``value``."""
+    return f'<{value}>; type="{CONTEXT_LINK_TYPE}"'
+
+
 def context_links(message: dict[str, Any]) -> tuple[str, ...]:
     """The operation links that carry the message's ``contextId`` (none without one)."""
     value = message.get("contextId")

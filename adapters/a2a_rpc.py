@@ -96,7 +96,7 @@ def page_offset(token: Any) -> int:
     try:
         raw = base64.urlsafe_b64decode(str(token).encode() + b"==").decode()
         kind, _, number = raw.partition(":")
-        if kind == "o" and number.isdigit():
+        if kind == "o" and number.isdigit() and len(number) <= 12:
             return int(number)
     except (ValueError, UnicodeDecodeError):
         pass

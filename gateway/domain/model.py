@@ -7,6 +7,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+# The events a caller may ask to be called back for besides the completion (issue 15 item 4),
+# with ``Swarmgate-Callback-Events`` on the start. Kept in ``Operation.callback_headers`` under
+# a key no HTTP header can have (``@`` is not a token character), so it is never sent.
+INPUT_REQUESTED = "input.requested"
+CALLBACK_EVENTS = frozenset({INPUT_REQUESTED})
+CALLBACK_EVENTS_KEY = "@events"
+
 
 class OperationState(enum.StrEnum):
     """Where an operation stands: running, or closed in exactly one terminal state."""
@@ -81,6 +88,18 @@ class Operation:
     def token(self) -> str:
         """The Nexus operation token (the operation id)."""
         return self.id
+
+    @property
+    def callback_events(self) -> frozenset[str]:
+        """The events besides the completion the caller asked to be called back for."""
+        if not self.callback_url:
+            return frozenset()
+        raw = self.callback_headers.get(CALLBACK_EVENTS_KEY) or ""
+        return frozenset(e for e in raw.split(",") if e)
+
+    def sent_callback_headers(self) -> dict[str, str]:
+        """The caller's ``Nexus-Callback-*`` headers every callback carries (a copy)."""
+        return {k: v for k, v in self.callback_headers.items() if k != CALLBACK_EVENTS_KEY}
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -142,6 +142,29 @@ class Store(Protocol):
         """The number of operations in each state (with the filters of ``list_operations``)."""
         ...
 
+    async def page_operations(
+        self,
+        *,
+        caller: str | None = None,
+        service: str | None = None,
+        state: OperationState | None = None,
+        with_link: str | None = None,
+        or_id: str | None = None,
+        changed_after: datetime | None = None,
+        waiting: bool | None = None,
+        offset: int = 0,
+        limit: int = 50,
+    ) -> tuple[list[Operation], int]:
+        """One page of the matching operations (newest first) and how many match in all.
+
+        ``with_link``: operations whose links include this exact link, or (``or_id``) the
+        operation of that id; ``changed_after``: closed, or else created, after that time;
+        ``waiting``: only (True) or no (False) operations waiting for input (running, owing no
+        work, with a ``$ask:<name>`` step that has no ``$input:<name>``). The count is exact
+        (one count query; no scan bound).
+        """
+        ...
+
     async def claim_work(
         self, owner: str, now: datetime, lease_until: datetime, limit: int
     ) -> list[Operation]:
@@ -293,6 +316,17 @@ class Store(Protocol):
         ...
 
     # input-required (issue 15 item 4) ---------------------------------------------------------
+    async def record_question(
+        self, step: StepRecord, event: Event, delivery: CallbackDelivery | None
+    ) -> tuple[StepRecord, bool] | None:
+        """``record_step`` for an agent's question, with its callback.
+
+        ``delivery`` (the caller's ``input.requested`` callback, if it asked for one) is
+        queued in the callback outbox in the same transaction as the step and its event;
+        nothing is queued when the step existed.
+        """
+        ...
+
     async def park_for_input(self, op_id: str, attempt: int) -> bool:
         """Attempt ``attempt`` asked its caller for input: no heartbeat is owed while it waits.
 

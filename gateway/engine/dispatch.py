@@ -28,7 +28,7 @@ from gateway.engine import backoff
 from gateway.engine.cancel import Cancels
 from gateway.engine.closing import UNSTORABLE, Closer
 from gateway.engine.core import EngineCore, claim_round, spawn
-from gateway.engine.inputs import park_outbound
+from gateway.engine.inputs import park_outbound, retry_attempts
 from gateway.engine.pool import endpoint_data
 from gateway.engine.pull import PullQueues
 from registry.service import check_payload_off_loop
@@ -399,8 +399,11 @@ class Dispatcher:
                 **at,
             )
         elif outcome.kind is OutcomeKind.RETRYABLE:
-            exhausted = (
-                spec.retry.max_attempts is not None and op.attempts >= spec.retry.max_attempts
+            limit = spec.retry.max_attempts
+            exhausted = (  # answered questions are no failures: not counted (issue 15)
+                limit is not None
+                and op.attempts >= limit
+                and await retry_attempts(core, op) >= limit
             )
             if exhausted:
                 await closer.fail(

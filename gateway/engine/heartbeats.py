@@ -35,7 +35,7 @@ from gateway.engine import backoff
 from gateway.engine.batching import GroupCommit
 from gateway.engine.closing import Closer
 from gateway.engine.core import EngineCore
-from gateway.engine.inputs import open_question
+from gateway.engine.inputs import open_question, retry_attempts
 
 log = logging.getLogger("swarmgate.engine")
 NAMES_CACHED = 100_000  # operations whose names a heartbeat remembers (LRU)
@@ -256,7 +256,8 @@ class Heartbeats:
             spec = await self._spec(op)
             timeout = spec.heartbeat_timeout_s if spec else None
             if spec is not None and spec.retry.max_attempts is not None:
-                if op.attempts >= spec.retry.max_attempts:
+                limit = spec.retry.max_attempts
+                if op.attempts >= limit and await retry_attempts(core, op) >= limit:
                     applied = await self._closer.fail(
                         op,
                         f"gave up after {op.attempts} attempts: heartbeat timed out",

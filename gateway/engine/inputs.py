@@ -16,15 +16,24 @@ All state is in the store, in the step journal of the operation:
 
 An A2A agent that answers ``TASK_STATE_INPUT_REQUIRED`` is parked the same way by the
 dispatcher (``park_outbound``); its answer goes back as a follow-up message on the same task.
+
+A caller that started with a callback URL and ``Swarmgate-Callback-Events: input.requested``
+is told of each question by a callback (``input_callback``): an outbox row written in the
+same transaction as the question, delivered like completion callbacks (signed, screened,
+retried until accepted or expired), once per question. It carries no ``Nexus-Operation-*``
+header, so no Nexus receiver can take it for a completion.
 """
 
 from __future__ import annotations
 
+import json
+import uuid
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from gateway.domain.errors import HandlerError, HandlerErrorType
-from gateway.domain.model import Event, Operation, StepRecord
+from gateway.domain.model import INPUT_REQUESTED, CallbackDelivery, Event, Operation, StepRecord
 from gateway.engine.core import EngineCore
 from gateway.engine.wire import rfc3339_ms
 from gateway.security.schemas import schema_problems
@@ -53,6 +62,77 @@ class WaitingForInput:
             "askedAt": self.asked_at,
             "attempt": self.attempt,
         }
+
+
+def input_callback(
+    core: EngineCore, op: Operation, question: WaitingForInput, now: datetime
+) -> CallbackDelivery | None:
+    """The ``input.requested`` callback ``op``'s caller asked for, if it did (else None).
+
+    A Standard Webhooks message (``{"type", "timestamp", "data"}``, signed when it is sent)
+    with ``Swarmgate-Event: input.requested``, the caller's ``Nexus-Callback-*`` headers, and
+    no ``Nexus-Operation-*`` header: it is not a completion. ``data`` names the operation, the
+    question and where to answer it."""
+    if INPUT_REQUESTED not in op.callback_events or not op.callback_url:
+        return None
+    answer_url = f"{core.config.public_url.rstrip('/')}/api/operations/{op.id}/input"
+    body = {
+        "type": INPUT_REQUESTED,
+        "timestamp": rfc3339_ms(now),
+        "data": {
+            "operationId": op.id,
+            "operationToken": op.token,
+            "service": op.service,
+            "operation": op.operation,
+            "question": question.to_json(),
+            "answer": {"method": "POST", "url": answer_url, "contentType": "application/json"},
+        },
+    }
+    headers = op.sent_callback_headers()
+    headers.update(
+        {
+            "Content-Type": "application/json",
+            "Swarmgate-Event": INPUT_REQUESTED,
+            "Swarmgate-Operation-Id": op.id,
+        }
+    )
+    if op.traceparent:
+        headers["traceparent"] = op.traceparent
+    return CallbackDelivery(
+        id=f"msg_{uuid.uuid4().hex}",
+        operation_id=op.id,
+        caller=op.caller,
+        url=op.callback_url,
+        headers=headers,
+        body=json.dumps(body).encode(),
+        created_at=now,
+        expires_at=now + timedelta(seconds=core.config.callback_ttl_s),
+        next_attempt_at=now,
+    )
+
+
+async def record_question(
+    core: EngineCore, op: Operation, step: StepRecord, event: Event
+) -> tuple[StepRecord, bool] | None:
+    """Record the question ``step`` with its event and, if the caller asked for it, its
+    ``input.requested`` callback, in one transaction (see ``Store.record_question``)."""
+    question = open_question([step])
+    delivery = None if question is None else input_callback(core, op, question, step.at)
+    recorded = await core.store.record_question(step, event, delivery)
+    if delivery is not None and recorded is not None and recorded[1]:
+        core.wake_callbacks.set()
+    return recorded
+
+
+async def retry_attempts(core: EngineCore, op: Operation) -> int:
+    """The attempts of ``op`` that count against its retry policy's ``max_attempts``.
+
+    The dispatch after each answer is a new attempt but not a retry (an answer is no
+    failure), so the answers in the journal are not counted. One journal read: callers ask
+    only once ``op.attempts`` reaches the budget.
+    """
+    answers = sum(1 for s in await core.store.list_steps(op.id) if s.name.startswith(ANSWER_PREFIX))
+    return max(1, op.attempts - answers)
 
 
 def open_question(steps: list[StepRecord]) -> WaitingForInput | None:
@@ -98,10 +178,10 @@ async def park_outbound(
         step = StepRecord(
             operation_id=op.id, name=ASK_PREFIX + name, result=question, at=now, attempt=op.attempts
         )
-        event = core.event(
+        asked = core.event(
             op.id, "input.requested", name=name, prompt=prompt, schema=None, attempt=op.attempts
         )
-        await core.store.record_step(step, event)
+        await record_question(core, op, step, asked)
     await core.store.update_running(
         op.id,
         owner,
@@ -186,7 +266,7 @@ class Inputs:
         step = StepRecord(
             operation_id=op_id, name=ASK_PREFIX + name, result=question, at=now, attempt=attempt
         )
-        recorded = await core.store.record_step(step, event)
+        recorded = await record_question(core, op, step, event)
         if recorded is None:
             raise HandlerError(HandlerErrorType.CONFLICT, "operation changed: stop")
         await core.store.park_for_input(op_id, attempt)

@@ -64,7 +64,7 @@ class Outbox:
         is an empty body without ``Content-Type``."""
         if not op.callback_url:
             return None
-        headers = dict(op.callback_headers)
+        headers = op.sent_callback_headers()
         headers.update(
             {
                 "Nexus-Operation-Token": op.id,

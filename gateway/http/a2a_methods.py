@@ -29,7 +29,6 @@ from registry.auth import Principal
 RpcFault = proto.RpcFault
 invalid_params = proto.invalid_params
 MAX_BLOCK_S = 600.0  # a blocking SendMessage without Request-Timeout waits at most this long
-LIST_SCAN = 10_000  # ListTasks counts and pages over at most this many matching tasks
 
 
 @dataclass
@@ -237,34 +236,52 @@ async def list_tasks(call: Call) -> dict[str, Any]:
     call.caller.require("ops:read")
     p = call.params
     state = wire.status_filter(p)
+    waiting: bool | None = None  # an interrupted task is running, waiting for input
+    if p.get("status") == "TASK_STATE_INPUT_REQUIRED":
+        state, waiting = OperationState.RUNNING, True
+    elif state is OperationState.RUNNING:
+        waiting = False
     size = wire.page_size(p)
     length = wire.history_length(p)
     after = wire.timestamp_filter(p)
     offset = wire.page_offset(p.get("pageToken"))
     if state is False:  # a valid A2A state no operation is ever in
         return {"tasks": [], "nextPageToken": "", "pageSize": size, "totalSize": 0}
-    ops = await call.engine.store.list_operations(
+    store = call.engine.store
+    context_id = p.get("contextId")
+    link = or_id = None
+    if context_id:
+        # a task's contextId is its context link's, else its own id (see proto.context_id)
+        link = proto.context_link(str(context_id))
+        own = await store.get_operation(str(context_id))
+        or_id = own.id if own is not None and proto.context_id(own) == own.id else None
+    page, total = await store.page_operations(
         caller=None if call.caller.is_admin else call.caller.sub,
         service=call.agent.name if call.agent is not None else None,
         state=state if isinstance(state, OperationState) else None,
-        limit=LIST_SCAN,
+        with_link=link,
+        or_id=or_id,
+        changed_after=after,
+        waiting=waiting,
+        offset=offset,
+        limit=size,
     )
-    context_id = p.get("contextId")
-    if context_id:
-        ops = [o for o in ops if proto.context_id(o) == context_id]
-    if after is not None:
-        ops = [o for o in ops if (o.closed_at or o.created_at) > after]
-    page = ops[offset : offset + size]
     with_artifacts = bool(p.get("includeArtifacts"))
     tasks = [
-        proto.task_json(o, include_artifacts=with_artifacts, history_length=length) for o in page
+        proto.task_json(
+            o,
+            include_artifacts=with_artifacts,
+            history_length=length,
+            waiting=await waiting_json(call, o),
+        )
+        for o in page
     ]
-    more = offset + size < len(ops)
+    more = offset + size < total
     return {
         "tasks": tasks,
         "nextPageToken": wire.page_token(offset + size) if more else "",
         "pageSize": size,
-        "totalSize": len(ops),
+        "totalSize": total,
     }
 
 
@@ -346,9 +363,10 @@ async def updates(call: Call, op: Operation, after: int | None) -> AsyncIterator
         seen = await store.list_events(op.id, after=0, limit=100_000)
         after = seen[-1].id or 0 if seen else 0
         current = await store.get_operation(op.id) or op
-        yield after, {"task": proto.task_json(current)}
-        if current.state.terminal:
-            return
+        waiting = await waiting_json(call, current)
+        yield after, {"task": proto.task_json(current, waiting=waiting)}
+        if current.state.terminal or waiting is not None:
+            return  # final, or interrupted: it waits for a follow-up message (a new stream)
     while True:
         events = await store.list_events(op.id, after=after)
         current = await store.get_operation(op.id) or op

@@ -11,7 +11,7 @@ from multidict import CIMultiDictProxy
 
 from gateway.domain import links as nexus_links
 from gateway.domain.errors import HandlerError, HandlerErrorType
-from gateway.domain.model import Operation, OperationState
+from gateway.domain.model import CALLBACK_EVENTS, CALLBACK_EVENTS_KEY, Operation, OperationState
 from gateway.engine.engine import StartRequest, fingerprint
 from gateway.http.bodies import read_body
 from gateway.http.context import check_outbound_url, principal, services
@@ -37,9 +37,33 @@ def parse_duration(value: str | None, what: str) -> float | None:
     return n / 1000 if m.group(2) == "ms" else n * 60 if m.group(2) == "m" else n
 
 
-def callback_headers(headers: CIMultiDictProxy[str]) -> dict[str, str]:
+CALLBACK_EVENTS_HEADER = "Swarmgate-Callback-Events"
+
+
+def callback_headers(headers: CIMultiDictProxy[str], callback: str | None) -> dict[str, str]:
+    """The caller's ``Nexus-Callback-*`` headers, and the events besides the completion it
+    asked to be called back for (``Swarmgate-Callback-Events``: a comma-separated list of
+    ``input.requested``; 400 for another value, or without a callback URL)."""
     prefix = "nexus-callback-"
-    return {k[len(prefix) :]: v for k, v in headers.items() if k.lower().startswith(prefix)}
+    out = {k[len(prefix) :]: v for k, v in headers.items() if k.lower().startswith(prefix)}
+    raw = ",".join(headers.getall(CALLBACK_EVENTS_HEADER, []))
+    asked = sorted({e.strip() for e in raw.split(",") if e.strip()})
+    if not asked:
+        return out
+    unknown = [e for e in asked if e not in CALLBACK_EVENTS]
+    if unknown:
+        known = ", ".join(sorted(CALLBACK_EVENTS))
+        raise HandlerError(
+            HandlerErrorType.BAD_REQUEST,
+            f"{CALLBACK_EVENTS_HEADER}: unknown event {unknown[0][:100]!r} (known: {known})",
+        )
+    if not callback:
+        raise HandlerError(
+            HandlerErrorType.BAD_REQUEST,
+            f"{CALLBACK_EVENTS_HEADER} needs a callback URL (the callback query parameter)",
+        )
+    out[CALLBACK_EVENTS_KEY] = ",".join(asked)
+    return out
 
 
 # Request headers that are not the caller's headers for the handler: transport, auth,
@@ -198,7 +222,7 @@ async def _start(request: web.Request, p: Principal, body: bytes) -> web.Respons
         request_id=request.headers.get("Nexus-Request-Id") or None,
         idempotency_key=_idempotency_key(request.headers.get("Idempotency-Key")),
         callback_url=callback,
-        callback_headers=callback_headers(request.headers),
+        callback_headers=callback_headers(request.headers, callback),
         links=links,
         handler_headers=handler_headers(request.headers),
         timeout_s=op_timeout,

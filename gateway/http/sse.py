@@ -82,12 +82,15 @@ async def relay(request: web.Request, frames: AsyncIterator[bytes | None]) -> we
     await resp.write(b"retry: 1000\n\n")
     loop = asyncio.get_running_loop()
     last_write = loop.time()
-    async for chunk in frames:
-        if chunk is not None:
-            await resp.write(chunk)
-            last_write = loop.time()
-        elif loop.time() - last_write >= HEARTBEAT_S:
-            await resp.write(b": keep-alive\n\n")
-            last_write = loop.time()
-    await resp.write_eof()
+    try:
+        async for chunk in frames:
+            if chunk is not None:
+                await resp.write(chunk)
+                last_write = loop.time()
+            elif loop.time() - last_write >= HEARTBEAT_S:
+                await resp.write(b": keep-alive\n\n")
+                last_write = loop.time()
+        await resp.write_eof()
+    except ConnectionResetError:  # the client went away: nothing to answer, nothing to log
+        pass
     return resp

@@ -51,6 +51,7 @@ def operation_json(op: Operation) -> dict[str, Any]:
         "closedAt": iso(op.closed_at),
         "lastError": op.last_error,
         "callbackUrl": op.callback_url,
+        "callbackEvents": sorted(op.callback_events),
         "failure": op.failure,
         "links": nexus_links.lenient(op.links),
     }

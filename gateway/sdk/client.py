@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -143,6 +143,7 @@ class Client:
         *,
         request_id: str | None = None,
         callback: str | None = None,
+        callback_events: Sequence[str] = (),
         timeout: str | None = None,
         headers: dict[str, str] | None = None,
     ) -> Started:
@@ -150,10 +151,14 @@ class Client:
 
         ``request_id`` (``Nexus-Request-Id``, a fresh one if not given) makes the start
         idempotent: starting again with it returns the same operation. ``callback`` is the URL
-        the gateway calls, signed, once the operation closes; ``timeout`` is a Nexus duration.
+        the gateway calls, signed, once the operation closes; ``callback_events`` (e.g.
+        ``["input.requested"]``) asks for callbacks before that too (``Swarmgate-Callback-Events``);
+        ``timeout`` is a Nexus duration.
         """
         extra = {"Nexus-Request-Id": request_id or str(uuid.uuid4())}
         extra["Content-Type"] = "application/json"
+        if callback_events:
+            extra["Swarmgate-Callback-Events"] = ",".join(callback_events)
         if timeout:
             extra["Operation-Timeout"] = timeout
         extra.update(headers or {})

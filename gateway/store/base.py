@@ -17,7 +17,19 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Select, func, select, text
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    and_,
+    exists,
+    func,
+    literal,
+    or_,
+    select,
+    text,
+    type_coerce,
+)
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -225,6 +237,46 @@ class SqlStore(PullTables, JournalTables):
         async with self.engine.connect() as conn:
             rs = (await conn.execute(q)).all()
         return [rows.OPERATION.load(r) for r in rs]
+
+    @translate
+    async def page_operations(
+        self,
+        *,
+        caller: str | None = None,
+        service: str | None = None,
+        state: OperationState | None = None,
+        with_link: str | None = None,
+        or_id: str | None = None,
+        changed_after: datetime | None = None,
+        waiting: bool | None = None,
+        offset: int = 0,
+        limit: int = 50,
+    ) -> tuple[list[Operation], int]:
+        o = t.operations
+        q = _filtered(select(o), caller, service, None, None, None)
+        if state is not None:
+            q = q.where(o.c.state == state.value)
+        if with_link is not None:
+            has = self._links_contain(with_link)
+            q = q.where(or_(has, o.c.id == or_id) if or_id is not None else has)
+        if changed_after is not None:
+            q = q.where(func.coalesce(o.c.closed_at, o.c.created_at) > changed_after)
+        if waiting is not None:
+            q = q.where(_waiting_for_input() if waiting else ~_waiting_for_input())
+        counted = select(func.count()).select_from(q.subquery())
+        page = q.order_by(o.c.created_at.desc(), o.c.id).offset(offset).limit(limit)
+        async with self.engine.connect() as conn:
+            total = int((await conn.execute(counted)).scalar_one())
+            rs = (await conn.execute(page)).all() if offset < total else []
+        return [rows.OPERATION.load(r) for r in rs], total
+
+    def _links_contain(self, link: str) -> ColumnElement[bool]:
+        """The operation's ``links`` (a JSON array of strings) include ``link``."""
+        o = t.operations
+        if self.engine.dialect.name == "postgresql":
+            return type_coerce(o.c.links, JSONB).contains([link])
+        each = func.json_each(o.c.links).table_valued("value")
+        return exists(select(literal(1)).select_from(each).where(each.c.value == link))
 
     @translate
     async def count_operations(
@@ -483,6 +535,25 @@ async def _first_per_operation(
     for i in later:
         applied[i] = bool(await run_batch([completions[i]]))
     return applied
+
+
+def _waiting_for_input() -> ColumnElement[bool]:
+    """The operation waits for input: running, owing no work, a question without answer."""
+    o, ask, ans = t.operations, t.steps.alias("ask"), t.steps.alias("ans")
+    answered = exists(
+        select(literal(1))
+        .select_from(ans)
+        .where(
+            ans.c.operation_id == ask.c.operation_id,
+            ans.c.name == literal("$input:") + func.substr(ask.c.name, 6),
+        )
+    )
+    asked = exists(
+        select(literal(1))
+        .select_from(ask)
+        .where(ask.c.operation_id == o.c.id, ask.c.name.like("$ask:%"), ~answered)
+    )
+    return and_(o.c.state == OperationState.RUNNING.value, o.c.work.is_(None), asked)
 
 
 def _filtered(

@@ -13,7 +13,10 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import insert
+
 from gateway.domain.model import (
+    CallbackDelivery,
     Event,
     Heartbeat,
     HeartbeatAck,
@@ -145,6 +148,27 @@ class JournalTables(RecordTables):
         return [rows.STEP.load(r) for r in rs]
 
     # -- input-required (issue 15 item 4) ---------------------------------------------------
+
+    @translate
+    async def record_question(
+        self, step: StepRecord, event: Event, delivery: CallbackDelivery | None
+    ) -> tuple[StepRecord, bool] | None:
+        st = t.steps
+        ins = self._insert_if_new(st, [st.c.operation_id, st.c.name]).returning(st.c.name)
+        async with self._tx() as conn:
+            state = (
+                await conn.execute(s.LOCK_OPERATION_STATE, {"b_id": step.operation_id})
+            ).scalar()
+            if state != OperationState.RUNNING.value:
+                return None
+            if (await conn.execute(ins, rows.STEP.values(step))).first() is None:
+                key = {"b_id": step.operation_id, "b_name": step.name}
+                row = (await conn.execute(s.SELECT_STEP, key)).one()
+                return rows.STEP.load(row), False
+            await conn.execute(s.INSERT_EVENTS, [rows.EVENT.values(event)])
+            if delivery is not None:
+                await conn.execute(insert(t.callbacks).values(**rows.CALLBACK.values(delivery)))
+        return step, True
 
     @translate
     async def park_for_input(self, op_id: str, attempt: int) -> bool:

@@ -97,6 +97,38 @@ class MemoryStore(MemoryPull, MemoryJournal):
         found.sort(key=lambda o: o.created_at, reverse=True)
         return copy.deepcopy(found[:limit])
 
+    async def page_operations(
+        self,
+        *,
+        caller: str | None = None,
+        service: str | None = None,
+        state: OperationState | None = None,
+        with_link: str | None = None,
+        or_id: str | None = None,
+        changed_after: datetime | None = None,
+        waiting: bool | None = None,
+        offset: int = 0,
+        limit: int = 50,
+    ) -> tuple[list[Operation], int]:
+        found = [
+            op
+            for op in self._ops.values()
+            if _matches(op, caller, service, None, None, None)
+            and (state is None or op.state is state)
+            and (with_link is None or with_link in op.links or op.id == or_id)
+            and (changed_after is None or (op.closed_at or op.created_at) > changed_after)
+            and (waiting is None or self._waiting(op) is waiting)
+        ]
+        found.sort(key=lambda o: o.id)
+        found.sort(key=lambda o: o.created_at, reverse=True)
+        return copy.deepcopy(found[offset : offset + limit]), len(found)
+
+    def _waiting(self, op: Operation) -> bool:
+        if op.state is not OperationState.RUNNING or op.work is not None:
+            return False
+        names = self._steps.get(op.id, {})
+        return any(n.startswith("$ask:") and "$input:" + n[5:] not in names for n in names)
+
     async def count_operations(
         self,
         *,

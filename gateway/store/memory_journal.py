@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from gateway.domain.model import (
+    CallbackDelivery,
     Event,
     Heartbeat,
     HeartbeatAck,
@@ -125,6 +126,14 @@ class MemoryJournal(MemoryTables):
     async def list_steps(self, op_id: str) -> list[StepRecord]:
         steps = sorted(self._steps.get(op_id, {}).values(), key=lambda s: (s.at, s.name))
         return copy.deepcopy(steps)
+
+    async def record_question(
+        self, step: StepRecord, event: Event, delivery: CallbackDelivery | None
+    ) -> tuple[StepRecord, bool] | None:
+        recorded = await self.record_step(step, event)
+        if recorded is not None and recorded[1] and delivery is not None:
+            self._add_callback(delivery)
+        return recorded
 
     async def park_for_input(self, op_id: str, attempt: int) -> bool:
         op = self._ops.get(op_id)

@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 
 from gateway.domain.specs import RetryPolicy
-from gateway.sdk import AgentApp, OpContext
+from gateway.sdk import AgentApp, OpContext, RetryLater
 from gateway.testing import eventually
 from registry.auth import AuthConfig, mint_token
 from tests.conftest import make_settings, running_gateway, serving
@@ -303,3 +303,58 @@ async def test_a_sync_handler_can_ask_too_and_a_waiting_operation_still_times_ou
         assert slow_op is not None and slow_op.state.terminal
         kinds = [e.kind for e in await gw.gw.store.list_events(slow_id)]
         assert "input.requested" in kinds and "input.provided" not in kinds
+
+
+async def test_answered_questions_do_not_use_up_the_retry_budget(db_url: str) -> None:
+    """The dispatch after an answer is not a retry: an operation with ``max_attempts=1`` asks
+    twice and completes; with ``max_attempts=2`` it still has its one retry after two answers;
+    and the budget still ends an operation that keeps failing."""
+    agent = AgentApp("budget")
+    failures: dict[str, int] = {}
+
+    def policy(n: int) -> RetryPolicy:
+        return RetryPolicy(initial_s=0.05, max_s=0.2, jitter_s=0.01, max_attempts=n)
+
+    async def two_answers(ctx: OpContext, payload: Any) -> Any:
+        a = await ctx.ask("first?", {"type": "integer"}, name="a")
+        b = await ctx.ask("second?", {"type": "integer"}, name="b")
+        failures[ctx.key] = failures.get(ctx.key, 0) + 1
+        if failures[ctx.key] <= int(payload.get("fail", 0)):
+            raise RetryLater("not yet")
+        return a + b
+
+    agent.operation("one", mode="sync", retry=policy(1))(two_answers)
+    agent.operation("two", mode="sync", retry=policy(2))(two_answers)
+    async with serving(agent.app) as agent_url, running_gateway(make_settings(db_url)) as gw:
+        await gw.gw.registry.register(agent.spec(agent_url))
+
+        async def run(operation: str, fail: int) -> tuple[int, Any, int]:
+            async with gw.http.post(gw.nexus("budget", operation), json={"fail": fail}) as r:
+                assert r.status == 201, await r.text()
+                op_id = (await r.json())["token"]
+            op_url = f"{gw.url}/api/operations/{op_id}"
+            for name, value in (("a", 1), ("b", 2)):
+
+                async def asked(name: str = name) -> bool:
+                    async with gw.http.get(op_url) as r:
+                        waiting = (await r.json()).get("waitingForInput")
+                    return bool(waiting) and waiting["name"] == name
+
+                await eventually(asked, what=f"question {name}")
+                async with gw.http.post(op_url + "/input", json=value) as r:
+                    assert r.status == 202, await r.text()
+            async with gw.http.get(
+                gw.nexus("budget", operation) + "/result",
+                params={"token": op_id, "wait": "15s"},
+            ) as r:
+                body = await r.json()
+                status = r.status
+            op = await gw.gw.store.get_operation(op_id)
+            assert op is not None
+            return status, body, op.attempts
+
+        assert await run("one", 0) == (200, 3, 3)  # two questions, one attempt's budget
+        assert await run("two", 1) == (200, 3, 4)  # after two answers: one retry left
+        status, failure, attempts = await run("one", 9)
+        assert (status, attempts) == (424, 3)  # no retry left: the budget still holds
+        assert "gave up after" in failure["message"]

@@ -4,6 +4,7 @@ the caller's answer goes to the agent as a follow-up message on the same task.""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -20,8 +21,8 @@ from google.protobuf.json_format import MessageToDict
 from examples.swarm.a2a_weather import json_rpc_card, serve_a2a
 from gateway.domain.specs import AdapterKind, AgentSpec, OperationSpec
 from gateway.testing import eventually
-from tests.conftest import free_port, make_settings, running_gateway
-from tests.helpers import FAST_RETRY
+from tests.conftest import free_port, make_settings, running_gateway, serving
+from tests.helpers import FAST_RETRY, Receiver
 
 
 @dataclass
@@ -78,7 +79,8 @@ async def confirmer(push: bool) -> AsyncIterator[tuple[str, Confirmer]]:
 async def test_an_a2a_agent_asking_for_input_gets_the_callers_answer_as_a_follow_up(
     db_url: str, push: bool
 ) -> None:
-    async with confirmer(push) as (url, executor):
+    receiver = Receiver()
+    async with confirmer(push) as (url, executor), serving(receiver.app()) as hook:
         async with running_gateway(make_settings(db_url)) as gw:
             await gw.gw.registry.register(
                 AgentSpec(
@@ -88,7 +90,12 @@ async def test_an_a2a_agent_asking_for_input_gets_the_callers_answer_as_a_follow
                     operations={"confirm": OperationSpec(name="confirm", retry=FAST_RETRY)},
                 )
             )
-            async with gw.http.post(gw.nexus("confirmer", "confirm"), json={"n": 1}) as r:
+            async with gw.http.post(
+                gw.nexus("confirmer", "confirm"),
+                json={"n": 1},
+                params={"callback": hook + "/cb"},
+                headers={"Swarmgate-Callback-Events": "input.requested"},
+            ) as r:
                 assert r.status == 201, await r.text()
                 op_id = (await r.json())["token"]
             op_url = f"{gw.url}/api/operations/{op_id}"
@@ -99,6 +106,11 @@ async def test_an_a2a_agent_asking_for_input_gets_the_callers_answer_as_a_follow
 
             question = await eventually(waiting, what="the operation waiting for input")
             assert question["prompt"] == "really?"
+            # the caller asked to be told: the question's callback (not a completion)
+            await receiver.wait()
+            told = json.loads(receiver.requests[0]["body"])
+            assert receiver.requests[0]["headers"]["Swarmgate-Event"] == "input.requested"
+            assert told["data"]["question"]["prompt"] == "really?"
             async with gw.http.post(op_url + "/input", json={"yes": True}) as r:
                 assert r.status == 202, await r.text()
             async with gw.http.get(
@@ -112,3 +124,11 @@ async def test_an_a2a_agent_asking_for_input_gets_the_callers_answer_as_a_follow
             assert follow_up["taskId"] and follow_up["messageId"] == f"{op_id}-input-1"
             kinds = [e.kind for e in await gw.gw.store.list_events(op_id)]
             assert kinds.index("input.requested") < kinds.index("input.provided")
+            assert kinds.count("input.requested") == 1  # once, beside the accept it came with
+            assert "attempt.accepted" in kinds
+
+            def states() -> list[str | None]:
+                return [r["headers"].get("Nexus-Operation-State") for r in receiver.requests]
+
+            await eventually(lambda: len(states()) == 2, what="the completion callback")
+            assert states() == [None, "succeeded"]

@@ -318,3 +318,54 @@ async def test_without_heartbeats_a_lease_is_lost_after_the_attempt_timeout(db_u
         ) as r:
             assert r.status == 200
         assert (await operation(gw, op_id))["result"] == {"score": 6}
+
+
+async def test_a_pulled_task_can_ask_its_caller_and_goes_on_with_the_answer(db_url: str) -> None:
+    """``ctx.ask`` from a pull worker: the attempt parks (no lease, no heartbeat owed), the
+    caller's answer queues the task again, and a worker's next attempt goes on from the ask
+    without re-running the step before it."""
+    agent = AgentApp("asking")
+    runs: dict[str, int] = {}
+
+    def count(name: str) -> int:
+        runs[name] = runs.get(name, 0) + 1
+        return runs[name]
+
+    @agent.operation("score", mode="async", heartbeat_timeout_s=1.0)
+    async def score(ctx: OpContext, payload: Any) -> Any:
+        before = await ctx.step("before", count, "before")
+        factor = await ctx.ask("factor?", {"type": "integer"})
+        return {"score": payload["n"] * factor, "before": before, "attempt": ctx.attempt}
+
+    caller = bearer("caller", "ops:start:*", "ops:read")
+    async with gateway(db_url) as gw:
+        await register(gw, agent)
+        async with worker(gw, agent, "w-ask"):
+            op_id = await start(gw, 7, service="asking")
+            op_url = f"{gw.url}/api/operations/{op_id}"
+
+            async def parked() -> bool:
+                op = await gw.gw.store.get_operation(op_id)
+                shown = await operation(gw, op_id)
+                return (
+                    op is not None
+                    and shown.get("waitingForInput") is not None
+                    and op.work is None
+                    and op.heartbeat_until is None
+                )
+
+            await eventually(parked, what="the pulled task parked on its question")
+            shown = await operation(gw, op_id)
+            assert shown["waitingForInput"]["prompt"] == "factor?"
+            async with gw.http.post(op_url + "/input", json=3, headers=caller) as r:
+                assert r.status == 202, await r.text()
+            async with gw.http.get(
+                gw.nexus("asking", "score") + "/result",
+                params={"token": op_id, "wait": "15s"},
+                headers=caller,
+            ) as r:
+                assert r.status == 200, await r.text()
+                assert await r.json() == {"score": 21, "before": 1, "attempt": 2}
+        assert runs == {"before": 1}
+        got = await kinds(gw, op_id)
+        assert got.count("input.requested") == 1 and got.count("input.provided") == 1
