@@ -112,16 +112,16 @@ def _pg_backend_database(pid: str) -> str | None:
     return None
 
 
-def postgres_cpu_seconds(database: str | None = None) -> float | None:
-    """CPU time of the processes named ``postgres`` on this machine: the server, its background
-    processes and, with ``database``, only the backends connected to that database (other
-    work on a shared server, such as a test suite, is left out; it still shares the WAL
+def postgres_cpu_by_pid(database: str | None = None) -> dict[int, float]:
+    """CPU seconds of each process named ``postgres`` on this machine: the server, its
+    background processes and, with ``database``, only the backends connected to that database
+    (other work on a shared server, such as a test suite, is left out; it still shares the WAL
     writer and checkpointer)."""
-    total, found = 0.0, False
+    out: dict[int, float] = {}
     try:
         entries = os.listdir("/proc")
     except OSError:
-        return None
+        return out
     for entry in entries:
         if not entry.isdigit():
             continue
@@ -137,9 +137,21 @@ def postgres_cpu_seconds(database: str | None = None) -> float | None:
                 continue
         secs = cpu_seconds(int(entry))
         if secs is not None:
-            total += secs
-            found = True
-    return total if found else None
+            out[int(entry)] = secs
+    return out
+
+
+def postgres_cpu_seconds(database: str | None = None) -> float | None:
+    """The sum of :func:`postgres_cpu_by_pid` (None: no PostgreSQL process found)."""
+    found = postgres_cpu_by_pid(database)
+    return sum(found.values()) if found else None
+
+
+def pg_cpu_delta(before: dict[int, float], after: dict[int, float]) -> float:
+    """PostgreSQL CPU seconds spent between two readings: per process, so a backend that exits
+    in between takes away only what it did after the first reading (lost), never what it did
+    before (which would make the sum negative); one that started counts whole."""
+    return sum(secs - before.get(pid, 0.0) for pid, secs in after.items())
 
 
 def system_busy() -> tuple[float, float] | None:
@@ -168,6 +180,7 @@ class CpuMeter:
         self.postgres = postgres
         self.pg_database = pg_database
         self._start: dict[str, float | None] = {}
+        self._pg_start: dict[int, float] = {}
         self._sys: tuple[float, float] | None = None
         self._t0 = 0.0
 
@@ -175,7 +188,7 @@ class CpuMeter:
         self._t0 = now
         self._start = {name: _cpu(pids) for name, pids in self.pids.items()}
         if self.postgres:
-            self._start["postgres"] = postgres_cpu_seconds(self.pg_database)
+            self._pg_start = postgres_cpu_by_pid(self.pg_database)
         self._sys = system_busy()
 
     def stop(self, now: float) -> dict[str, float]:
@@ -183,7 +196,9 @@ class CpuMeter:
         out: dict[str, float] = {}
         after_all = {name: _cpu(pids) for name, pids in self.pids.items()}
         if self.postgres:
-            after_all["postgres"] = postgres_cpu_seconds(self.pg_database)
+            pg_after = postgres_cpu_by_pid(self.pg_database)
+            if pg_after:
+                out["postgres"] = round(100.0 * pg_cpu_delta(self._pg_start, pg_after) / wall, 1)
         for name, after in after_all.items():
             before = self._start.get(name)
             if before is not None and after is not None:
