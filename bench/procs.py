@@ -93,7 +93,7 @@ class Child:
         return proc.returncode
 
 
-def agent_process(port: int, log: Path, max_seconds: float) -> Child:
+def agent_process(port: int, log: Path, max_seconds: float, hold_s: float = 2.0) -> Child:
     argv = [
         sys.executable,
         "-m",
@@ -102,6 +102,8 @@ def agent_process(port: int, log: Path, max_seconds: float) -> Child:
         str(port),
         "--max-seconds",
         str(max_seconds),
+        "--hold-s",
+        str(hold_s),
     ]
     return Child("echo agent", argv, {**os.environ, "PYTHONUNBUFFERED": "1"}, log)
 
@@ -117,7 +119,9 @@ def write_agents_file(path: Path, agent_url: str) -> None:
                 "timeout_s": 3600,
                 "attempt_timeout_s": 30,
                 "retry": {"initial_s": 0.2, "max_s": 2.0, "jitter_s": 0.1},
-            }
+            },
+            # answered after a while (the side load's long-polls and SSE clients wait on it)
+            {"name": "hold", "timeout_s": 600, "attempt_timeout_s": 60},
         ],
     }
     path.write_text(json.dumps([spec]))

@@ -30,9 +30,17 @@ from bench.load import OpFn, RunResult, closed_loop, open_loop
 from bench.procs import ROOT, Child, agent_process, free_port, gateway_process, write_agents_file
 from bench.profile import PySpy
 from bench.scenarios import Receiver, baseline_op, lifecycle_op, start_op
-from bench.stats import CpuMeter, median_of, median_summary, process_tree, tree_rss_kb
+from bench.sideload import Callers, SideLoad
+from bench.stats import (
+    CpuMeter,
+    RssSampler,
+    median_of,
+    median_summary,
+    process_tree,
+    tree_rss_kb,
+)
 from gateway.security.netguard import OutboundPolicy
-from registry.auth import AuthConfig, mint_token
+from registry.auth import AuthConfig
 
 TARGET_LIFECYCLE_PER_S = 1500.0
 TARGET_START_P50_MS = 3.0
@@ -63,6 +71,10 @@ class Options:
     quiet: bool
     workers: int = 1  # gateway processes (PostgreSQL targets)
     auth: str = "none"  # "hs256": the gateway checks a JWT on every request
+    rss_interval_s: float = 0.0  # > 0: sample the gateway's RSS this often during each run
+    side_rate: float = 0.0  # > 0: the side load's requests per second (lifecycle runs)
+    callers: int = 1  # distinct callers (JWT subjects) with --auth hs256
+    hold_s: float = 2.0  # how long the echo agent's ``hold`` operation runs
 
 
 def targets_for(db: str, sqlite_sync: tuple[str, ...]) -> tuple[dbmod.Target, ...]:
@@ -91,6 +103,7 @@ class Env:
     profile_dir: Path
     max_child_s: float
     auth_headers: dict[str, str] = field(default_factory=dict)  # --auth hs256: a bearer token
+    callers: Callers = field(default_factory=lambda: Callers(None, 1, ()))
 
 
 def auth_env(env: Env) -> dict[str, str]:
@@ -99,7 +112,9 @@ def auth_env(env: Env) -> dict[str, str]:
         return {}
     secret = secrets.token_urlsafe(32)
     cfg = AuthConfig(mode="hs256", secret=secret, issuer="swarmgate", audience="swarmgate")
-    env.auth_headers["Authorization"] = "Bearer " + mint_token(cfg, "bench", ["admin"])
+    env.callers = Callers(cfg, env.opts.callers, ("admin",))
+    env.auth_headers.clear()
+    env.auth_headers.update(env.callers.headers(0))
     return {"SWARMGATE_AUTH_MODE": "hs256", "SWARMGATE_JWT_SECRET": secret}
 
 
@@ -119,15 +134,25 @@ async def quiesce(gw_url: str, timeout_s: float, headers: dict[str, str]) -> flo
     return -1.0
 
 
-def _make_op(env: Env, http: HttpTransport, scenario: str, gw_url: str, run_id: str) -> OpFn:
+def _make_op(
+    env: Env,
+    http: HttpTransport,
+    scenario: str,
+    gw_url: str,
+    run_id: str,
+    side: SideLoad | None = None,
+) -> OpFn:
     o = env.opts
-    size, timeout_s, auth = o.payload_bytes, o.op_timeout_s, env.auth_headers
+    size, timeout_s, auth = o.payload_bytes, o.op_timeout_s, env.callers.headers
     if scenario == "baseline":
         return baseline_op(http, env.agent_url, size, timeout_s)
     if scenario == "start":
         return start_op(http, gw_url, run_id, size, timeout_s, auth)
     receiver, receiver_url = env.receiver, env.receiver_url
-    return lifecycle_op(http, gw_url, receiver, receiver_url, run_id, size, timeout_s, auth)
+    on_started = side.started if side is not None else None
+    return lifecycle_op(
+        http, gw_url, receiver, receiver_url, run_id, size, timeout_s, auth, on_started
+    )
 
 
 async def run_scenario(
@@ -166,8 +191,14 @@ async def run_scenario(
     # The caller's requests go through the gateway's own lean transport: a load generator on
     # the same two cores should take as little CPU from the system under test as it can.
     http = HttpTransport(OutboundPolicy.loopback_allowed(), limit=limit)
+    rss = RssSampler(gw.pid, o.rss_interval_s) if o.rss_interval_s > 0 else None
+    side = None
+    if o.side_rate > 0 and scenario == "lifecycle":
+        side = SideLoad(gw_url, o.side_rate, env.callers, run_id, timeout_s=o.op_timeout_s)
+    sampling = asyncio.create_task(rss.run()) if rss is not None else None
+    side_task = asyncio.create_task(side.run()) if side is not None else None
     try:
-        op = _make_op(env, http, scenario, gw_url, run_id)
+        op = _make_op(env, http, scenario, gw_url, run_id, side)
         result: RunResult
         if mode == "closed":
             result = await closed_loop(
@@ -190,10 +221,21 @@ async def run_scenario(
             )
     finally:
         await http.close()
+        if side is not None and side_task is not None:
+            side.stop()
+            await asyncio.gather(side_task, return_exceptions=True)
+        if rss is not None and sampling is not None:
+            sampling.cancel()
+            await asyncio.gather(sampling, return_exceptions=True)
+            rss.sample(time.perf_counter())
     rss_end = tree_rss_kb(gw.pid)
     summary = result.summary()
     summary["cpu_pct"] = cpu_pct
     summary["gateway_rss_kb"] = {"start": rss_start, "end": rss_end}
+    if rss is not None:
+        summary["gateway_rss"] = rss.summary(o.warmup_s)
+    if side is not None:
+        summary["side_load"] = side.summary()
     if scenario == "lifecycle":
         summary["callbacks"] = {
             "received": env.receiver.received - received_before,
@@ -220,6 +262,8 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "error_kinds",
             "cpu_pct",
             "gateway_rss_kb",
+            "gateway_rss",
+            "side_load",
             "offered",
             "callbacks",
             "drain_s",
@@ -251,6 +295,9 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "end": runs[-1]["gateway_rss_kb"]["end"],
         "per_repeat": [r["gateway_rss_kb"] for r in runs],
     }
+    for key in ("gateway_rss", "side_load"):
+        if key in first:
+            out[key] = first[key] if len(runs) == 1 else [r[key] for r in runs]
     for key in ("offered", "waited_for_slot"):
         if key in first:
             out[key] = [r[key] for r in runs]
@@ -486,6 +533,10 @@ def _meta(opts: Options) -> dict[str, Any]:
             "profile": opts.profile,
             "gateway_workers_postgresql": opts.workers,
             "auth": opts.auth,
+            "rss_interval_s": opts.rss_interval_s,
+            "side_rate_per_s": opts.side_rate,
+            "callers": opts.callers,
+            "hold_s": opts.hold_s,
         },
         "layout": {
             "gateway": "subprocess: python -m bench.gwproc (gateway.cli serve + stdin watchdog)",
@@ -509,7 +560,7 @@ async def run(opts: Options) -> dict[str, Any]:
         tmp = tempfile.TemporaryDirectory(prefix="sg-bench-")
         workdir = Path(tmp.name)
     agent_port = free_port()
-    agent = agent_process(agent_port, workdir / "agent.log", max_child_s)
+    agent = agent_process(agent_port, workdir / "agent.log", max_child_s, opts.hold_s)
     receiver = Receiver()
     recv_runner = web.AppRunner(receiver.app(), access_log=None)
     result: dict[str, Any] = {"meta": _meta(opts), "targets": []}
