@@ -113,6 +113,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--hold-s", type=float, default=2.0, help="run time of the side load's held operations"
     )
+    p.add_argument(
+        "--gateway-root",
+        type=Path,
+        help="run the gateway of this checkout (its .venv), e.g. the base of a before/after",
+    )
     p.add_argument("--max-outstanding", type=int, default=1024, help="open-loop in-flight cap")
     p.add_argument("--op-timeout", type=float, default=30.0, help="per unit of work, seconds")
     p.add_argument("--pg-admin", default=PG_ADMIN, help="admin DSN for throw-away databases")
@@ -160,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         side_rate=max(0.0, args.side_rate),
         callers=max(1, args.callers),
         hold_s=max(0.0, args.hold_s),
+        gateway_root=args.gateway_root.resolve() if args.gateway_root else None,
     )
     result = jsonable(uvloop.run(run(opts)))
     text = json.dumps(result, indent=2)

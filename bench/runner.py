@@ -75,6 +75,7 @@ class Options:
     side_rate: float = 0.0  # > 0: the side load's requests per second (lifecycle runs)
     callers: int = 1  # distinct callers (JWT subjects) with --auth hs256
     hold_s: float = 2.0  # how long the echo agent's ``hold`` operation runs
+    gateway_root: Path | None = None  # run another checkout's gateway (its .venv): a base
 
 
 def targets_for(db: str, sqlite_sync: tuple[str, ...]) -> tuple[dbmod.Target, ...]:
@@ -400,12 +401,14 @@ async def run_target(env: Env, target: dbmod.Target) -> dict[str, Any]:
             log=env.workdir / f"gateway-{target.name}.log",
             max_seconds=env.max_child_s,
             sqlite_synchronous=target.sqlite_synchronous,
+            root=o.gateway_root,
             extra_env={
                 **auth_env(env),
                 **({"SWARMGATE_WORKERS": str(o.workers)} if target.db == "postgresql" else {}),
             },
         )
-        out["git_commit_at_spawn"] = _git_commit()  # other work may land during a long run
+        # other work may land during a long run; with --gateway-root: that checkout's commit
+        out["git_commit_at_spawn"] = _git_commit(o.gateway_root or ROOT)
         gw.spawn()
         try:
             await gw.wait_ready(gw_url + "/readyz", 60.0)
@@ -492,11 +495,11 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _git_commit() -> str | None:
+def _git_commit(root: Path = ROOT) -> str | None:
     try:
         res = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"],
-            cwd=ROOT,
+            cwd=root,
             capture_output=True,
             text=True,
             timeout=5,
@@ -537,6 +540,7 @@ def _meta(opts: Options) -> dict[str, Any]:
             "side_rate_per_s": opts.side_rate,
             "callers": opts.callers,
             "hold_s": opts.hold_s,
+            "gateway_root": str(opts.gateway_root or ROOT),
         },
         "layout": {
             "gateway": "subprocess: python -m bench.gwproc (gateway.cli serve + stdin watchdog)",
