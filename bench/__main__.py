@@ -88,6 +88,36 @@ def parser() -> argparse.ArgumentParser:
         default="none",
         help="hs256: the gateway verifies a bearer JWT on every request, as in production",
     )
+    p.add_argument(
+        "--rss-interval",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="sample the gateway's RSS every S seconds during each run: series, start/end and "
+        "the slope (MB/min) over the second half of the measured window",
+    )
+    p.add_argument(
+        "--side-rate",
+        type=float,
+        default=0.0,
+        metavar="R",
+        help="during lifecycle runs, R requests/s of a demanding user: info, result and "
+        "operation reads, long-polls that time out, SSE clients that disconnect",
+    )
+    p.add_argument(
+        "--callers",
+        type=int,
+        default=1,
+        help="with --auth hs256: this many distinct callers (JWT subjects), unit seq %% N",
+    )
+    p.add_argument(
+        "--hold-s", type=float, default=2.0, help="run time of the side load's held operations"
+    )
+    p.add_argument(
+        "--gateway-root",
+        type=Path,
+        help="run the gateway of this checkout (its .venv), e.g. the base of a before/after",
+    )
     p.add_argument("--max-outstanding", type=int, default=1024, help="open-loop in-flight cap")
     p.add_argument("--op-timeout", type=float, default=30.0, help="per unit of work, seconds")
     p.add_argument("--pg-admin", default=PG_ADMIN, help="admin DSN for throw-away databases")
@@ -131,6 +161,11 @@ def main(argv: list[str] | None = None) -> int:
         quiet=args.quiet,
         workers=max(1, args.workers),
         auth=args.auth,
+        rss_interval_s=max(0.0, args.rss_interval),
+        side_rate=max(0.0, args.side_rate),
+        callers=max(1, args.callers),
+        hold_s=max(0.0, args.hold_s),
+        gateway_root=args.gateway_root.resolve() if args.gateway_root else None,
     )
     result = jsonable(uvloop.run(run(opts)))
     text = json.dumps(result, indent=2)

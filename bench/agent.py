@@ -25,13 +25,26 @@ async def echo(request: web.Request) -> web.Response:
     return web.Response(body=body or b"null", content_type="application/json")
 
 
+HOLD_S = 2.0  # how long ``POST /hold`` takes to answer by default (``--hold-s``)
+HOLD_KEY = web.AppKey("hold_s", float)
+
+
+async def hold(request: web.Request) -> web.Response:
+    """An operation that stays running for a while (long-polls time out on it)."""
+    body = await request.read()
+    await asyncio.sleep(request.app[HOLD_KEY])
+    return web.Response(body=body or b"null", content_type="application/json")
+
+
 async def healthz(_request: web.Request) -> web.Response:
     return web.Response(text="ok")
 
 
-def make_app() -> web.Application:
+def make_app(hold_s: float = HOLD_S) -> web.Application:
     app = web.Application()
+    app[HOLD_KEY] = hold_s
     app.router.add_post("/echo", echo)
+    app.router.add_post("/hold", hold)
     app.router.add_get("/healthz", healthz)
     return app
 
@@ -50,8 +63,8 @@ def watch_parent(stop: asyncio.Event, loop: asyncio.AbstractEventLoop) -> None:
     threading.Thread(target=run, name="parent-watch", daemon=True).start()
 
 
-async def serve(port: int, max_seconds: float) -> None:
-    runner = web.AppRunner(make_app(), access_log=None)
+async def serve(port: int, max_seconds: float, hold_s: float = HOLD_S) -> None:
+    runner = web.AppRunner(make_app(hold_s), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", port, reuse_address=True, backlog=1024)
     await site.start()
@@ -70,8 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.agent")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--max-seconds", type=float, default=3600.0)
+    parser.add_argument("--hold-s", type=float, default=HOLD_S)
     args = parser.parse_args(argv)
-    uvloop.run(serve(args.port, args.max_seconds))
+    uvloop.run(serve(args.port, args.max_seconds, args.hold_s))
     return 0
 
 

@@ -42,11 +42,40 @@ def start_watchdog(max_seconds: float, grace_s: float = 20.0) -> None:
     threading.Thread(target=on_deadline, name="bench-deadline", daemon=True).start()
 
 
+def start_tracemalloc(spec: str) -> None:
+    """``SWARMGATE_DEBUG_TRACEMALLOC=DIR[,SECONDS[,FRAMES]]``: trace allocations and write a
+    snapshot to ``DIR/snap-<pid>-<n>.tracemalloc`` every SECONDS (default 30) from a thread,
+    for a diff of where a growing RSS goes (``python -m bench.memdiff DIR``). Diagnosis only:
+    tracing makes every allocation slower, so never measure speed with it on."""
+    import tracemalloc
+    from pathlib import Path
+
+    parts = spec.split(",")
+    out = Path(parts[0])
+    every_s = float(parts[1]) if len(parts) > 1 and parts[1] else 30.0
+    frames = int(parts[2]) if len(parts) > 2 and parts[2] else 8
+    out.mkdir(parents=True, exist_ok=True)
+    tracemalloc.start(frames)
+
+    def dump() -> None:
+        n = 0
+        while True:
+            time.sleep(every_s)
+            snap = tracemalloc.take_snapshot()
+            snap.dump(str(out / f"snap-{os.getpid()}-{n:04d}.tracemalloc"))
+            n += 1
+
+    threading.Thread(target=dump, name="bench-tracemalloc", daemon=True).start()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.gwproc")
     parser.add_argument("--max-seconds", type=float, default=3600.0)
     args = parser.parse_args(argv)
     start_watchdog(args.max_seconds)
+    spec = os.environ.get("SWARMGATE_DEBUG_TRACEMALLOC")
+    if spec:
+        start_tracemalloc(spec)
     return gateway_main(["serve"])
 
 

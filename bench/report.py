@@ -60,6 +60,39 @@ def scenario_rows(target: dict[str, Any]) -> list[str]:
     return rows
 
 
+def rss_lines(target: dict[str, Any]) -> list[str]:
+    """``--rss-interval``: the RSS series of each run, and the side load's counts."""
+    out: list[str] = []
+    for scenario, modes in target.get("scenarios", {}).items():
+        for mode, r in modes.items():
+            series = r.get("gateway_rss")
+            for s in series if isinstance(series, list) else [series] if series else []:
+                if not s.get("series"):
+                    continue
+                slope, whole = (
+                    s.get("slope_mb_per_min_second_half"),
+                    s.get("slope_mb_per_min_measured"),
+                )
+                out.append(
+                    f"  RSS {scenario}/{mode}: {_mb(s.get('start_kb'))} MB -> "
+                    f"{_mb(s.get('end_kb'))} MB (max {_mb(s.get('max_kb'))}); slope "
+                    f"{slope if slope is not None else '-'} MB/min over the second half "
+                    f"({whole if whole is not None else '-'} measured), "
+                    f"{len(s['series'])} samples every {s.get('interval_s')} s"
+                )
+            side = r.get("side_load")
+            for sl in side if isinstance(side, list) else [side] if side else []:
+                counts = "; ".join(
+                    f"{a} " + ", ".join(f"{k}: {v}" for k, v in c.items())
+                    for a, c in sl.get("counts", {}).items()
+                )
+                out.append(
+                    f"  side load {scenario}/{mode} ({sl.get('rate_per_s')}/s, "
+                    f"{sl.get('callers')} callers): {counts}"
+                )
+    return out
+
+
 def render(result: dict[str, Any], top: int = 12) -> str:
     meta = result.get("meta", {})
     opts = meta.get("options", {})
@@ -107,6 +140,7 @@ def render(result: dict[str, Any], top: int = 12) -> str:
             f"  gateway RSS ready {_mb(rss0)} MB -> end {_mb(rss1)} MB; "
             f"store ops {store.get('operations')} callbacks {store.get('callbacks')}"
         )
+        lines += rss_lines(target)
         prof = target.get("profile")
         if isinstance(prof, dict) and "samples" in prof:
             lines.append(

@@ -30,8 +30,10 @@ from bench.load import OpFn, RunResult, closed_loop, open_loop
 from bench.procs import ROOT, Child, agent_process, free_port, gateway_process, write_agents_file
 from bench.profile import PySpy
 from bench.scenarios import Receiver, baseline_op, lifecycle_op, start_op
+from bench.sideload import Callers, SideLoad
 from bench.stats import (
     CpuMeter,
+    RssSampler,
     cpu_us_per_op,
     median_of,
     median_summary,
@@ -39,7 +41,7 @@ from bench.stats import (
     tree_rss_kb,
 )
 from gateway.security.netguard import OutboundPolicy
-from registry.auth import AuthConfig, mint_token
+from registry.auth import AuthConfig
 
 TARGET_LIFECYCLE_PER_S = 1500.0
 TARGET_START_P50_MS = 3.0
@@ -70,6 +72,11 @@ class Options:
     quiet: bool
     workers: int = 1  # gateway processes (PostgreSQL targets)
     auth: str = "none"  # "hs256": the gateway checks a JWT on every request
+    rss_interval_s: float = 0.0  # > 0: sample the gateway's RSS this often during each run
+    side_rate: float = 0.0  # > 0: the side load's requests per second (lifecycle runs)
+    callers: int = 1  # distinct callers (JWT subjects) with --auth hs256
+    hold_s: float = 2.0  # how long the echo agent's ``hold`` operation runs
+    gateway_root: Path | None = None  # run another checkout's gateway (its .venv): a base
 
 
 def targets_for(db: str, sqlite_sync: tuple[str, ...]) -> tuple[dbmod.Target, ...]:
@@ -98,6 +105,7 @@ class Env:
     profile_dir: Path
     max_child_s: float
     auth_headers: dict[str, str] = field(default_factory=dict)  # --auth hs256: a bearer token
+    callers: Callers = field(default_factory=lambda: Callers(None, 1, ()))
 
 
 def auth_env(env: Env) -> dict[str, str]:
@@ -106,7 +114,9 @@ def auth_env(env: Env) -> dict[str, str]:
         return {}
     secret = secrets.token_urlsafe(32)
     cfg = AuthConfig(mode="hs256", secret=secret, issuer="swarmgate", audience="swarmgate")
-    env.auth_headers["Authorization"] = "Bearer " + mint_token(cfg, "bench", ["admin"])
+    env.callers = Callers(cfg, env.opts.callers, ("admin",))
+    env.auth_headers.clear()
+    env.auth_headers.update(env.callers.headers(0))
     return {"SWARMGATE_AUTH_MODE": "hs256", "SWARMGATE_JWT_SECRET": secret}
 
 
@@ -126,15 +136,25 @@ async def quiesce(gw_url: str, timeout_s: float, headers: dict[str, str]) -> flo
     return -1.0
 
 
-def _make_op(env: Env, http: HttpTransport, scenario: str, gw_url: str, run_id: str) -> OpFn:
+def _make_op(
+    env: Env,
+    http: HttpTransport,
+    scenario: str,
+    gw_url: str,
+    run_id: str,
+    side: SideLoad | None = None,
+) -> OpFn:
     o = env.opts
-    size, timeout_s, auth = o.payload_bytes, o.op_timeout_s, env.auth_headers
+    size, timeout_s, auth = o.payload_bytes, o.op_timeout_s, env.callers.headers
     if scenario == "baseline":
         return baseline_op(http, env.agent_url, size, timeout_s)
     if scenario == "start":
         return start_op(http, gw_url, run_id, size, timeout_s, auth)
     receiver, receiver_url = env.receiver, env.receiver_url
-    return lifecycle_op(http, gw_url, receiver, receiver_url, run_id, size, timeout_s, auth)
+    on_started = side.started if side is not None else None
+    return lifecycle_op(
+        http, gw_url, receiver, receiver_url, run_id, size, timeout_s, auth, on_started
+    )
 
 
 async def run_scenario(
@@ -174,8 +194,14 @@ async def run_scenario(
     # The caller's requests go through the gateway's own lean transport: a load generator on
     # the same two cores should take as little CPU from the system under test as it can.
     http = HttpTransport(OutboundPolicy.loopback_allowed(), limit=limit)
+    rss = RssSampler(gw.pid, o.rss_interval_s) if o.rss_interval_s > 0 else None
+    side = None
+    if o.side_rate > 0 and scenario == "lifecycle":
+        side = SideLoad(gw_url, o.side_rate, env.callers, run_id, timeout_s=o.op_timeout_s)
+    sampling = asyncio.create_task(rss.run()) if rss is not None else None
+    side_task = asyncio.create_task(side.run()) if side is not None else None
     try:
-        op = _make_op(env, http, scenario, gw_url, run_id)
+        op = _make_op(env, http, scenario, gw_url, run_id, side)
         result: RunResult
         if mode == "closed":
             result = await closed_loop(
@@ -198,11 +224,22 @@ async def run_scenario(
             )
     finally:
         await http.close()
+        if side is not None and side_task is not None:
+            side.stop()
+            await asyncio.gather(side_task, return_exceptions=True)
+        if rss is not None and sampling is not None:
+            sampling.cancel()
+            await asyncio.gather(sampling, return_exceptions=True)
+            rss.sample(time.perf_counter())
     rss_end = tree_rss_kb(gw.pid)
     summary = result.summary()
     summary["cpu_pct"] = cpu_pct
     summary["cpu_us_per_op"] = cpu_us_per_op(cpu_pct, float(summary["throughput_per_s"]))
     summary["gateway_rss_kb"] = {"start": rss_start, "end": rss_end}
+    if rss is not None:
+        summary["gateway_rss"] = rss.summary(o.warmup_s)
+    if side is not None:
+        summary["side_load"] = side.summary()
     if scenario == "lifecycle":
         summary["callbacks"] = {
             "received": env.receiver.received - received_before,
@@ -230,6 +267,8 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "cpu_pct",
             "cpu_us_per_op",
             "gateway_rss_kb",
+            "gateway_rss",
+            "side_load",
             "offered",
             "callbacks",
             "drain_s",
@@ -266,6 +305,9 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "end": runs[-1]["gateway_rss_kb"]["end"],
         "per_repeat": [r["gateway_rss_kb"] for r in runs],
     }
+    for key in ("gateway_rss", "side_load"):
+        if key in first:
+            out[key] = first[key] if len(runs) == 1 else [r[key] for r in runs]
     for key in ("offered", "waited_for_slot"):
         if key in first:
             out[key] = [r[key] for r in runs]
@@ -368,12 +410,14 @@ async def run_target(env: Env, target: dbmod.Target) -> dict[str, Any]:
             log=env.workdir / f"gateway-{target.name}.log",
             max_seconds=env.max_child_s,
             sqlite_synchronous=target.sqlite_synchronous,
+            root=o.gateway_root,
             extra_env={
                 **auth_env(env),
                 **({"SWARMGATE_WORKERS": str(o.workers)} if target.db == "postgresql" else {}),
             },
         )
-        out["git_commit_at_spawn"] = _git_commit()  # other work may land during a long run
+        # other work may land during a long run; with --gateway-root: that checkout's commit
+        out["git_commit_at_spawn"] = _git_commit(o.gateway_root or ROOT)
         gw.spawn()
         try:
             await gw.wait_ready(gw_url + "/readyz", 60.0)
@@ -469,11 +513,11 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _git_commit() -> str | None:
+def _git_commit(root: Path = ROOT) -> str | None:
     try:
         res = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"],
-            cwd=ROOT,
+            cwd=root,
             capture_output=True,
             text=True,
             timeout=5,
@@ -510,6 +554,11 @@ def _meta(opts: Options) -> dict[str, Any]:
             "profile": opts.profile,
             "gateway_workers_postgresql": opts.workers,
             "auth": opts.auth,
+            "rss_interval_s": opts.rss_interval_s,
+            "side_rate_per_s": opts.side_rate,
+            "callers": opts.callers,
+            "hold_s": opts.hold_s,
+            "gateway_root": str(opts.gateway_root or ROOT),
         },
         "layout": {
             "gateway": "subprocess: python -m bench.gwproc (gateway.cli serve + stdin watchdog)",
@@ -533,7 +582,7 @@ async def run(opts: Options) -> dict[str, Any]:
         tmp = tempfile.TemporaryDirectory(prefix="sg-bench-")
         workdir = Path(tmp.name)
     agent_port = free_port()
-    agent = agent_process(agent_port, workdir / "agent.log", max_child_s)
+    agent = agent_process(agent_port, workdir / "agent.log", max_child_s, opts.hold_s)
     receiver = Receiver()
     recv_runner = web.AppRunner(receiver.app(), access_log=None)
     result: dict[str, Any] = {"meta": _meta(opts), "targets": []}

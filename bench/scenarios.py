@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import quote
 
@@ -85,13 +86,17 @@ def baseline_op(http: Transport, agent_url: str, size: int, timeout_s: float) ->
     return op
 
 
+AuthFor = Callable[[int], dict[str, str]]  # the caller's headers for unit ``seq``
+Started = Callable[[int, bytes], None]  # unit ``seq`` got its 201 with this body
+
+
 def start_op(
     http: Transport,
     gw_url: str,
     run_id: str,
     size: int,
     timeout_s: float,
-    auth: dict[str, str],
+    auth: AuthFor,
 ) -> OpFn:
     url = f"{gw_url}/nexus/{SERVICE}/{OPERATION}"
 
@@ -99,7 +104,7 @@ def start_op(
         headers = {
             "Content-Type": "application/json",
             "Nexus-Request-Id": f"{run_id}-{seq}",
-            **auth,
+            **auth(seq),
         }
         try:
             r = await http.request(
@@ -124,13 +129,14 @@ def lifecycle_op(
     run_id: str,
     size: int,
     timeout_s: float,
-    auth: dict[str, str],
+    auth: AuthFor,
+    on_started: Started | None = None,
 ) -> OpFn:
     url = f"{gw_url}/nexus/{SERVICE}/{OPERATION}"
 
     async def op(seq: int, intended: float) -> Sample:
         rid = f"{run_id}-{seq}"
-        headers = {"Content-Type": "application/json", "Nexus-Request-Id": rid, **auth}
+        headers = {"Content-Type": "application/json", "Nexus-Request-Id": rid, **auth(seq)}
         callback = quote(f"{receiver_url}/cb/{rid}", safe="")
         fut = receiver.expect(rid)
         try:
@@ -149,6 +155,8 @@ def lifecycle_op(
         if status not in (200, 201):
             receiver.pending.pop(rid, None)
             return Sample(intended, started, False, error=f"start HTTP {status}")
+        if on_started is not None:
+            on_started(seq, r.body)
         try:
             arrived, state = await asyncio.wait_for(fut, timeout_s)
         except TimeoutError:

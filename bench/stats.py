@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 import statistics
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -242,3 +244,59 @@ def cpu_us_per_op(cpu_pct: dict[str, float], per_s: float) -> dict[str, float]:
     if parts:
         out["box"] = round(sum(parts), 1)
     return out
+def slope_per_min(points: Sequence[tuple[float, float]]) -> float | None:
+    """Least-squares slope of (seconds, value) points, in value units per minute."""
+    if len(points) < 2:
+        return None
+    mx = statistics.fmean(t for t, _ in points)
+    my = statistics.fmean(v for _, v in points)
+    var = sum((t - mx) ** 2 for t, _ in points)
+    if var <= 0:
+        return None
+    return 60.0 * sum((t - mx) * (v - my) for t, v in points) / var
+
+
+class RssSampler:
+    """The gateway's RSS (the process and its workers) every ``interval_s`` seconds.
+
+    ``summary(measure_from_s)`` gives the series, start / end / max and the slope in MB per
+    minute over the second half of the measured part (after warm-up), where a leak shows as
+    a steady climb and start-up growth (allocator arenas, caches filling) has settled."""
+
+    def __init__(self, pid: int, interval_s: float) -> None:
+        self.pid = pid
+        self.interval_s = max(0.05, interval_s)
+        self.points: list[tuple[float, int]] = []
+        self._t0 = 0.0
+
+    def sample(self, now: float) -> None:
+        kb = tree_rss_kb(self.pid)
+        if kb is not None:
+            self.points.append((round(now - self._t0, 2), kb))
+
+    async def run(self) -> None:
+        """Sample until cancelled (the first sample at once)."""
+        self._t0 = time.perf_counter()
+        while True:
+            self.sample(time.perf_counter())
+            await asyncio.sleep(self.interval_s)
+
+    def summary(self, measure_from_s: float) -> dict[str, Any]:
+        pts = self.points
+        if not pts:
+            return {"interval_s": self.interval_s, "series": []}
+        measured = [p for p in pts if p[0] >= measure_from_s] or pts
+        half = measured[0][0] + (measured[-1][0] - measured[0][0]) / 2.0
+        second = [(t, kb / 1024.0) for t, kb in measured if t >= half]
+        whole = [(t, kb / 1024.0) for t, kb in measured]
+        s2, s1 = slope_per_min(second), slope_per_min(whole)
+        return {
+            "interval_s": self.interval_s,
+            "start_kb": measured[0][1],
+            "end_kb": measured[-1][1],
+            "max_kb": max(kb for _, kb in measured),
+            "slope_mb_per_min_second_half": round(s2, 3) if s2 is not None else None,
+            "slope_mb_per_min_measured": round(s1, 3) if s1 is not None else None,
+            "measure_from_s": measure_from_s,
+            "series": [[t, kb] for t, kb in pts],  # seconds since the run began, KiB
+        }

@@ -169,6 +169,8 @@ class Closer:
                 max(0.0, (now - op.created_at).total_seconds())
             )
             self._waiters.notify(op.id)
+            for forget in core.on_closed:  # per-operation state of this replica ends here
+                forget(op.id)
             if callback is not None and direct:
                 outbox.start_delivery(callback)  # no claim round trip
             elif callback is not None:

@@ -66,6 +66,9 @@ class EngineCore:
     sync_waiting: set[str] = field(default_factory=set)
     sync_claimed: dict[str, list[str]] = field(default_factory=dict)
     answer_links: dict[str, list[str]] = field(default_factory=dict)  # of an async answer
+    # Called with the id of each operation this replica closes: the rooms drop what they
+    # kept per operation (the endpoint it used, its heartbeat names).
+    on_closed: list[Callable[[str], None]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.breaker = CircuitBreaker(

@@ -105,6 +105,7 @@ class Engine:
         self._heartbeats = Heartbeats(
             core, self._closer, self._dispatcher.check_completion_token, self._waiters.notify
         )
+        core.on_closed += [core.calls.pool.forget, self._heartbeats.forget]
         self._inputs = Inputs(core, self._dispatcher.check_completion_token)
         self._loops = Loops(
             core, self._dispatcher, self._outbox, self._cancels, self._waiters, self._heartbeats
@@ -164,6 +165,24 @@ class Engine:
     def pending_starts(self) -> int:
         """Start requests in progress (bounded by ``max_pending_starts``)."""
         return self._starts.pending
+
+    def memory_census(self) -> dict[str, int]:
+        """Entries in this process's per-operation and per-caller maps. Each is bounded (by
+        the work in flight, or an LRU cap) and released when its operation closes; the
+        memory tests and ``bench`` leak hunts read it."""
+        core = self._core
+        return {
+            "inflight": len(core.inflight),
+            "callbacks_inflight": len(core.cb_inflight),
+            "sync_waiting": len(core.sync_waiting),
+            "sync_claimed": len(core.sync_claimed),
+            "answer_links": len(core.answer_links),
+            "answering": len(self._starts.answering),
+            "waiters": self._waiters.watched,
+            "endpoints_remembered": core.calls.pool.remembered,
+            "heartbeat_names": self._heartbeats.names_cached,
+            "caller_secrets_cached": core.signer.cached if core.signer is not None else 0,
+        }
 
     def now(self) -> datetime:
         return self._core.now()

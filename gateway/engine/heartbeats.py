@@ -94,6 +94,15 @@ class Heartbeats:
             )
         )
 
+    @property
+    def names_cached(self) -> int:
+        """Operations whose names a heartbeat remembers."""
+        return len(self._names)
+
+    def forget(self, op_id: str) -> None:
+        """The operation closed: its heartbeats are over."""
+        self._names.pop(op_id, None)
+
     # -- what the agent calls -------------------------------------------------------------------
 
     async def _running(self, op_id: str, token: str, attempt: int | None = None) -> Operation:

@@ -108,6 +108,15 @@ class EndpointPool:
     def last_endpoint(self, op_id: str) -> str | None:
         return self._last.get(op_id)
 
+    def forget(self, op_id: str) -> None:
+        """The operation closed: no retry, poll or cancel will ask for its endpoint again."""
+        self._last.pop(op_id, None)
+
+    @property
+    def remembered(self) -> int:
+        """Operations whose last endpoint this replica remembers."""
+        return len(self._last)
+
     def record(self, agent: str, endpoint: str, outcome: Outcome) -> None:
         health = self._get(agent, endpoint)
         label = redact_userinfo(endpoint)
@@ -205,7 +214,8 @@ class AgentCalls:
     ) -> tuple[Outcome, str]:
         """A dispatch: the pool's choice (another endpoint than the last attempt's)."""
         endpoint = self.pool.choose(req.agent, req.operation.id, retry=req.attempt > 1)
-        self.pool.used(req.operation.id, endpoint)
+        if len(req.agent.pool()) > 1:  # one endpoint: nothing to avoid, stick to or blame
+            self.pool.used(req.operation.id, endpoint)
         return await self.call(req, endpoint, send), endpoint
 
     async def follow(self, req: R, send: Callable[[R], Awaitable[Outcome]]) -> Outcome:

@@ -20,6 +20,11 @@ class Waiters:
         self._core = core
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
 
+    @property
+    def watched(self) -> int:
+        """Operations somebody here is waiting on."""
+        return len(self._waiters)
+
     def notify(self, op_id: str) -> None:
         for fut in self._waiters.pop(op_id, []):
             if not fut.done():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
@@ -18,6 +19,7 @@ from gateway.domain.model import DeliveryState, Event
 from gateway.domain.ports import Store
 from gateway.http.wire import event_json
 
+log = logging.getLogger("swarmgate.http")
 HEARTBEAT_S = 15.0
 HEADERS = {
     "Content-Type": "text/event-stream",
@@ -54,24 +56,33 @@ async def stream_events(
     """Send the events after ``after`` as they commit, until the operation is finished."""
     resp = web.StreamResponse(headers=HEADERS)
     await resp.prepare(request)
-    await resp.write(b"retry: 1000\n\n")
     loop = asyncio.get_running_loop()
-    last_write = loop.time()
-    while True:
-        events = await store.list_events(op_id, after=after)
-        for e in events:
-            await resp.write(frame(e))
-            after = e.id or after
-            last_write = loop.time()
-        if not events:
-            if await _finished(store, op_id, after):
-                break
-            if loop.time() - last_write >= HEARTBEAT_S:
-                await resp.write(b": keep-alive\n\n")
+    try:
+        await resp.write(b"retry: 1000\n\n")
+        last_write = loop.time()
+        while True:
+            events = await store.list_events(op_id, after=after)
+            for e in events:
+                await resp.write(frame(e))
+                after = e.id or after
                 last_write = loop.time()
-            await wait_change(op_id, poll_s)
-    await resp.write_eof()
+            if not events:
+                if await _finished(store, op_id, after):
+                    break
+                if loop.time() - last_write >= HEARTBEAT_S:
+                    await resp.write(b": keep-alive\n\n")
+                    last_write = loop.time()
+                await wait_change(op_id, poll_s)
+        await resp.write_eof()
+    except ConnectionResetError:
+        _gone(request, op_id)
     return resp
+
+
+def _gone(request: web.Request, op_id: str | None = None) -> None:
+    """The client went away mid-stream: the normal end of a stream nobody reads any more
+    (no error and no traceback per disconnect)."""
+    log.debug("stream client gone", extra={"path": request.path, "operation_id": op_id})
 
 
 async def relay(request: web.Request, frames: AsyncIterator[bytes | None]) -> web.StreamResponse:
@@ -79,10 +90,10 @@ async def relay(request: web.Request, frames: AsyncIterator[bytes | None]) -> we
     once nothing was written for ``HEARTBEAT_S``). The A2A streams use this."""
     resp = web.StreamResponse(headers=HEADERS)
     await resp.prepare(request)
-    await resp.write(b"retry: 1000\n\n")
     loop = asyncio.get_running_loop()
-    last_write = loop.time()
     try:
+        await resp.write(b"retry: 1000\n\n")
+        last_write = loop.time()
         async for chunk in frames:
             if chunk is not None:
                 await resp.write(chunk)
@@ -91,6 +102,9 @@ async def relay(request: web.Request, frames: AsyncIterator[bytes | None]) -> we
                 await resp.write(b": keep-alive\n\n")
                 last_write = loop.time()
         await resp.write_eof()
-    except ConnectionResetError:  # the client went away: nothing to answer, nothing to log
-        pass
+    except ConnectionResetError:
+        _gone(request)
+        aclose = getattr(frames, "aclose", None)
+        if aclose is not None:  # the frames' source stops now, not when collected
+            await aclose()
     return resp

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 import aiohttp
+import pytest
 
+from gateway.testing import eventually
 from tests.conftest import make_settings, running_gateway, serving, serving_agent
 from tests.helpers import Receiver, make_test_agent
 
@@ -98,3 +101,29 @@ async def test_a_stream_resumed_on_a_restarted_gateway_loses_no_event(db_url: st
                 frames = await read_sse(r)
         assert [f["event"] for f in frames] == ["operation.succeeded"]
         assert int(frames[0]["id"]) > seen[-1]
+
+
+async def test_a_client_that_leaves_mid_stream_ends_it_quietly(
+    db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    agent = make_test_agent()
+    async with (
+        serving_agent(agent) as agent_url,
+        running_gateway(make_settings(db_url)) as gw,
+    ):
+        await gw.gw.registry.register(agent.spec(agent_url))
+        with caplog.at_level(logging.DEBUG, logger="swarmgate"):
+            async with gw.http.post(gw.nexus("worker", "later"), json={"sleep": 0.3}) as r:
+                token = r.headers["Nexus-Operation-Token"]
+            async with gw.http.get(f"{gw.url}/api/operations/{token}/stream") as r:
+                while not (await r.content.readline()).startswith(b"event:"):
+                    pass
+                r.close()  # gone while the operation still runs
+            # the next event (the operation closing) meets a closed connection
+            await eventually(
+                lambda: [x for x in caplog.records if x.getMessage() == "stream client gone"],
+                what="the stream to notice its client left",
+            )
+        # a client leaving is no error (before: "unhandled error" with a traceback, each time)
+        http_logs = [x for x in caplog.records if x.name == "swarmgate.http"]
+        assert [x.getMessage() for x in http_logs if x.levelno >= logging.WARNING] == []

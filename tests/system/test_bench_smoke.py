@@ -114,3 +114,57 @@ def test_bench_runs_several_workers_with_jwt_checks_on_postgresql(
     assert run["cpu_pct"]["gateway"] > 10, run["cpu_pct"]
     # the supervisor's and both workers' memory (one gateway process alone is ~90 MB)
     assert target["gateway_rss_kb_ready"] > 150_000
+
+
+def test_bench_samples_rss_under_a_side_load_of_many_callers_on_a_preloaded_store(
+    tmp_path: Path,
+) -> None:
+    _, result = run_bench(
+        tmp_path,
+        "--db",
+        "sqlite",
+        "--sqlite-sync",
+        "NORMAL",
+        "--scenarios",
+        "lifecycle",
+        "--modes",
+        "open",
+        "--rate",
+        "20",
+        "--duration",
+        "2",
+        "--warmup",
+        "0.2",
+        "--preload",
+        "500",
+        "--rss-interval",
+        "0.2",
+        "--side-rate",
+        "20",
+        "--hold-s",
+        "1",
+        "--auth",
+        "hs256",
+        "--callers",
+        "7",
+        "--op-timeout",
+        "5",
+        timeout_s=90,
+    )
+    (target,) = result["targets"]
+    # the preload leaves what a real run leaves: four events, a delivered callback each
+    store = target["store"]
+    assert store["events"]["operation.started"] >= 500 + 1
+    assert store["callbacks"]["delivered"] >= 500 + 1
+    run = target["scenarios"]["lifecycle"]["open"]
+    assert run["ok"] > 0 and run["errors"] == 0
+    rss = run["gateway_rss"]
+    assert len(rss["series"]) >= 5 and all(kb > 0 for _, kb in rss["series"])
+    assert rss["start_kb"] > 0 and rss["end_kb"] > 0
+    assert isinstance(rss["slope_mb_per_min_second_half"], float)
+    side = run["side_load"]
+    assert side["callers"] == 7
+    counts = side["counts"]
+    assert counts["info"].get("200", 0) > 0 and counts["show"].get("200", 0) > 0
+    assert counts["longpoll"].get("408", 0) > 0  # the held operation outlives the poll
+    assert counts["sse"].get("read one frame, disconnected", 0) > 0
