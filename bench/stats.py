@@ -244,6 +244,8 @@ def cpu_us_per_op(cpu_pct: dict[str, float], per_s: float) -> dict[str, float]:
     if parts:
         out["box"] = round(sum(parts), 1)
     return out
+
+
 def slope_per_min(points: Sequence[tuple[float, float]]) -> float | None:
     """Least-squares slope of (seconds, value) points, in value units per minute."""
     if len(points) < 2:
