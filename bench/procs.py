@@ -25,11 +25,14 @@ def free_port() -> int:
 class Child:
     """A child process whose standard input is a lifeline: closing it makes the child stop."""
 
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], log: Path) -> None:
+    def __init__(
+        self, name: str, argv: list[str], env: dict[str, str], log: Path, cwd: Path = ROOT
+    ) -> None:
         self.name = name
         self.argv = argv
         self.env = env
         self.log = log
+        self.cwd = cwd
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -41,7 +44,7 @@ class Child:
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 self.argv,
-                cwd=ROOT,
+                cwd=self.cwd,
                 env=self.env,
                 stdin=subprocess.PIPE,
                 stdout=out,
@@ -132,7 +135,10 @@ def gateway_process(
     max_seconds: float,
     sqlite_synchronous: str | None,
     extra_env: dict[str, str] | None = None,
+    root: Path | None = None,
 ) -> Child:
+    """The gateway under test; ``root`` runs another checkout's gateway (its ``.venv``), e.g.
+    the base commit of a before/after comparison, under the same harness."""
     env = {
         **os.environ,
         "SWARMGATE_DATABASE_URL": db_url,
@@ -148,5 +154,6 @@ def gateway_process(
     if sqlite_synchronous:
         env["SWARMGATE_SQLITE_SYNCHRONOUS"] = sqlite_synchronous
     env.update(extra_env or {})
-    argv = [sys.executable, "-m", "bench.gwproc", "--max-seconds", str(max_seconds)]
-    return Child("gateway", argv, env, log)
+    python = sys.executable if root is None else str(root / ".venv" / "bin" / "python")
+    argv = [python, "-m", "bench.gwproc", "--max-seconds", str(max_seconds)]
+    return Child("gateway", argv, env, log, cwd=root or ROOT)
