@@ -10,7 +10,8 @@ loop with one worker per operation (``--ops`` concurrent heartbeating operations
 heartbeat          ``POST /api/operations/{id}/heartbeat`` with ``{"attempt": n}``
 heartbeat+details  the same with a ~100-byte checkpoint in ``details``
 step               ``PUT /api/operations/{id}/steps/{name}``, a new name each time (a ~100-byte
-                   result): one journal row and its ``step.completed`` event per call
+                   result and the attempt, as the SDK sends them): one journal row and its
+                   ``step.completed`` event per call
 
 Reports throughput, latency and CPU per call (CPU seconds over the measured window / calls
 finished in it) of the gateway process, of PostgreSQL (``pg own``: the backends and autovacuum
@@ -175,7 +176,8 @@ def _op_fn(scenario: str, http: HttpTransport, ops: list[dict[str, str]], run: s
         headers = {"Authorization": o["auth"], "Content-Type": "application/json"}
         if scenario == "step":
             method, url = "PUT", f"{o['steps']}/{run}-{seq}"
-            body = json.dumps({"result": RESULT}).encode()
+            # with the attempt, as the SDK's ctx.step sends it
+            body = json.dumps({"result": RESULT, "attempt": int(o["attempt"])}).encode()
         else:
             method, url = "POST", o["heartbeat"]
             data: dict[str, Any] = {"attempt": int(o["attempt"])}
