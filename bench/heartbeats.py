@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import heapq
 import json
 import os
 import random
@@ -227,44 +228,46 @@ async def periodic_loop(
     seed: int = 17,
 ) -> RunResult:
     """Open loop for ``n`` operations, each calling every ``interval_s`` (random phase, gaps
-    jittered +-10%): the intended send times are fixed in advance, so a late answer delays
-    nothing but is charged from its intended time (no coordinated omission)."""
+    jittered +-10%): the intended send times are fixed in advance and kept in one heap, so a
+    late answer delays nothing but is charged from its intended time (no coordinated
+    omission); an operation whose previous call is still out sends the next one anyway."""
     rng = random.Random(seed)
     t0 = time.perf_counter() + 0.05
     window = Window(t0 + warmup_s, t0 + warmup_s + duration_s)
     samples: list[Sample] = []
+    due = [(t0 + rng.uniform(0.0, interval_s), i) for i in range(n)]
+    heapq.heapify(due)
+    tasks: set[asyncio.Task[None]] = set()
     offered = 0
+    measuring = ended = False
 
-    async def beater(i: int, first: float, gaps: list[float]) -> None:
-        nonlocal offered
-        intended = first
-        k = 0
-        while intended < window.end:
-            delay = intended - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            offered += 1
-            samples.append(await op(i, intended))
-            intended += gaps[k % len(gaps)]
-            k += 1
+    async def unit(i: int, intended: float) -> None:
+        samples.append(await op(i, intended))
 
-    async def marks() -> None:
-        await asyncio.sleep(max(0.0, window.start - time.perf_counter()))
-        on_measure()
-        await asyncio.sleep(max(0.0, window.end - time.perf_counter()))
-        on_end()
-
-    beaters = [
-        beater(
-            i,
-            t0 + rng.uniform(0.0, interval_s),
-            [interval_s * rng.uniform(0.9, 1.1) for _ in range(8)],
-        )
-        for i in range(n)
-    ]
-    mark = asyncio.create_task(marks())
-    await asyncio.gather(*beaters)
-    await mark
+    while due:
+        intended, i = due[0]
+        now = time.perf_counter()
+        if not measuring and now >= window.start:
+            measuring = True
+            on_measure()
+        if not ended and now >= window.end:
+            ended = True
+            on_end()
+        if intended >= window.end:
+            if ended:
+                break
+            await asyncio.sleep(window.end - now)
+            continue
+        if intended > now:
+            await asyncio.sleep(min(intended, window.start if not measuring else intended) - now)
+            continue
+        heapq.heapreplace(due, (intended + interval_s * rng.uniform(0.9, 1.1), i))
+        task = asyncio.create_task(unit(i, intended))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+        offered += 1
+    if tasks:
+        await asyncio.gather(*tasks)
     return RunResult(
         mode="open",
         window=window,
@@ -403,14 +406,16 @@ async def run_target(target: dbmod.Target, args: argparse.Namespace) -> dict[str
         "gateway_root": args.gateway_root or str(ROOT),
         "scenarios": {},
     }
-    http = HttpTransport(
-        OutboundPolicy.loopback_allowed(), limit=args.ops, max_idle_per_origin=args.ops
-    )
+    # closed loop: a connection per operation; open loop: as many as the calls in flight
+    # need, up to 1,024 (waiting for one counts in the latency)
+    conns = min(args.ops, 1024) if args.interval else args.ops
+    http = HttpTransport(OutboundPolicy.loopback_allowed(), limit=conns, max_idle_per_origin=conns)
     try:
         gw.spawn()
         await gw.wait_ready(f"{gw_url}/readyz", 60)
         t_setup = time.perf_counter()
         await _start_ops(http, gw_url, args.ops)
+        out["started_s"] = round(time.perf_counter() - t_setup, 2)
         deadline = time.monotonic() + 300
         while len(agent.ops) < args.ops:
             if time.monotonic() > deadline:
