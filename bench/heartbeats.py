@@ -366,9 +366,45 @@ def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+async def _create_database(
+    target: dbmod.Target, workdir: Path, args: argparse.Namespace
+) -> dbmod.Database:
+    """The run's database, migrated by the gateway under test (another checkout's gateway has
+    its own migrations)."""
+    if not args.gateway_root:
+        return await dbmod.create_database(target, workdir, args.pg_admin)
+    if target.db == "sqlite":
+        db = dbmod.Database(target=target, url=f"sqlite:///{workdir / target.name}.db")
+    else:
+        name = f"sg_bench_{uuid.uuid4().hex[:12]}"
+        conn = await asyncpg.connect(args.pg_admin, timeout=10)
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+        url = dbmod.pg_url(args.pg_admin, name)
+        db = dbmod.Database(target=target, url=url, pg_admin=args.pg_admin, pg_name=name)
+    root = Path(args.gateway_root).resolve()
+    proc = await asyncio.create_subprocess_exec(
+        str(root / ".venv" / "bin" / "python"),
+        "-m",
+        "gateway.cli",
+        "migrate",
+        cwd=root,
+        env={**os.environ, "SWARMGATE_DATABASE_URL": db.url},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await proc.communicate()
+    if proc.returncode != 0:
+        await db.drop()
+        raise RuntimeError(f"migrate in {root} failed: {out.decode(errors='replace')[-2000:]}")
+    return db
+
+
 async def run_target(target: dbmod.Target, args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="sg-bench-hb-"))
-    db = await dbmod.create_database(target, workdir, args.pg_admin)
+    db = await _create_database(target, workdir, args)
     agent = Accepting()
     runner = web.AppRunner(agent.app(), access_log=None)
     await runner.setup()
