@@ -145,3 +145,22 @@ def insert_steps(n: int) -> str:
         SQ_STEP.insert.replace(f" VALUES {SQ_STEP.row}", " VALUES " + ", ".join([SQ_STEP.row] * n))
         + " ON CONFLICT (operation_id, name) DO NOTHING RETURNING operation_id, name"
     )
+
+
+# A batch of heartbeats in one statement (one per operation: the caller runs repeats of an
+# operation with HEARTBEAT afterwards, in the same commit): the same columns as HEARTBEAT.
+@functools.lru_cache(maxsize=256)
+def heartbeat_many(n: int) -> str:
+    rows = ", ".join(["(?, ?, ?, ?, ?)"] * n)
+    return f"""
+    WITH v(id, until, has_details, details, attempt) AS (VALUES {rows})
+    UPDATE {_o.name}
+    SET heartbeat_until = CASE WHEN {_o.name}.heartbeat_until IS NULL THEN NULL ELSE v.until END,
+        heartbeat_check_at = CASE WHEN v.until < {_o.name}.heartbeat_check_at THEN v.until
+                                  ELSE {_o.name}.heartbeat_check_at END,
+        heartbeat_details = CASE WHEN v.has_details THEN v.details
+                                 ELSE {_o.name}.heartbeat_details END
+    FROM v
+    WHERE {_o.name}.id = v.id AND {_o.name}.state = '{OperationState.RUNNING.value}'
+      AND (v.attempt IS NULL OR {_o.name}.attempts = v.attempt)
+    RETURNING {_o.name}.id, {_o.name}.state, {_o.name}.attempts, {_o.name}.cancel_requested_at"""

@@ -164,10 +164,33 @@ class SqliteStore(SqlStore):
 
     @translate
     async def heartbeat_many(self, beats: Sequence[Heartbeat]) -> list[HeartbeatAck | None]:
-        """Every beat of the batch in one commit on the aiosqlite connection."""
-        out: list[HeartbeatAck | None] = []
+        """Every beat of the batch in one commit on the aiosqlite connection: the first beat of
+        each operation in one statement (``sql_sqlite.heartbeat_many``), repeats one by one
+        after it."""
+        first: dict[str, int] = {}
+        for i, b in enumerate(beats):
+            first.setdefault(b.operation_id, i)
+        out: list[HeartbeatAck | None] = [None] * len(beats)
         async with self._sqlite_tx() as db:
-            for b in beats:
+            flat: list[Any] = []
+            for i in first.values():
+                b = beats[i]
+                flat += (
+                    b.operation_id,
+                    sql.SQ_TS(b.until),
+                    b.has_details,
+                    sql.SQ_JSON(b.details) if b.has_details else None,
+                    b.attempt,
+                )
+            for row in await db.execute_fetchall(sql.heartbeat_many(len(first)), flat):
+                out[first[row[0]]] = HeartbeatAck(
+                    state=OperationState(row[1]),
+                    attempt=int(row[2]),
+                    cancel_requested=row[3] is not None,
+                )
+            for i, b in enumerate(beats):
+                if first[b.operation_id] == i:
+                    continue
                 found = await db.execute_fetchall(
                     sql.HEARTBEAT,
                     (
@@ -179,7 +202,7 @@ class SqliteStore(SqlStore):
                     ),
                 )
                 row = found[0] if found else None
-                out.append(
+                out[i] = (
                     None
                     if row is None
                     else HeartbeatAck(

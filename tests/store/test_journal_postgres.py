@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import asyncpg
 
 from gateway.domain.model import Heartbeat, StepRecord
 from gateway.store import open_store
 from gateway.store import sql_postgres as sql
+from gateway.testing import eventually
 from tests.store.test_conformance import at, ev
 from tests.store.test_conformance_journal import accepted
 
@@ -65,5 +68,43 @@ async def test_batched_heartbeats_and_steps_of_many_operations_each_get_their_ow
         assert again == [(s, False) for s in steps[:3]]
         for s in steps[:3]:
             assert await store.list_steps(s.operation_id) == [s]
+    finally:
+        await store.close()
+
+
+async def test_a_heartbeat_waiting_on_a_row_another_writer_changed_still_counts(
+    pg_db: str,
+) -> None:
+    # the other writer commits after the heartbeat's statement took its snapshot: the
+    # heartbeat must update the row's newest version, not find nothing
+    store = open_store(pg_db)
+    await store.migrate()
+    try:
+        op_id = await accepted(store, hb_until=10)
+        other, beat, watch = [await asyncpg.connect(pg_db) for _ in range(3)]
+        try:
+            tx = other.transaction()
+            await tx.start()
+            await other.execute("UPDATE sg_operations SET last_error = 'x' WHERE id = $1", op_id)
+            pid = await beat.fetchval("SELECT pg_backend_pid()")
+            waiting = asyncio.create_task(
+                beat.fetch(sql.PG_HEARTBEAT_MANY, [op_id], [1], [at(20)], [False], [None])
+            )
+
+            async def blocked() -> bool:
+                state = await watch.fetchval(
+                    "SELECT wait_event_type FROM pg_stat_activity WHERE pid = $1", pid
+                )
+                return bool(state == "Lock")
+
+            await eventually(blocked, until=bool, what="the heartbeat waiting for the row lock")
+            await tx.commit()
+            rows = await waiting
+        finally:
+            for conn in (other, beat, watch):
+                await conn.close()
+        assert [(r["id"], r["attempts"]) for r in rows] == [(op_id, 1)]
+        got = await store.get_operation(op_id)
+        assert got is not None and (got.heartbeat_until, got.last_error) == (at(20), "x")
     finally:
         await store.close()
