@@ -181,6 +181,9 @@ async def build(
         body_timeout_s=settings.body_timeout_s,
     )
     nexus.add_routes(app)
+    # heartbeats and step journal (issue 12): before the other /api/operations/{id}/... routes,
+    # which aiohttp tries one by one in the order they were added (the agents' hot path)
+    journal_routes.add_routes(app)
     api.add_routes(app)
     pull_routes.add_routes(app)
     a2a_routes.add_routes(app, a2a)
@@ -193,7 +196,6 @@ async def build(
         ),
     )
     ui.add_routes(app, auth_mode=settings.auth_mode)
-    journal_routes.add_routes(app)  # heartbeats and step journal (issue 12)
     input_routes.add_routes(app)  # input-required (issue 15 item 4)
     return Gateway(
         settings=settings,

@@ -12,6 +12,7 @@ read or write, so a heartbeat counts on whichever replica it reaches.
 
 from __future__ import annotations
 
+import hmac
 import logging
 from collections import OrderedDict
 from collections.abc import Callable
@@ -76,6 +77,9 @@ class Heartbeats:
         # operation id -> (agent, operation, traceparent): they never change, so a heartbeat
         # after the first needs no read of the operation
         self._names: OrderedDict[str, Names] = OrderedDict()
+        # operation id -> its completion token, once checked (as many as names, oldest out
+        # first): a heartbeat after the first compares strings instead of computing an HMAC
+        self._tokens: dict[str, str] = {}
         # Through core.store at call time, so a wrapped store (fault injection) sees the calls.
         self._beats: GroupCommit[Heartbeat, HeartbeatAck | None] = GroupCommit(
             lambda batch: core.store.heartbeat_many(batch),
@@ -138,13 +142,25 @@ class Heartbeats:
             return spec.attempt_timeout_s  # a pull task's lease is its attempt timeout
         return 3600.0
 
+    def _token_ok(self, op_id: str, token: str) -> bool:
+        known = self._tokens.get(op_id)
+        if known is not None:
+            return hmac.compare_digest(known, token)
+        if not token or not self._check_token(op_id, token):
+            return False
+        self._tokens[op_id] = token
+        if len(self._tokens) > NAMES_CACHED:  # the oldest checked goes first
+            del self._tokens[next(iter(self._tokens))]
+        return True
+
     async def beat(
         self, op_id: str, token: str, *, attempt: int | None, details: Any, has_details: bool
     ) -> HeartbeatAnswer:
         """One heartbeat: in the steady state one group-committed ``UPDATE ... RETURNING``
-        (the operation's agent and operation names are remembered after the first)."""
+        (the operation's agent and operation names, and its checked token, are remembered
+        after the first)."""
         core = self._core
-        if not token or not self._check_token(op_id, token):
+        if not self._token_ok(op_id, token):
             raise HandlerError(HandlerErrorType.UNAUTHENTICATED, "invalid operation token")
         names = self._names.get(op_id)
         if names is None:
@@ -174,7 +190,7 @@ class Heartbeats:
                 outcome = "cancel_requested" if ack.cancel_requested else "recorded"
                 span.set(attempt=ack.attempt, outcome=outcome, details=has_details)
         if ack is None:  # unknown, closed or on another attempt: say which
-            self._names.pop(op_id, None)
+            self._forget(op_id)
             await self._running(op_id, token, attempt)
             raise HandlerError(HandlerErrorType.CONFLICT, "operation changed: stop")
         if has_details and self._notify is not None:  # progress watchers re-read it now
@@ -191,6 +207,10 @@ class Heartbeats:
         if len(self._names) > NAMES_CACHED:
             self._names.popitem(last=False)
         return names
+
+    def _forget(self, op_id: str) -> None:
+        self._names.pop(op_id, None)
+        self._tokens.pop(op_id, None)
 
     async def _names_of(self, op_id: str) -> Names | None:
         """The cached names; read only when tracing is on (a span needs the trace)."""
@@ -223,7 +243,7 @@ class Heartbeats:
         core = self._core
         if attempt is None:  # the SDK names it; others get the operation's current attempt
             attempt = (await self._running(op_id, token)).attempts
-        elif not token or not self._check_token(op_id, token):
+        elif not self._token_ok(op_id, token):
             raise HandlerError(HandlerErrorType.UNAUTHENTICATED, "invalid operation token")
         step = StepRecord(
             operation_id=op_id, name=name, result=result, at=core.now(), attempt=attempt

@@ -53,15 +53,21 @@ async def json_body(request: web.Request) -> Any:
 
 async def capped_body(request: web.Request, max_bytes: int, what: str = "body") -> bytes:
     """The raw body, refused with a 400 once it is over ``max_bytes`` (read no further)."""
-    too_big = HandlerError(HandlerErrorType.BAD_REQUEST, f"{what} is over {max_bytes} bytes")
-    if request.content_length is not None and request.content_length > max_bytes:
-        raise too_big
-    buf = bytearray()
+    length = request.content_length
+    if length is not None:  # the framing bounds what arrives: read it in one go
+        if length > max_bytes:
+            raise _too_big(what, max_bytes)
+        return await request.read()
+    buf = bytearray()  # chunked: count as it comes
     async for chunk in request.content.iter_chunked(64 * 1024):
         buf += chunk
         if len(buf) > max_bytes:
-            raise too_big
+            raise _too_big(what, max_bytes)
     return bytes(buf)
+
+
+def _too_big(what: str, max_bytes: int) -> HandlerError:
+    return HandlerError(HandlerErrorType.BAD_REQUEST, f"{what} is over {max_bytes} bytes")
 
 
 def int_param(

@@ -12,6 +12,7 @@ gave the agent in ``Nexus-Callback-Authorization``), sent as ``Authorization: Be
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from aiohttp import web
@@ -25,6 +26,7 @@ from gateway.domain.dispatch import (
 )
 from gateway.domain.errors import HandlerError, HandlerErrorType
 from gateway.domain.model import StepRecord
+from gateway.engine.heartbeats import HeartbeatAnswer
 from gateway.engine.wire import rfc3339_ms
 from gateway.http.bodies import capped_body, int_param, parse_json
 from gateway.http.context import services
@@ -33,6 +35,19 @@ from gateway.http.context import services
 def _token(request: web.Request) -> str:
     auth = request.headers.get("Authorization", "")
     return auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+
+
+_ANSWERS: dict[HeartbeatAnswer, bytes] = {}  # the few distinct heartbeat answers, as sent
+_ANSWERS_KEPT = 1024
+
+
+def _answer_body(answer: HeartbeatAnswer) -> bytes:
+    body = _ANSWERS.get(answer)
+    if body is None:
+        body = json.dumps(answer.to_json()).encode()
+        if len(_ANSWERS) < _ANSWERS_KEPT:
+            _ANSWERS[answer] = body
+    return body
 
 
 def _attempt(raw: Any) -> int | None:
@@ -68,7 +83,7 @@ async def heartbeat(request: web.Request) -> web.Response:
         details=data.get("details"),
         has_details="details" in data,
     )
-    return web.json_response(answer.to_json())
+    return web.Response(body=_answer_body(answer), content_type="application/json", charset="utf-8")
 
 
 async def list_steps(request: web.Request) -> web.Response:

@@ -2,7 +2,8 @@
 
 A heartbeat is one in-place ``UPDATE`` of the operation's ``heartbeat_until`` (and
 ``heartbeat_details`` when it brings a checkpoint), never a rewrite of the row nor an event.
-The sweep for missed heartbeats reads a partial index of running operations that heartbeat.
+The sweep for missed heartbeats reads a partial index of running operations that heartbeat,
+on ``heartbeat_check_at``, which a heartbeat leaves alone (migration 0009).
 Steps are rows of ``sg_steps``: the first write of a name wins, with its ``step.completed``
 event in the same transaction.
 """
@@ -29,6 +30,8 @@ from gateway.store import schema as t
 from gateway.store import statements as s
 from gateway.store.errors import translate
 from gateway.store.records import RecordTables
+
+ADVANCE_BATCH = 1000  # check times moved per sweep (the rest at the next one)
 
 
 class JournalTables(RecordTables):
@@ -82,6 +85,10 @@ class JournalTables(RecordTables):
 
     @translate
     async def due_heartbeats(self, now: datetime, limit: int) -> list[Operation]:
+        # first the check times that passed while the agent kept heartbeating: up to the
+        # deadline (see statements.ADVANCE_HEARTBEAT_CHECKS)
+        async with self._tx() as conn:
+            await conn.execute(s.ADVANCE_HEARTBEAT_CHECKS, {"b_now": now, "b_limit": ADVANCE_BATCH})
         async with self.engine.connect() as conn:
             rs = (await conn.execute(s.DUE_HEARTBEATS, {"b_now": now, "b_limit": limit})).all()
         return [rows.OPERATION.load(r) for r in rs]

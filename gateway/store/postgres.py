@@ -24,6 +24,7 @@ from gateway.domain.model import (
     IdempotencyRecord,
     Operation,
     OperationState,
+    StepRecord,
 )
 from gateway.domain.ports import NewOperation
 from gateway.store import rows
@@ -269,3 +270,68 @@ class PostgresStore(SqlStore):
                 owner,
             )
         return int(marked)
+
+    @translate
+    async def record_steps(
+        self, items: Sequence[tuple[StepRecord, Event]]
+    ) -> list[tuple[StepRecord, bool] | None]:
+        """One statement on a lane (see ``sql_postgres.PG_RECORD_STEPS``); a repeat of an
+        (operation, name) within the batch goes in a next statement, after the first."""
+        first: dict[tuple[str, str], int] = {}
+        later: list[int] = []
+        for i, (step, _) in enumerate(items):
+            key = (step.operation_id, step.name)
+            if key in first:
+                later.append(i)
+            else:
+                first[key] = i
+        batch = [items[i] for i in first.values()]
+        out: list[tuple[StepRecord, bool] | None] = [None] * len(items)
+        async with self._driver() as conn:
+            found = await conn.fetch(
+                sql.PG_RECORD_STEPS,
+                [st.operation_id for st, _ in batch],
+                [st.name for st, _ in batch],
+                [json.dumps(st.result) for st, _ in batch],
+                [st.at for st, _ in batch],
+                [st.attempt for st, _ in batch],
+                [e.at for _, e in batch],
+                [e.kind for _, e in batch],
+                [json.dumps(e.data) for _, e in batch],
+            )
+            there: list[int] = []  # running, but the name was recorded before
+            index = list(first.values())
+            for r in found:  # one row per item of an existing operation (n counts from 1)
+                i = index[r["n"] - 1]
+                if r["created"]:
+                    out[i] = (items[i][0], True)
+                elif r["running"]:
+                    there.append(i)
+            if there:
+                rs = await conn.fetch(
+                    sql.PG_SELECT_STEPS,
+                    [items[i][0].operation_id for i in there],
+                    [items[i][0].name for i in there],
+                )
+                recorded = {
+                    (r["operation_id"], r["name"]): StepRecord(
+                        operation_id=r["operation_id"],
+                        name=r["name"],
+                        result=None if r["result"] is None else json.loads(r["result"]),
+                        at=r["at"],
+                        attempt=int(r["attempt"]),
+                    )
+                    for r in rs
+                }
+                for i in there:
+                    was = recorded.get((items[i][0].operation_id, items[i][0].name))
+                    out[i] = None if was is None else (was, False)
+        if later:
+            again = await self.record_steps([items[i] for i in later])
+            for i, res in zip(later, again, strict=True):
+                out[i] = res
+        return out
+
+    @translate
+    async def record_step(self, step: StepRecord, event: Event) -> tuple[StepRecord, bool] | None:
+        return (await self.record_steps([(step, event)]))[0]

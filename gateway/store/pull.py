@@ -57,7 +57,7 @@ def _claim_statement(n_ops: int) -> Any:
     return (
         update(_o)
         .where(_o.c.id.in_(due.scalar_subquery()))
-        .values(agent_token=bindparam("b_token"), heartbeat_until=until)
+        .values(agent_token=bindparam("b_token"), heartbeat_until=until, heartbeat_check_at=until)
         .returning(*_o.c)
     )
 

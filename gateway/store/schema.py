@@ -104,7 +104,11 @@ operations = Table(
     Column("handler_headers", Json, nullable=False, server_default=text("'{}'")),
     Column("heartbeat_until", UTCDateTime),  # migration 0007 (heartbeats)
     Column("heartbeat_details", Json),
+    # migration 0009: where the missed-heartbeat sweep looks (never after heartbeat_until)
+    Column("heartbeat_check_at", UTCDateTime),
 )
+# written by the statements that need them, not by a start (not fields of Operation)
+OPERATION_NOT_AT_START = ("prev_lease_owner", "heartbeat_check_at")
 
 events = Table(
     "sg_events",

@@ -55,7 +55,7 @@ class SqliteRow:
         )
 
 
-SQ_OP = SqliteRow(_o, [c.name for c in _o.c if c.name != "prev_lease_owner"])
+SQ_OP = SqliteRow(_o, [c.name for c in _o.c if c.name not in t.OPERATION_NOT_AT_START])
 SQ_IDEM = SqliteRow(_i, [c.name for c in _i.c])
 SQ_CB = SqliteRow(_cb_t, [c.name for c in _cb_t.c])
 SQ_EVENT = SqliteRow(_e, ("operation_id", "at", "kind", "data"))
@@ -112,10 +112,55 @@ def callbacks_delivered(n: int) -> str:
 
 
 # One heartbeat on the aiosqlite connection (a batch runs it once per beat in one commit):
-# the heartbeat columns only, in place, answering state, attempt and the cancel request.
+# the heartbeat columns only, in place, answering state, attempt and the cancel request
+# (?1 deadline, ?2 has details, ?3 details, ?4 id, ?5 attempt). The sweep's check time only
+# moves back, when a shorter timeout brings the deadline before it (migration 0009).
 HEARTBEAT = f"""
     UPDATE {_o.name}
-    SET heartbeat_until = CASE WHEN heartbeat_until IS NULL THEN NULL ELSE ? END,
-        heartbeat_details = CASE WHEN ? THEN ? ELSE heartbeat_details END
-    WHERE id = ? AND state = '{OperationState.RUNNING.value}' AND (? IS NULL OR attempts = ?)
+    SET heartbeat_until = CASE WHEN heartbeat_until IS NULL THEN NULL ELSE ?1 END,
+        heartbeat_check_at = CASE WHEN ?1 < heartbeat_check_at THEN ?1
+                                  ELSE heartbeat_check_at END,
+        heartbeat_details = CASE WHEN ?2 THEN ?3 ELSE heartbeat_details END
+    WHERE id = ?4 AND state = '{OperationState.RUNNING.value}' AND (?5 IS NULL OR attempts = ?5)
     RETURNING state, attempts, cancel_requested_at"""
+
+
+# Step records (a group-committed batch, issue 17 item 4), on the aiosqlite connection in one
+# commit: which of the batch's operations run, then every new step in one multi-row insert
+# (first write wins) and the events of those it inserted.
+SQ_STEP = SqliteRow(t.steps, [c.name for c in t.steps.c])
+
+
+@functools.lru_cache(maxsize=256)
+def running_of(n: int) -> str:
+    return (
+        f"SELECT id FROM {_o.name} WHERE state = '{OperationState.RUNNING.value}'"
+        f" AND id IN ({', '.join('?' * n)})"
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def insert_steps(n: int) -> str:
+    return (
+        SQ_STEP.insert.replace(f" VALUES {SQ_STEP.row}", " VALUES " + ", ".join([SQ_STEP.row] * n))
+        + " ON CONFLICT (operation_id, name) DO NOTHING RETURNING operation_id, name"
+    )
+
+
+# A batch of heartbeats in one statement (one per operation: the caller runs repeats of an
+# operation with HEARTBEAT afterwards, in the same commit): the same columns as HEARTBEAT.
+@functools.lru_cache(maxsize=256)
+def heartbeat_many(n: int) -> str:
+    rows = ", ".join(["(?, ?, ?, ?, ?)"] * n)
+    return f"""
+    WITH v(id, until, has_details, details, attempt) AS (VALUES {rows})
+    UPDATE {_o.name}
+    SET heartbeat_until = CASE WHEN {_o.name}.heartbeat_until IS NULL THEN NULL ELSE v.until END,
+        heartbeat_check_at = CASE WHEN v.until < {_o.name}.heartbeat_check_at THEN v.until
+                                  ELSE {_o.name}.heartbeat_check_at END,
+        heartbeat_details = CASE WHEN v.has_details THEN v.details
+                                 ELSE {_o.name}.heartbeat_details END
+    FROM v
+    WHERE {_o.name}.id = v.id AND {_o.name}.state = '{OperationState.RUNNING.value}'
+      AND (v.attempt IS NULL OR {_o.name}.attempts = v.attempt)
+    RETURNING {_o.name}.id, {_o.name}.state, {_o.name}.attempts, {_o.name}.cancel_requested_at"""

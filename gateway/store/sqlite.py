@@ -19,7 +19,14 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool
 
-from gateway.domain.model import Completion, Event, Heartbeat, HeartbeatAck, OperationState
+from gateway.domain.model import (
+    Completion,
+    Event,
+    Heartbeat,
+    HeartbeatAck,
+    OperationState,
+    StepRecord,
+)
 from gateway.domain.ports import NewOperation
 from gateway.store import rows
 from gateway.store import sql_sqlite as sql
@@ -157,10 +164,33 @@ class SqliteStore(SqlStore):
 
     @translate
     async def heartbeat_many(self, beats: Sequence[Heartbeat]) -> list[HeartbeatAck | None]:
-        """Every beat of the batch in one commit on the aiosqlite connection."""
-        out: list[HeartbeatAck | None] = []
+        """Every beat of the batch in one commit on the aiosqlite connection: the first beat of
+        each operation in one statement (``sql_sqlite.heartbeat_many``), repeats one by one
+        after it."""
+        first: dict[str, int] = {}
+        for i, b in enumerate(beats):
+            first.setdefault(b.operation_id, i)
+        out: list[HeartbeatAck | None] = [None] * len(beats)
         async with self._sqlite_tx() as db:
-            for b in beats:
+            flat: list[Any] = []
+            for i in first.values():
+                b = beats[i]
+                flat += (
+                    b.operation_id,
+                    sql.SQ_TS(b.until),
+                    b.has_details,
+                    sql.SQ_JSON(b.details) if b.has_details else None,
+                    b.attempt,
+                )
+            for row in await db.execute_fetchall(sql.heartbeat_many(len(first)), flat):
+                out[first[row[0]]] = HeartbeatAck(
+                    state=OperationState(row[1]),
+                    attempt=int(row[2]),
+                    cancel_requested=row[3] is not None,
+                )
+            for i, b in enumerate(beats):
+                if first[b.operation_id] == i:
+                    continue
                 found = await db.execute_fetchall(
                     sql.HEARTBEAT,
                     (
@@ -169,11 +199,10 @@ class SqliteStore(SqlStore):
                         sql.SQ_JSON(b.details) if b.has_details else None,
                         b.operation_id,
                         b.attempt,
-                        b.attempt,
                     ),
                 )
                 row = found[0] if found else None
-                out.append(
+                out[i] = (
                     None
                     if row is None
                     else HeartbeatAck(
@@ -202,3 +231,52 @@ class SqliteStore(SqlStore):
                     [(e.operation_id, sql.SQ_TS(e.at), e.kind, sql.SQ_JSON(e.data)) for e in done],
                 )
         return len(done)
+
+    @translate
+    async def record_steps(
+        self, items: Sequence[tuple[StepRecord, Event]]
+    ) -> list[tuple[StepRecord, bool] | None]:
+        """The batch in one commit on the aiosqlite connection (see ``sql_sqlite.insert_steps``);
+        steps that were already recorded are read afterwards."""
+        out: list[tuple[StepRecord, bool] | None] = [None] * len(items)
+        first: dict[tuple[str, str], int] = {}
+        for i, (step, _) in enumerate(items):
+            first.setdefault((step.operation_id, step.name), i)
+        ids = list({step.operation_id for step, _ in items})
+        async with self._sqlite_tx() as db:
+            running = {r[0] for r in await db.execute_fetchall(sql.running_of(len(ids)), ids)}
+            new = [i for i in first.values() if items[i][0].operation_id in running]
+            created: set[tuple[str, str]] = set()
+            if new:
+                flat = [v for i in new for v in sql.SQ_STEP.args(rows.STEP.values(items[i][0]))]
+                found = await db.execute_fetchall(sql.insert_steps(len(new)), flat)
+                created = {(r[0], r[1]) for r in found}
+            if created:
+                await db.executemany(
+                    sql.SQ_EVENT.insert,
+                    [
+                        (e.operation_id, sql.SQ_TS(e.at), e.kind, sql.SQ_JSON(e.data))
+                        for st, e in (items[i] for i in new)
+                        if (st.operation_id, st.name) in created
+                    ],
+                )
+        there: dict[tuple[str, str], StepRecord | None] = {}
+        for i, (step, _) in enumerate(items):
+            key = (step.operation_id, step.name)
+            if step.operation_id not in running:
+                continue
+            if key in created:
+                out[i] = (step, True) if first[key] == i else (items[first[key]][0], False)
+                continue
+            if key not in there:  # recorded before this batch: read it (after the commit)
+                there[key] = next(
+                    (s for s in await self.list_steps(step.operation_id) if s.name == step.name),
+                    None,
+                )
+            recorded = there[key]
+            out[i] = None if recorded is None else (recorded, False)
+        return out
+
+    @translate
+    async def record_step(self, step: StepRecord, event: Event) -> tuple[StepRecord, bool] | None:
+        return (await self.record_steps([(step, event)]))[0]

@@ -135,6 +135,7 @@ def _update_running_statement(fenced: bool) -> Any:
             agent_token=func.coalesce(bindparam("b_token", type_=Text()), _o.c.agent_token),
             attempts=_o.c.attempts - bindparam("b_refund", type_=Integer()),
             heartbeat_until=bindparam("b_hb_until", type_=_TS),
+            heartbeat_check_at=bindparam("b_hb_until", type_=_TS),  # migration 0009
         )
     )
 
@@ -335,23 +336,56 @@ _hb_live = and_(
         _o.c.attempts == bindparam("b_attempt", type_=Integer()),
     ),
 )
+# The sweep finds missed heartbeats through ``heartbeat_check_at`` (migration 0009), never
+# later than ``heartbeat_until``, indexed, and left alone by a heartbeat unless a shorter
+# timeout brings the deadline before it: a heartbeat changes no indexed column, so PostgreSQL
+# updates the row in place (HOT). The sweep moves a passed check time up to the deadline
+# (ADVANCE_HEARTBEAT_CHECKS: once per timeout per operation) and fails the attempts whose
+# deadline passed (DUE_HEARTBEATS, EXPIRE_HEARTBEAT).
 _hb_until = case((_o.c.heartbeat_until.is_(None), None), else_=bindparam("b_until", type_=_TS))
+_hb_check = case(
+    (bindparam("b_until", type_=_TS) < _o.c.heartbeat_check_at, bindparam("b_until", type_=_TS)),
+    else_=_o.c.heartbeat_check_at,
+)
 _hb_ack = (_o.c.state, _o.c.attempts, _o.c.cancel_requested_at)
 HEARTBEAT = {
     True: update(_o)
     .where(_hb_live)
     .values(
         heartbeat_until=_hb_until,
+        heartbeat_check_at=_hb_check,
         heartbeat_details=bindparam("b_details", type_=t.Json),
     )
     .returning(*_hb_ack),
-    False: update(_o).where(_hb_live).values(heartbeat_until=_hb_until).returning(*_hb_ack),
+    False: update(_o)
+    .where(_hb_live)
+    .values(heartbeat_until=_hb_until, heartbeat_check_at=_hb_check)
+    .returning(*_hb_ack),
 }
-DUE_HEARTBEATS = (  # served by the partial index ix_sg_operations_heartbeat
+_hb_checked = and_(
+    _o.c.state == _RUNNING,
+    _o.c.heartbeat_check_at.is_not(None),
+    _o.c.heartbeat_check_at <= bindparam("b_now", type_=_TS),
+)
+ADVANCE_HEARTBEAT_CHECKS = (  # the rows a heartbeat holds are skipped: the next sweep has them
+    update(_o)
+    .where(
+        _o.c.id.in_(
+            select(_o.c.id)
+            .where(_hb_checked, _o.c.heartbeat_until > bindparam("b_now", type_=_TS))
+            .order_by(_o.c.id)
+            .limit(bindparam("b_limit", type_=Integer()))
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        ),
+        _o.c.heartbeat_until > bindparam("b_now", type_=_TS),
+    )
+    .values(heartbeat_check_at=_o.c.heartbeat_until)
+)
+DUE_HEARTBEATS = (  # served by the partial index ix_sg_operations_heartbeat_check
     select(_o)
     .where(
-        _o.c.state == _RUNNING,
-        _o.c.heartbeat_until.is_not(None),
+        _hb_checked,
         _o.c.heartbeat_until <= bindparam("b_now", type_=_TS),
         _o.c.work.is_(None),  # a cancel owed first is not starved out by the limit
     )
@@ -371,6 +405,7 @@ EXPIRE_HEARTBEAT = (  # compare-and-set: still that attempt, still overdue, noth
         work=Work.DISPATCH.value,
         next_attempt_at=bindparam("b_next", type_=_TS),
         heartbeat_until=None,
+        heartbeat_check_at=None,
         agent_token=None,
         last_error=bindparam("b_error", type_=Text()),
         lease_owner=None,
@@ -398,7 +433,7 @@ PARK_FOR_INPUT = (  # no heartbeat is owed while the operation waits for its cal
         _o.c.state == OperationState.RUNNING.value,
         _o.c.attempts == bindparam("b_attempt", type_=Integer()),
     )
-    .values(heartbeat_until=None)
+    .values(heartbeat_until=None, heartbeat_check_at=None)
 )
 RESUME_WITH_INPUT = (  # dispatch again, unless other work (a cancel) is owed
     update(_o)
@@ -411,6 +446,7 @@ RESUME_WITH_INPUT = (  # dispatch again, unless other work (a cancel) is owed
         work=Work.DISPATCH.value,
         next_attempt_at=bindparam("b_now", type_=_TS),
         heartbeat_until=None,
+        heartbeat_check_at=None,
         lease_owner=None,
         lease_until=None,
     )

@@ -234,6 +234,17 @@ async def test_bad_heartbeats_and_steps_get_a_problem_and_change_nothing(db_url:
             hb, headers={**ok, "Content-Type": "application/json"}, data=raw
         ) as r:
             assert r.status == 400 and r.content_type == "application/problem+json"
+
+        async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: counted as it comes
+            yield b'{"details": "'
+            for _ in range(70):
+                yield b"x" * 1024
+            yield b'"}'
+
+        async with gw.http.post(
+            hb, headers={**ok, "Content-Type": "application/json"}, data=chunks()
+        ) as r:
+            assert r.status == 400 and r.content_type == "application/problem+json"
         # an unknown operation (its own valid token: tokens are per operation id)
         other = gw.gw.engine.completion_token("no-such-op")
         unknown = hb.replace(op_id, "no-such-op")

@@ -221,3 +221,31 @@ async def test_an_overdue_heartbeat_with_a_cancel_owed_is_not_due(port_store: St
     assert op is not None
     assert await port_store.request_cancel(op_id, at(4), ev(op, "cancel.requested", 4))
     assert await port_store.due_heartbeats(at(10), 10) == []
+
+
+async def test_an_operation_that_keeps_heartbeating_is_never_due_and_one_that_stops_is(
+    port_store: Store,
+) -> None:
+    # (the sweep's check time, first the accepted deadline, passes while the beats go on)
+    op_id = await accepted(port_store, hb_until=10)
+    for t in (8, 15, 22):
+        assert await port_store.heartbeat(op_id, 1, at(t + 10), has_details=False)
+        assert await port_store.due_heartbeats(at(t + 4), 10) == []
+    assert await port_store.due_heartbeats(at(31), 10) == []
+    assert [o.id for o in await port_store.due_heartbeats(at(32), 10)] == [op_id]
+
+
+async def test_a_shorter_heartbeat_timeout_is_swept_at_its_own_deadline(
+    port_store: Store,
+) -> None:
+    # accepted under a long timeout, then the agent was registered again with a short one
+    op_id = await accepted(port_store, hb_until=3600)
+    op = await port_store.get_operation(op_id)
+    assert op is not None
+    assert await port_store.heartbeat(op_id, 1, at(20), has_details=False)
+    assert await port_store.due_heartbeats(at(19), 10) == []
+    assert [o.id for o in await port_store.due_heartbeats(at(21), 10)] == [op_id]
+    assert await port_store.expire_heartbeat(
+        op_id, 1, at(21), next_attempt_at=at(22), last_error="hb", event=ev(op, "x", 21)
+    )
+    assert await port_store.due_heartbeats(at(5000), 10) == []
