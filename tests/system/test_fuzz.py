@@ -36,7 +36,7 @@ from tests.helpers import make_test_agent
 # the whole run (53 operations since the A2A HTTP+JSON binding); operations still waiting
 # when it is spent are skipped
 TOTAL_BUDGET_S = 100.0
-EXAMPLES = {GenerationMode.POSITIVE: 20, GenerationMode.NEGATIVE: 12}
+EXAMPLES = {GenerationMode.POSITIVE: 14, GenerationMode.NEGATIVE: 9}  # suite under 10 min
 REQUEST_TIMEOUT_S = 10.0
 AGENT = "worker"  # registered, so starts against it reach a real agent
 # No 5xx, and every answer is one the spec documents (status, content type, body, headers).
