@@ -52,7 +52,15 @@ from adapters.transport import HttpTransport
 from bench import db as dbmod
 from bench.load import Hook, OpFn, RunResult, Sample, Window, closed_loop
 from bench.procs import ROOT, free_port, gateway_process
-from bench.stats import CpuMeter, cpu_seconds, jsonable, median_of, process_tree, summarize
+from bench.stats import (
+    CpuMeter,
+    cpu_seconds,
+    jsonable,
+    median_of,
+    pg_pids,
+    process_tree,
+    summarize,
+)
 from gateway.domain.dispatch import (
     HEADER_ATTEMPT,
     HEADER_HEARTBEAT_URL,
@@ -68,45 +76,6 @@ PG_ADMIN = os.environ.get(
 )
 DETAILS = {"cursor": "x" * 64, "done": [1, 2, 3]}
 RESULT = {"rows": ["y" * 32, "z" * 32], "n": 2}
-
-
-_PG_SHARED = (
-    "checkpointer",
-    "background writer",
-    "walwriter",
-    "autovacuum launcher",
-    "logical replication launcher",
-    "archiver",
-    "stats collector",
-)
-
-
-def pg_pids(dbname: str) -> tuple[list[int], list[int]]:
-    """PostgreSQL processes on this machine, by their titles: (the backends and autovacuum
-    workers of ``dbname``, the server's shared processes). Other databases' backends (other
-    users of the same server) are in neither."""
-    own: list[int] = []
-    shared: list[int] = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/comm") as f:
-                if f.read().strip() != "postgres":
-                    continue
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                title = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
-        except OSError:
-            continue
-        if not title.startswith("postgres:"):
-            shared.append(int(entry))  # the postmaster
-            continue
-        rest = title.split(": ", 2)[-1]  # after "postgres: 15/main: "
-        if rest.startswith(_PG_SHARED):
-            shared.append(int(entry))
-        elif f" {dbname} " in f" {rest} ":
-            own.append(int(entry))
-    return own, shared
 
 
 class PgCpu:

@@ -100,47 +100,74 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / _CLK_TCK
 
 
-def _pg_backend_database(pid: str) -> str | None:
-    """The database of a PostgreSQL client backend from its process title
-    (``postgres: USER DB HOST(PORT) STATE``); None for the server and its background
-    processes (``postgres: 15/main: walwriter``), which every database shares."""
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            parts = f.read().replace(b"\0", b" ").decode(errors="replace").split()
-    except OSError:
-        return None
-    if len(parts) >= 3 and parts[0] == "postgres:" and not parts[1].endswith(":"):
-        return parts[2]
-    return None
+_PG_SHARED = (
+    "checkpointer",
+    "background writer",
+    "walwriter",
+    "autovacuum launcher",
+    "logical replication launcher",
+    "archiver",
+    "stats collector",
+)
+
+
+def pg_pids(dbname: str) -> tuple[list[int], list[int]]:
+    """PostgreSQL processes on this machine, by their titles: (the backends and autovacuum
+    workers of ``dbname``, the server's shared processes). Other databases' backends (other
+    users of the same server) are in neither."""
+    own: list[int] = []
+    shared: list[int] = []
+    for pid in _postgres_pids():
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                title = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            continue
+        if not title.startswith("postgres:"):
+            shared.append(pid)  # the postmaster
+            continue
+        rest = title.split(": ", 2)[-1]  # after "postgres: 15/main: "
+        if rest.startswith(_PG_SHARED):
+            shared.append(pid)
+        elif f" {dbname} " in f" {rest} ":
+            own.append(pid)
+    return own, shared
 
 
 def postgres_cpu_by_pid(database: str | None = None) -> dict[int, float]:
-    """CPU seconds of each process named ``postgres`` on this machine: the server, its
-    background processes and, with ``database``, only the backends connected to that database
-    (other work on a shared server, such as a test suite, is left out; it still shares the WAL
+    """CPU seconds of each process named ``postgres`` on this machine: every one, or with
+    ``database`` the server, its shared processes and that database's backends only (other
+    work on a shared server, such as a test suite, is left out; it still shares the WAL
     writer and checkpointer)."""
+    if database is None:
+        pids = _postgres_pids()
+    else:
+        own, shared = pg_pids(database)
+        pids = own + shared
     out: dict[int, float] = {}
+    for pid in pids:
+        secs = cpu_seconds(pid)
+        if secs is not None:
+            out[pid] = secs
+    return out
+
+
+def _postgres_pids() -> list[int]:
+    pids: list[int] = []
     try:
         entries = os.listdir("/proc")
     except OSError:
-        return out
+        return pids
     for entry in entries:
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/comm") as f:
-                if f.read().strip() != "postgres":
-                    continue
+                if f.read().strip() == "postgres":
+                    pids.append(int(entry))
         except OSError:
             continue
-        if database is not None:
-            db = _pg_backend_database(entry)
-            if db is not None and db != database:
-                continue
-        secs = cpu_seconds(int(entry))
-        if secs is not None:
-            out[int(entry)] = secs
-    return out
+    return pids
 
 
 def postgres_cpu_seconds(database: str | None = None) -> float | None:
