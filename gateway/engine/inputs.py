@@ -27,14 +27,14 @@ header, so no Nexus receiver can take it for a completion.
 from __future__ import annotations
 
 import json
-import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from gateway.domain.errors import HandlerError, HandlerErrorType
 from gateway.domain.model import INPUT_REQUESTED, CallbackDelivery, Event, Operation, StepRecord
 from gateway.engine.core import EngineCore
+from gateway.engine.outbox import new_delivery
 from gateway.engine.wire import rfc3339_ms
 from gateway.security.schemas import schema_problems
 from registry.service import schema_errors
@@ -98,17 +98,7 @@ def input_callback(
     )
     if op.traceparent:
         headers["traceparent"] = op.traceparent
-    return CallbackDelivery(
-        id=f"msg_{uuid.uuid4().hex}",
-        operation_id=op.id,
-        caller=op.caller,
-        url=op.callback_url,
-        headers=headers,
-        body=json.dumps(body).encode(),
-        created_at=now,
-        expires_at=now + timedelta(seconds=core.config.callback_ttl_s),
-        next_attempt_at=now,
-    )
+    return new_delivery(core, op, op.callback_url, headers, json.dumps(body).encode(), now)
 
 
 async def record_question(

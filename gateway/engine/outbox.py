@@ -29,6 +29,24 @@ from gateway.engine.wire import http_date, rfc3339_ms
 log = logging.getLogger("swarmgate.engine")
 
 
+def new_delivery(
+    core: EngineCore, op: Operation, url: str, headers: dict[str, str], body: bytes, now: datetime
+) -> CallbackDelivery:
+    """A new outbox row: this message for the operation's callback ``url``, due now, kept until
+    the callback TTL runs out (completions and input requests alike)."""
+    return CallbackDelivery(
+        id=f"msg_{uuid.uuid4().hex}",
+        operation_id=op.id,
+        caller=op.caller,
+        url=url,
+        headers=headers,
+        body=body,
+        created_at=now,
+        expires_at=now + timedelta(seconds=core.config.callback_ttl_s),
+        next_attempt_at=now,
+    )
+
+
 class Outbox:
     def __init__(self, core: EngineCore) -> None:
         self._core = core
@@ -85,17 +103,7 @@ class Outbox:
         else:
             body = json.dumps(fail or {}).encode()
             headers["Content-Type"] = "application/json"
-        return CallbackDelivery(
-            id=f"msg_{uuid.uuid4().hex}",
-            operation_id=op.id,
-            caller=op.caller,
-            url=op.callback_url,
-            headers=headers,
-            body=body,
-            created_at=now,
-            expires_at=now + timedelta(seconds=self._core.config.callback_ttl_s),
-            next_attempt_at=now,
-        )
+        return new_delivery(self._core, op, op.callback_url, headers, body, now)
 
     async def claim_and_deliver(self) -> int:
         core = self._core
