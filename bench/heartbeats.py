@@ -58,7 +58,6 @@ from bench.stats import (
     jsonable,
     median_of,
     pg_pids,
-    process_tree,
     summarize,
 )
 from gateway.domain.dispatch import (
@@ -259,7 +258,7 @@ async def _run_once(
     gw_pid: int,
     pg_db: str | None,
 ) -> dict[str, Any]:
-    cpu = CpuMeter({"gateway": process_tree(gw_pid), "harness": os.getpid()})
+    cpu = CpuMeter({"gateway": gw_pid, "harness": os.getpid()})
     pg = PgCpu(pg_db)
     pct: dict[str, float] = {}
     marks: dict[str, float] = {}

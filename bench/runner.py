@@ -37,7 +37,6 @@ from bench.stats import (
     cpu_us_per_op,
     median_of,
     median_summary,
-    process_tree,
     tree_rss_kb,
 )
 from gateway.security.netguard import OutboundPolicy
@@ -171,12 +170,12 @@ async def run_scenario(
 ) -> dict[str, Any]:
     o = env.opts
     run_id = f"{env.run_id}-{target}-{scenario}-{mode}-{rep}"
-    pids: dict[str, int | list[int]] = {
-        "gateway": process_tree(gw.pid),  # with SWARMGATE_WORKERS: the workers too
+    roots = {
+        "gateway": gw.pid,  # with SWARMGATE_WORKERS: the supervisor and its workers
         "agent": env.agent.pid,
         "harness": os.getpid(),
     }
-    cpu = CpuMeter(pids, postgres=target == "postgresql", pg_database=pg_database)
+    cpu = CpuMeter(roots, postgres=target == "postgresql", pg_database=pg_database)
     limit = o.concurrency if mode == "closed" else o.max_outstanding
     rss_start = tree_rss_kb(gw.pid)
     received_before, unexpected_before = env.receiver.received, env.receiver.unexpected
@@ -235,6 +234,8 @@ async def run_scenario(
     summary = result.summary()
     summary["cpu_pct"] = cpu_pct
     summary["cpu_us_per_op"] = cpu_us_per_op(cpu_pct, float(summary["throughput_per_s"]))
+    # processes that ended while measured (a gateway worker that crashed and was started again)
+    summary["processes_lost"] = {name: len(pids) for name, pids in cpu.lost.items()}
     summary["gateway_rss_kb"] = {"start": rss_start, "end": rss_end}
     if rss is not None:
         summary["gateway_rss"] = rss.summary(o.warmup_s)
@@ -273,9 +274,15 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "callbacks",
             "drain_s",
             "waited_for_slot",
+            "processes_lost",
         )
     }
     out["repeats"] = len(runs)
+    lost: dict[str, int] = {}
+    for r in runs:
+        for k, v in r.get("processes_lost", {}).items():
+            lost[k] = lost.get(k, 0) + int(v)
+    out["processes_lost"] = lost
     out["throughput_per_s"] = round(median_of([r["throughput_per_s"] for r in runs]), 1)
     out["throughput_per_s_repeats"] = [r["throughput_per_s"] for r in runs]
     out["ok"] = sum(int(r["ok"]) for r in runs)

@@ -176,9 +176,9 @@ def postgres_cpu_seconds(database: str | None = None) -> float | None:
     return sum(found.values()) if found else None
 
 
-def pg_cpu_delta(before: dict[int, float], after: dict[int, float]) -> float:
-    """PostgreSQL CPU seconds spent between two readings: per process, so a backend that exits
-    in between takes away only what it did after the first reading (lost), never what it did
+def cpu_delta(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU seconds spent between two per-process readings: per process, so one that exits in
+    between takes away only what it did after the first reading (lost), never what it did
     before (which would make the sum negative); one that started counts whole."""
     return sum(secs - before.get(pid, 0.0) for pid, secs in after.items())
 
@@ -196,26 +196,35 @@ def system_busy() -> tuple[float, float] | None:
 
 class CpuMeter:
     """CPU use of a few processes over an interval, as percent of one core; ``postgres`` is
-    all PostgreSQL processes together, ``system`` the whole machine (100 = all cores busy)."""
+    all PostgreSQL processes together, ``system`` the whole machine (100 = all cores busy).
+
+    Each name is a process tree (its root pid), read anew at the start and at the stop and
+    counted per process, so a worker that a supervisor starts again in between counts with
+    its new pid; the pids gone at the stop are in :attr:`lost` (a restarted worker shows
+    there instead of as negative CPU)."""
 
     def __init__(
         self,
-        pids: dict[str, int | list[int]],
+        roots: dict[str, int],
         *,
         postgres: bool = False,
         pg_database: str | None = None,
     ) -> None:
-        self.pids = pids
+        self.roots = roots
         self.postgres = postgres
         self.pg_database = pg_database
-        self._start: dict[str, float | None] = {}
+        self.lost: dict[str, list[int]] = {}
+        self._start: dict[str, dict[int, float]] = {}
         self._pg_start: dict[int, float] = {}
         self._sys: tuple[float, float] | None = None
         self._t0 = 0.0
 
+    def _read(self) -> dict[str, dict[int, float]]:
+        return {name: tree_cpu_by_pid(root) for name, root in self.roots.items()}
+
     def start(self, now: float) -> None:
         self._t0 = now
-        self._start = {name: _cpu(pids) for name, pids in self.pids.items()}
+        self._start = self._read()
         if self.postgres:
             self._pg_start = postgres_cpu_by_pid(self.pg_database)
         self._sys = system_busy()
@@ -223,15 +232,19 @@ class CpuMeter:
     def stop(self, now: float) -> dict[str, float]:
         wall = max(1e-9, now - self._t0)
         out: dict[str, float] = {}
-        after_all = {name: _cpu(pids) for name, pids in self.pids.items()}
+        after_all = self._read()
         if self.postgres:
             pg_after = postgres_cpu_by_pid(self.pg_database)
             if pg_after:
-                out["postgres"] = round(100.0 * pg_cpu_delta(self._pg_start, pg_after) / wall, 1)
+                out["postgres"] = round(100.0 * cpu_delta(self._pg_start, pg_after) / wall, 1)
+        self.lost = {}
         for name, after in after_all.items():
-            before = self._start.get(name)
-            if before is not None and after is not None:
-                out[name] = round(100.0 * (after - before) / wall, 1)
+            before = self._start.get(name, {})
+            gone = sorted(set(before) - set(after))
+            if gone:
+                self.lost[name] = gone
+            if after:
+                out[name] = round(100.0 * cpu_delta(before, after) / wall, 1)
         sys_now = system_busy()
         if self._sys is not None and sys_now is not None and sys_now[1] > self._sys[1]:
             busy = (sys_now[0] - self._sys[0]) / (sys_now[1] - self._sys[1])
@@ -239,10 +252,14 @@ class CpuMeter:
         return out
 
 
-def _cpu(pids: int | list[int]) -> float | None:
-    secs = [cpu_seconds(p) for p in ([pids] if isinstance(pids, int) else pids)]
-    known = [s for s in secs if s is not None]
-    return sum(known) if known else None
+def tree_cpu_by_pid(root: int) -> dict[int, float]:
+    """CPU seconds of ``root`` and each of its descendants, by pid (the ones readable now)."""
+    out: dict[int, float] = {}
+    for pid in process_tree(root):
+        secs = cpu_seconds(pid)
+        if secs is not None:
+            out[pid] = secs
+    return out
 
 
 def jsonable(value: Any) -> Any:

@@ -103,6 +103,8 @@ def test_bench_runs_several_workers_with_jwt_checks_on_postgresql(
         "hs256",
         "--op-timeout",
         "5",
+        "--workdir",
+        str(tmp_path / "work"),
         timeout_s=90,
     )
     opts = result["meta"]["options"]
@@ -110,6 +112,9 @@ def test_bench_runs_several_workers_with_jwt_checks_on_postgresql(
     (target,) = result["targets"]
     run = target["scenarios"]["lifecycle"]["closed"]
     assert run["ok"] > 0 and run["errors"] == 0  # every start carried an accepted token
+    # no worker ended (and was started again) while measured; if one did, its log says why
+    log = (tmp_path / "work" / f"gateway-{target['name']}.log").read_text()[-4000:]
+    assert run["processes_lost"] == {}, log
     # the gateway's CPU is its workers' (the supervisor itself only waits)
     assert run["cpu_pct"]["gateway"] > 10, run["cpu_pct"]
     # the supervisor's and both workers' memory (one gateway process alone is ~90 MB)

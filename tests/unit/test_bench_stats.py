@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from bench.stats import RssSampler, slope_per_min
+import os
+import subprocess
+import sys
+import time
+
+from bench.stats import CpuMeter, RssSampler, slope_per_min
 
 
 def test_slope_is_in_units_per_minute() -> None:
@@ -19,3 +24,39 @@ def test_the_rss_summary_skips_warm_up_and_fits_the_second_half() -> None:
     assert (out["start_kb"], out["end_kb"], out["max_kb"]) == (102400, 102400, 104448)
     assert out["slope_mb_per_min_second_half"] == 0.0
     assert out["series"][0] == [0.0, 0]  # the series keeps everything, warm-up included
+
+
+def _burn_then_wait(seconds: float) -> subprocess.Popen[bytes]:
+    """A child that spends ``seconds`` of CPU, then sleeps until killed."""
+    code = f"import time\nt=time.process_time()\nwhile time.process_time()-t<{seconds}: pass\n"
+    code += "print('burnt', flush=True)\ntime.sleep(60)"
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+
+
+def test_a_process_that_ends_while_measured_is_lost_not_negative_cpu() -> None:
+    # the tree of this test's process holds a child that has burnt 0.3 s of CPU; it is killed
+    # between start and stop, as a crashed worker is: the CPU is never negative and it is lost
+    child = _burn_then_wait(0.3)
+    assert child.stdout is not None and child.stdout.readline() == b"burnt\n"
+    meter = CpuMeter({"tree": os.getpid()})
+    meter.start(time.perf_counter())
+    child.kill()
+    child.wait()
+    out = meter.stop(time.perf_counter() + 0.1)
+    assert out["tree"] >= 0.0
+    assert meter.lost == {"tree": [child.pid]}
+
+
+def test_a_process_that_starts_while_measured_counts_whole() -> None:
+    meter = CpuMeter({"tree": os.getpid()})
+    t0 = time.perf_counter()
+    meter.start(t0)
+    child = _burn_then_wait(0.3)
+    try:
+        assert child.stdout is not None and child.stdout.readline() == b"burnt\n"
+        out = meter.stop(t0 + 1.0)  # as if one second: percent = CPU seconds x 100
+        assert out["tree"] >= 30.0
+        assert meter.lost == {}
+    finally:
+        child.kill()
+        child.wait()
