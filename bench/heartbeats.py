@@ -54,6 +54,7 @@ from bench.load import Hook, OpFn, RunResult, Sample, Window, closed_loop
 from bench.procs import ROOT, free_port, gateway_process
 from bench.stats import (
     CpuMeter,
+    ProcessTree,
     cpu_seconds,
     jsonable,
     median_of,
@@ -258,7 +259,7 @@ async def _run_once(
     gw_pid: int,
     pg_db: str | None,
 ) -> dict[str, Any]:
-    cpu = CpuMeter({"gateway": gw_pid, "harness": os.getpid()})
+    cpu = CpuMeter({"gateway": ProcessTree(gw_pid), "harness": os.getpid()})
     pg = PgCpu(pg_db)
     pct: dict[str, float] = {}
     marks: dict[str, float] = {}

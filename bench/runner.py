@@ -33,6 +33,7 @@ from bench.scenarios import Receiver, baseline_op, lifecycle_op, start_op
 from bench.sideload import Callers, SideLoad
 from bench.stats import (
     CpuMeter,
+    ProcessTree,
     RssSampler,
     cpu_us_per_op,
     median_of,
@@ -170,8 +171,8 @@ async def run_scenario(
 ) -> dict[str, Any]:
     o = env.opts
     run_id = f"{env.run_id}-{target}-{scenario}-{mode}-{rep}"
-    roots = {
-        "gateway": gw.pid,  # with SWARMGATE_WORKERS: the supervisor and its workers
+    roots: dict[str, int | ProcessTree] = {
+        "gateway": ProcessTree(gw.pid),  # with SWARMGATE_WORKERS: the supervisor and workers
         "agent": env.agent.pid,
         "harness": os.getpid(),
     }

@@ -8,6 +8,7 @@ import os
 import statistics
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 PERCENTILES = (50.0, 90.0, 95.0, 99.0, 99.9)
@@ -194,18 +195,25 @@ def system_busy() -> tuple[float, float] | None:
     return float(sum(parts) - idle), float(sum(parts))
 
 
+@dataclass(frozen=True)
+class ProcessTree:
+    """A process and its descendants, as read at each reading (see :class:`CpuMeter`)."""
+
+    root: int
+
+
 class CpuMeter:
     """CPU use of a few processes over an interval, as percent of one core; ``postgres`` is
     all PostgreSQL processes together, ``system`` the whole machine (100 = all cores busy).
 
-    Each name is a process tree (its root pid), read anew at the start and at the stop and
-    counted per process, so a worker that a supervisor starts again in between counts with
-    its new pid; the pids gone at the stop are in :attr:`lost` (a restarted worker shows
-    there instead of as negative CPU)."""
+    Each name is one process (a pid) or a :class:`ProcessTree`, read anew at the start and
+    at the stop; either is counted per process, so a worker that a supervisor starts again
+    in between counts with its new pid, and the pids gone at the stop are in :attr:`lost` (a
+    restarted worker shows there instead of as negative CPU)."""
 
     def __init__(
         self,
-        roots: dict[str, int],
+        roots: dict[str, int | ProcessTree],
         *,
         postgres: bool = False,
         pg_database: str | None = None,
@@ -220,7 +228,7 @@ class CpuMeter:
         self._t0 = 0.0
 
     def _read(self) -> dict[str, dict[int, float]]:
-        return {name: tree_cpu_by_pid(root) for name, root in self.roots.items()}
+        return {name: _cpu_by_pid(what) for name, what in self.roots.items()}
 
     def start(self, now: float) -> None:
         self._t0 = now
@@ -252,10 +260,10 @@ class CpuMeter:
         return out
 
 
-def tree_cpu_by_pid(root: int) -> dict[int, float]:
-    """CPU seconds of ``root`` and each of its descendants, by pid (the ones readable now)."""
+def _cpu_by_pid(what: int | ProcessTree) -> dict[int, float]:
+    """CPU seconds of a process or of each process of a tree, by pid (the ones readable now)."""
     out: dict[int, float] = {}
-    for pid in process_tree(root):
+    for pid in process_tree(what.root) if isinstance(what, ProcessTree) else [what]:
         secs = cpu_seconds(pid)
         if secs is not None:
             out[pid] = secs

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 
-from bench.stats import CpuMeter, RssSampler, slope_per_min
+from bench.stats import CpuMeter, ProcessTree, RssSampler, slope_per_min
 
 
 def test_slope_is_in_units_per_minute() -> None:
@@ -38,7 +38,7 @@ def test_a_process_that_ends_while_measured_is_lost_not_negative_cpu() -> None:
     # between start and stop, as a crashed worker is: the CPU is never negative and it is lost
     child = _burn_then_wait(0.3)
     assert child.stdout is not None and child.stdout.readline() == b"burnt\n"
-    meter = CpuMeter({"tree": os.getpid()})
+    meter = CpuMeter({"tree": ProcessTree(os.getpid()), "self": os.getpid()})
     meter.start(time.perf_counter())
     child.kill()
     child.wait()
@@ -48,7 +48,7 @@ def test_a_process_that_ends_while_measured_is_lost_not_negative_cpu() -> None:
 
 
 def test_a_process_that_starts_while_measured_counts_whole() -> None:
-    meter = CpuMeter({"tree": os.getpid()})
+    meter = CpuMeter({"tree": ProcessTree(os.getpid()), "self": os.getpid()})
     t0 = time.perf_counter()
     meter.start(t0)
     child = _burn_then_wait(0.3)
@@ -56,6 +56,7 @@ def test_a_process_that_starts_while_measured_counts_whole() -> None:
         assert child.stdout is not None and child.stdout.readline() == b"burnt\n"
         out = meter.stop(t0 + 1.0)  # as if one second: percent = CPU seconds x 100
         assert out["tree"] >= 30.0
+        assert out["self"] < 30.0  # one process is that process alone, without its children
         assert meter.lost == {}
     finally:
         child.kill()
