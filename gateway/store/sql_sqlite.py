@@ -3,13 +3,17 @@
 The group-committed writes (starts, completions, delivery acks) run as a handful of driver
 calls per batch on the pooled aiosqlite connection: BEGIN IMMEDIATE, one multi-row statement
 or executemany per table, COMMIT. Values get the same conversions SQLAlchemy applies (naive
-UTC datetimes as text, JSON as text), taken from the column types.
+UTC datetimes as text, JSON as text), taken from the column types; timestamps by
+:func:`sqlite_timestamp`, which writes the same text as SQLAlchemy's two processors (ours,
+then its SQLite DATETIME) at under half their cost (issue 17: they were ~9% of the gateway's
+CPU on SQLite).
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Table
@@ -37,14 +41,30 @@ ROLLBACK = "ROLLBACK"
 SQLITE_DIALECT = sqlite_dialect.dialect()
 
 
+def sqlite_timestamp(value: datetime | None) -> str | None:
+    """A timestamp as the text SQLAlchemy stores on SQLite: naive UTC, ``YYYY-MM-DD
+    HH:MM:SS.ffffff`` (a naive value is taken as UTC, as :class:`schema.UTCDateTime` does)."""
+    if value is None:
+        return None
+    if value.tzinfo is UTC:  # the clock's own values: the common case, without a conversion
+        return value.isoformat(" ", "microseconds")[:-6]
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC).replace(tzinfo=None)
+    return value.isoformat(" ", "microseconds")
+
+
+def _bind_processor(table: Table, name: str) -> Callable[[Any], Any] | None:
+    column_type = table.c[name].type
+    if isinstance(column_type, t.UTCDateTime):
+        return sqlite_timestamp
+    return column_type.dialect_impl(SQLITE_DIALECT).bind_processor(SQLITE_DIALECT)
+
+
 class SqliteRow:
     def __init__(self, table: Table, names: Sequence[str]) -> None:
         self.table = table
         self.names = tuple(names)
-        self.procs = [
-            table.c[n].type.dialect_impl(SQLITE_DIALECT).bind_processor(SQLITE_DIALECT)
-            for n in self.names
-        ]
+        self.procs = [_bind_processor(table, n) for n in self.names]
         self.row = "(" + ", ".join("?" * len(self.names)) + ")"
         self.insert = f"INSERT INTO {table.name} ({', '.join(self.names)}) VALUES {self.row}"
 
@@ -59,7 +79,7 @@ SQ_OP = SqliteRow(_o, [c.name for c in _o.c if c.name not in t.OPERATION_NOT_AT_
 SQ_IDEM = SqliteRow(_i, [c.name for c in _i.c])
 SQ_CB = SqliteRow(_cb_t, [c.name for c in _cb_t.c])
 SQ_EVENT = SqliteRow(_e, ("operation_id", "at", "kind", "data"))
-SQ_TS: Callable[[Any], Any] = SQ_EVENT.procs[1] or (lambda v: v)
+SQ_TS = sqlite_timestamp
 SQ_JSON: Callable[[Any], Any] = SQ_EVENT.procs[3] or (lambda v: v)
 
 
