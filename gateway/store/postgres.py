@@ -27,7 +27,7 @@ from gateway.domain.model import (
     StepRecord,
 )
 from gateway.domain.ports import NewOperation
-from gateway.store import rows
+from gateway.store import jsontext, rows
 from gateway.store import sql_postgres as sql
 from gateway.store import statements as s
 from gateway.store.base import SqlStore
@@ -168,7 +168,7 @@ class PostgresStore(SqlStore):
         args = sql.PG_OP.args(rows.OPERATION.values(op))
         args.append([e.at for e in events])
         args.append([e.kind for e in events])
-        args.append([json.dumps(e.data) for e in events])
+        args.append([jsontext.dumps(e.data) for e in events])
         if idempotency:
             args.extend(sql.PG_IDEM.args(rows.IDEMPOTENCY.values(idempotency[0])))
         async with self._driver() as conn:
@@ -234,7 +234,7 @@ class PostgresStore(SqlStore):
                 [b.attempt for b in batch],
                 [b.until for b in batch],
                 [b.has_details for b in batch],
-                [json.dumps(b.details) if b.has_details else None for b in batch],
+                [jsontext.dumps(b.details) if b.has_details else None for b in batch],
             )
         acks: dict[str, HeartbeatAck] = {
             r["id"]: HeartbeatAck(
@@ -265,7 +265,7 @@ class PostgresStore(SqlStore):
                 [i for i, _ in acks],
                 [e.at for _, e in acks],
                 [e.kind for _, e in acks],
-                [json.dumps(e.data) for _, e in acks],
+                [jsontext.dumps(e.data) for _, e in acks],
                 at,
                 owner,
             )
@@ -292,12 +292,12 @@ class PostgresStore(SqlStore):
                 sql.PG_RECORD_STEPS,
                 [st.operation_id for st, _ in batch],
                 [st.name for st, _ in batch],
-                [json.dumps(st.result) for st, _ in batch],
+                [jsontext.dumps(st.result) for st, _ in batch],
                 [st.at for st, _ in batch],
                 [st.attempt for st, _ in batch],
                 [e.at for _, e in batch],
                 [e.kind for _, e in batch],
-                [json.dumps(e.data) for _, e in batch],
+                [jsontext.dumps(e.data) for _, e in batch],
             )
             there: list[int] = []  # running, but the name was recorded before
             index = list(first.values())

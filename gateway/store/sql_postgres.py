@@ -9,9 +9,7 @@ those round trips were the largest share of the gateway's CPU. Built from the ta
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import JSON, Table
@@ -19,6 +17,7 @@ from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects.postgresql import JSONB
 
 from gateway.domain.model import Completion, DeliveryState, OperationState
+from gateway.store import jsontext
 from gateway.store import schema as t
 from gateway.store.rows import completion_params
 
@@ -56,24 +55,12 @@ class PgRow:
 
 
 def pg_json(value: Any) -> str | None:
-    return None if value is None else json.dumps(value)
-
-
-def _json_value(value: Any) -> str:
-    """A column value JSON has no type for, as the text its column's input function reads."""
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, bytes | bytearray | memoryview):
-        return "\\x" + bytes(value).hex()
-    raise TypeError(f"no JSON form for a {type(value).__name__} column value")
-
-
-_ROWS_ENCODER = json.JSONEncoder(default=_json_value, separators=(",", ":"))
+    return None if value is None else jsontext.dumps(value)
 
 
 def json_rows(rows: Sequence[Any]) -> str:
     """A batch's rows as one JSON parameter (see the batch statements below)."""
-    return _ROWS_ENCODER.encode(rows)
+    return jsontext.dumps(rows)
 
 
 PG_OP = PgRow(_o, [c.name for c in _o.c if c.name not in t.OPERATION_NOT_AT_START])
@@ -343,7 +330,7 @@ def completion_row(c: Completion) -> list[Any]:
         p["b_owner"],
         c.event.at,
         c.event.kind,
-        json.dumps(c.event.data),
+        jsontext.dumps(c.event.data),
     ]
 
 

@@ -16,10 +16,11 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Table
+from sqlalchemy import JSON, Table
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 
 from gateway.domain.model import DeliveryState, OperationState
+from gateway.store import jsontext
 from gateway.store import schema as t
 
 _o, _e, _cb_t, _i = t.operations, t.events, t.callbacks, t.idempotency
@@ -57,6 +58,8 @@ def _bind_processor(table: Table, name: str) -> Callable[[Any], Any] | None:
     column_type = table.c[name].type
     if isinstance(column_type, t.UTCDateTime):
         return sqlite_timestamp
+    if isinstance(column_type, JSON):
+        return jsontext.dumps  # None as JSON null, as SQLAlchemy's JSON type binds it
     return column_type.dialect_impl(SQLITE_DIALECT).bind_processor(SQLITE_DIALECT)
 
 
@@ -80,7 +83,7 @@ SQ_IDEM = SqliteRow(_i, [c.name for c in _i.c])
 SQ_CB = SqliteRow(_cb_t, [c.name for c in _cb_t.c])
 SQ_EVENT = SqliteRow(_e, ("operation_id", "at", "kind", "data"))
 SQ_TS = sqlite_timestamp
-SQ_JSON: Callable[[Any], Any] = SQ_EVENT.procs[3] or (lambda v: v)
+SQ_JSON = jsontext.dumps
 
 
 @functools.lru_cache(maxsize=256)
