@@ -35,7 +35,11 @@ def parse_json(raw: bytes | str, what: str = "body") -> Any:
 
 async def read_body(request: web.Request, timeout_s: float) -> bytes:
     """The whole request body, which must arrive within ``timeout_s``; 408 otherwise (a slow
-    upload must not hold what it holds, e.g. an admission slot, for as long as it likes)."""
+    upload must not hold what it holds, e.g. an admission slot, for as long as it likes).
+    A body that has arrived whole (a small one comes with the head) is read without the
+    timer, which cost ~3% of the gateway's CPU per start (py-spy)."""
+    if request.content.is_eof():  # nothing left to wait for
+        return await request.read()
     try:
         async with asyncio.timeout(timeout_s):
             return await request.read()
