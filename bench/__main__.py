@@ -118,6 +118,13 @@ def parser() -> argparse.ArgumentParser:
         type=Path,
         help="run the gateway of this checkout (its .venv), e.g. the base of a before/after",
     )
+    p.add_argument(
+        "--gateway-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a SWARMGATE_* setting for the gateway (repeatable), e.g. to compare two settings",
+    )
     p.add_argument("--max-outstanding", type=int, default=1024, help="open-loop in-flight cap")
     p.add_argument("--op-timeout", type=float, default=30.0, help="per unit of work, seconds")
     p.add_argument("--pg-admin", default=PG_ADMIN, help="admin DSN for throw-away databases")
@@ -130,8 +137,19 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _gateway_env(p: argparse.ArgumentParser, pairs: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.startswith("SWARMGATE_"):
+            p.error(f"--gateway-env takes SWARMGATE_NAME=VALUE, got {pair!r}")
+        out[name] = value
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
     try:
         rate = None if args.rate == "auto" else float(args.rate)
     except ValueError:
@@ -166,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         callers=max(1, args.callers),
         hold_s=max(0.0, args.hold_s),
         gateway_root=args.gateway_root.resolve() if args.gateway_root else None,
+        gateway_env=_gateway_env(p, args.gateway_env),
     )
     result = jsonable(uvloop.run(run(opts)))
     text = json.dumps(result, indent=2)

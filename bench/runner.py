@@ -77,6 +77,7 @@ class Options:
     callers: int = 1  # distinct callers (JWT subjects) with --auth hs256
     hold_s: float = 2.0  # how long the echo agent's ``hold`` operation runs
     gateway_root: Path | None = None  # run another checkout's gateway (its .venv): a base
+    gateway_env: dict[str, str] = field(default_factory=dict)  # more SWARMGATE_* settings
 
 
 def targets_for(db: str, sqlite_sync: tuple[str, ...]) -> tuple[dbmod.Target, ...]:
@@ -422,6 +423,7 @@ async def run_target(env: Env, target: dbmod.Target) -> dict[str, Any]:
             extra_env={
                 **auth_env(env),
                 **({"SWARMGATE_WORKERS": str(o.workers)} if target.db == "postgresql" else {}),
+                **o.gateway_env,
             },
         )
         # other work may land during a long run; with --gateway-root: that checkout's commit
@@ -567,6 +569,7 @@ def _meta(opts: Options) -> dict[str, Any]:
             "callers": opts.callers,
             "hold_s": opts.hold_s,
             "gateway_root": str(opts.gateway_root or ROOT),
+            "gateway_env": dict(opts.gateway_env),
         },
         "layout": {
             "gateway": "subprocess: python -m bench.gwproc (gateway.cli serve + stdin watchdog)",

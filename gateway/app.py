@@ -110,6 +110,7 @@ async def build(
         settings.database_url,
         pool_size=settings.db_pool_size,
         sqlite_synchronous=settings.sqlite_synchronous,
+        ack_commit=settings.callback_ack_commit,
     )
     await migrate_when_reachable(store, settings.startup_db_wait_s)
     for warning in await store.maintenance_warnings():

@@ -87,6 +87,9 @@ class Settings:
     log_format: str = "json"
     log_level: str = "INFO"
     sqlite_synchronous: str = "FULL"
+    # "async": a callback's delivery ack commits without waiting for the disk flush (see the
+    # README, "Callback delivery acks"); "durable": flushed like every other commit
+    callback_ack_commit: str = "async"
     db_pool_size: int = 20
     workers: int = 1
     reuse_port: bool = False
@@ -146,6 +149,9 @@ class Settings:
             "log_format": e.get(p + "LOG_FORMAT") or cls.log_format,
             "log_level": e.get(p + "LOG_LEVEL") or cls.log_level,
             "sqlite_synchronous": e.get(p + "SQLITE_SYNCHRONOUS") or cls.sqlite_synchronous,
+            "callback_ack_commit": (
+                e.get(p + "CALLBACK_ACK_COMMIT") or cls.callback_ack_commit
+            ).lower(),
             "db_pool_size": int(_f(e, p + "DB_POOL_SIZE", cls.db_pool_size)),
             "workers": int(_f(e, p + "WORKERS", cls.workers)),
             "reuse_port": _flag(e, p + "REUSE_PORT", False),
@@ -173,6 +179,7 @@ class Settings:
         _one_of(p + "LOG_FORMAT", str(kw["log_format"]), ("json", "text"))
         _one_of(p + "LOG_LEVEL", str(kw["log_level"]), ("debug", "info", "warning", "error"))
         _one_of(p + "EVENT_LOOP", str(kw["event_loop"]), ("uvloop", "asyncio"))
+        _one_of(p + "CALLBACK_ACK_COMMIT", str(kw["callback_ack_commit"]), ("async", "durable"))
         _one_of(
             p + "SQLITE_SYNCHRONOUS",
             str(kw["sqlite_synchronous"]),

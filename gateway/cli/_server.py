@@ -51,6 +51,7 @@ async def stored_jwt_secret(settings: Settings) -> str:
         settings.database_url,
         pool_size=settings.db_pool_size,
         sqlite_synchronous=settings.sqlite_synchronous,
+        ack_commit=settings.callback_ack_commit,
     )
     try:
         if not await store.migrations_current():

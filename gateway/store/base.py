@@ -81,7 +81,14 @@ class SqlStore(PullTables, JournalTables):
             return super().__new__(sub)
         return super().__new__(cls)
 
-    def __init__(self, url: str, *, pool_size: int = 20, sqlite_synchronous: str = "FULL") -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int = 20,
+        sqlite_synchronous: str = "FULL",
+        ack_commit: str = "async",
+    ) -> None:
         self.url = normalize_url(url)
         self.full_state = FullState()  # disk full seen lately (see /readyz)
         i = t.idempotency

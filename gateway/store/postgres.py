@@ -105,8 +105,17 @@ class PostgresStore(SqlStore):
 
     dialect = "postgresql"
 
-    def __init__(self, url: str, *, pool_size: int = 20, sqlite_synchronous: str = "FULL") -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int = 20,
+        sqlite_synchronous: str = "FULL",
+        ack_commit: str = "async",
+    ) -> None:
         super().__init__(url)
+        # see Settings.callback_ack_commit: acks without waiting for the WAL flush
+        self._ack_sql = sql.PG_CALLBACKS_DELIVERED[ack_commit == "async"]
         # A fixed pool: overflow connections opened for a burst and closed right after it
         # made PostgreSQL fork and warm a backend per burst; under load that churn cost
         # more CPU than the queries (figures: bench/README.md). A request
@@ -261,7 +270,7 @@ class PostgresStore(SqlStore):
         at = max(e.at for e in events)
         async with self._driver() as pg:
             marked = await pg.fetchval(
-                sql.PG_CALLBACKS_DELIVERED,
+                self._ack_sql,
                 [i for i, _ in acks],
                 [e.at for _, e in acks],
                 [e.kind for _, e in acks],

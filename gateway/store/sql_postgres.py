@@ -266,9 +266,16 @@ def _pg_complete_many_sql() -> str:
 
 PG_COMPLETE_MANY = _pg_complete_many_sql()
 
+
 # Delivered callbacks (a batch of acks): mark them delivered, then lock their operations in
 # id order and write one event each, the events coming FROM the locked rows.
-PG_CALLBACKS_DELIVERED = f"""
+def _pg_callbacks_delivered(flush: bool) -> str:
+    # Without the flush: set_config(..., true) lasts for this statement's own transaction, and
+    # PostgreSQL reads synchronous_commit at its commit, so the commit does not wait for the
+    # WAL flush (the WAL writer flushes it within 3 x wal_writer_delay; any later durable
+    # commit flushes it too). Lost only if the database server or the OS crashes first.
+    unflushed = "" if flush else ", set_config('synchronous_commit', 'off', true)"
+    return f"""
     WITH d AS (
         SELECT * FROM unnest($1::varchar[], $2::timestamptz[], $3::varchar[], $4::text[])
             AS d(id, at, kind, data)
@@ -293,7 +300,11 @@ PG_CALLBACKS_DELIVERED = f"""
         SELECT done.operation_id, d.at, d.kind, d.data::jsonb
         FROM d JOIN done ON done.id = d.id JOIN locked ON locked.id = done.operation_id
     )
-    SELECT count(*) FROM done"""
+    SELECT count(*){unflushed} FROM done"""
+
+
+# [flushed, not flushed]: indexed by "the ack commit is async"
+PG_CALLBACKS_DELIVERED = (_pg_callbacks_delivered(True), _pg_callbacks_delivered(False))
 
 
 def completion_json(c: Completion) -> dict[str, Any]:
@@ -414,7 +425,8 @@ LANE_STATEMENTS: dict[str, str] = {
     "complete_callback": PG_COMPLETE[True],
     "start_many": PG_START_MANY,
     "complete_many": PG_COMPLETE_MANY,
-    "callbacks_delivered": PG_CALLBACKS_DELIVERED,
+    "callbacks_delivered": PG_CALLBACKS_DELIVERED[0],
+    "callbacks_delivered_unflushed": PG_CALLBACKS_DELIVERED[1],
     "heartbeat_many": PG_HEARTBEAT_MANY,
     "record_steps": PG_RECORD_STEPS,
     "select_steps": PG_SELECT_STEPS,

@@ -36,6 +36,7 @@ def pragmas(synchronous: str) -> list[str]:
 
 
 BEGIN = "BEGIN IMMEDIATE"
+SYNCHRONOUS_NORMAL = "PRAGMA synchronous=NORMAL"
 COMMIT = "COMMIT"
 ROLLBACK = "ROLLBACK"
 

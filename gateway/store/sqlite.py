@@ -39,8 +39,19 @@ class SqliteStore(SqlStore):
 
     dialect = "sqlite"
 
-    def __init__(self, url: str, *, pool_size: int = 20, sqlite_synchronous: str = "FULL") -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int = 20,
+        sqlite_synchronous: str = "FULL",
+        ack_commit: str = "async",
+    ) -> None:
         super().__init__(url)
+        self._synchronous = sqlite_synchronous.upper()
+        # acks commit with NORMAL (WAL: on disk at the next checkpoint or durable commit, kept
+        # across a crash of the gateway, lost only with the OS) when the level is stricter
+        self._ack_lighter = ack_commit == "async" and self._synchronous in ("FULL", "EXTRA")
         self._prepare_path()
         self.engine = create_async_engine(
             self.url,
@@ -75,18 +86,32 @@ class SqliteStore(SqlStore):
         return sqlite_insert(table).on_conflict_do_nothing(index_elements=keys)
 
     @asynccontextmanager
-    async def _sqlite_tx(self) -> AsyncIterator[Any]:
-        """A write transaction on the pooled aiosqlite connection, driven directly."""
+    async def _sqlite_tx(self, *, flushed: bool = True) -> AsyncIterator[Any]:
+        """A write transaction on the pooled aiosqlite connection, driven directly.
+        ``flushed=False`` (callback acks, see ``Settings.callback_ack_commit``): committed
+        with ``synchronous=NORMAL``, the connection's own level set again right after."""
+        lighter = not flushed and self._ack_lighter
         async with self.engine.connect() as conn:
             db: Any = (await conn.get_raw_connection()).driver_connection
-            await db.execute(sql.BEGIN)
+            if lighter:  # SQLite changes the level only outside a transaction
+                await db.execute(sql.SYNCHRONOUS_NORMAL)
             try:
-                yield db
-            except BaseException:
-                with contextlib.suppress(Exception):
-                    await db.execute(sql.ROLLBACK)
-                raise
-            await db.execute(sql.COMMIT)
+                await db.execute(sql.BEGIN)
+                try:
+                    yield db
+                except BaseException:
+                    with contextlib.suppress(Exception):
+                        await db.execute(sql.ROLLBACK)
+                    raise
+                await db.execute(sql.COMMIT)
+            finally:
+                if lighter:
+                    try:
+                        await db.execute(f"PRAGMA synchronous={self._synchronous}")
+                    except BaseException:
+                        # never hand the next (durable) writer a connection left at NORMAL
+                        await conn.invalidate()
+                        raise
 
     @translate
     async def listen_closed(self, on_closed: Callable[[list[str]], None]) -> None:
@@ -220,7 +245,7 @@ class SqliteStore(SqlStore):
         by_id = {str(e.data["delivery_id"]): e for e in events}
         at = sql.SQ_TS(max(e.at for e in events))
         ids = list(by_id)
-        async with self._sqlite_tx() as db:
+        async with self._sqlite_tx(flushed=False) as db:
             found = await db.execute_fetchall(
                 sql.callbacks_delivered(len(ids)), [at, at, owner, *ids]
             )
