@@ -27,6 +27,10 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
+# Two processes, each taking whole files (module fixtures stay shared, a file's tests stay in
+# order): the suite is mostly waiting on subprocesses and the database, not on one core.
+PYTEST_ARGS ?= -n 2 --dist loadfile
+
 pytest: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 

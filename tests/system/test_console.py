@@ -9,6 +9,7 @@ wheel carries the driver; no browser is downloaded). Screenshots go to the test'
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
@@ -43,7 +44,22 @@ WAIT_MS = 10_000
 
 @pytest.fixture(scope="session")
 def chromium() -> str:
-    """Debian's Chromium, installed with apt-get when missing (under CI=true it must be)."""
+    """Debian's Chromium, installed with apt-get when missing (under CI=true it must be).
+    The suite runs in several processes (pytest-xdist): one installs, the others wait on the
+    lock and find it there (two apt-gets at once would fight over dpkg's lock)."""
+    with open("/tmp/swarmgate-tests-chromium.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _install_chromium()
+    try:
+        import playwright.async_api  # noqa: F401
+    except ImportError:
+        if IN_CI:
+            pytest.fail("the playwright package (dev extra) is required under CI=true")
+        pytest.skip("playwright is not installed")
+    return CHROMIUM
+
+
+def _install_chromium() -> None:
     if not Path(CHROMIUM).exists():
         if shutil.which("apt-get") is None and not IN_CI:
             pytest.skip("no /usr/bin/chromium and no apt-get to install it")
@@ -54,13 +70,6 @@ def chromium() -> str:
             if IN_CI:
                 pytest.fail(message)
             pytest.skip(message)
-    try:
-        import playwright.async_api  # noqa: F401
-    except ImportError:
-        if IN_CI:
-            pytest.fail("the playwright package (dev extra) is required under CI=true")
-        pytest.skip("playwright is not installed")
-    return CHROMIUM
 
 
 def token(sub: str, scope: str = "admin") -> str:
