@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from gateway.store import rows
 from gateway.store import sql_sqlite as sql
 from gateway.store.base import SqlStore
 from gateway.store.errors import translate
+from gateway.store.sqlite_rounds import Rounds
 
 
 class SqliteStore(SqlStore):
@@ -52,6 +53,7 @@ class SqliteStore(SqlStore):
         # acks commit with NORMAL (WAL: on disk at the next checkpoint or durable commit, kept
         # across a crash of the gateway, lost only with the OS) when the level is stricter
         self._ack_lighter = ack_commit == "async" and self._synchronous in ("FULL", "EXTRA")
+        self._rounds = Rounds(self._round_tx)
         self._prepare_path()
         self.engine = create_async_engine(
             self.url,
@@ -85,11 +87,20 @@ class SqliteStore(SqlStore):
     def _insert_if_new(self, table: Table, keys: list[Column[Any]]) -> Insert:
         return sqlite_insert(table).on_conflict_do_nothing(index_elements=keys)
 
+    async def close(self) -> None:
+        await self._rounds.close()
+        await super().close()
+
+    def _sqlite_tx(self, *, flushed: bool = True) -> AbstractAsyncContextManager[Any]:
+        """A write on the pooled aiosqlite connection, driven directly, in a transaction shared
+        with the writes that arrive meanwhile (``sqlite_rounds``: one commit for all of them).
+        ``flushed=False`` (callback acks, see ``Settings.callback_ack_commit``): it may commit
+        with ``synchronous=NORMAL`` if every write of its round is such a one."""
+        return self._rounds.transaction(flushed=flushed)
+
     @asynccontextmanager
-    async def _sqlite_tx(self, *, flushed: bool = True) -> AsyncIterator[Any]:
-        """A write transaction on the pooled aiosqlite connection, driven directly.
-        ``flushed=False`` (callback acks, see ``Settings.callback_ack_commit``): committed
-        with ``synchronous=NORMAL``, the connection's own level set again right after."""
+    async def _round_tx(self, flushed: bool) -> AsyncIterator[Any]:
+        """One round's transaction: the connection, the synchronous level, BEGIN, COMMIT."""
         lighter = not flushed and self._ack_lighter
         async with self.engine.connect() as conn:
             db: Any = (await conn.get_raw_connection()).driver_connection
