@@ -9,7 +9,8 @@ that fails is rolled back alone and raises to its own caller), and one COMMIT en
 Each caller returns only after that commit (or gets its error), so nobody is answered before
 their write is on disk.
 
-A round that only holds writes that need no flush (delivery acks, see
+A write that finds nothing else writing runs alone, in its caller's task, as before (a lone
+writer pays nothing for rounds). A round that only holds writes needing no flush (delivery acks, see
 ``Settings.callback_ack_commit``) commits with ``synchronous=NORMAL``; a write that needs the
 flush never joins such a round, it opens the next one.
 """
@@ -35,7 +36,8 @@ class _Round:
     flushed: bool
     turns: deque[asyncio.Future[None]] = field(default_factory=deque)
     db: Any = None
-    finished: asyncio.Future[None] | None = None  # the running body's end
+    finished: asyncio.Future[bool] | None = None  # the running body's end (True: restart)
+    bare: bool = True  # the next body is its transaction's first (it takes no savepoint)
     closing: bool = False  # committing: joins go to the next round
     joined: int = 0
     committed: asyncio.Future[None] = field(
@@ -79,21 +81,10 @@ class Rounds:
         return rnd
 
     async def _run(self, rnd: _Round) -> None:
-        loop = asyncio.get_running_loop()
         try:
-            async with self._turnstile, self._opener(rnd.flushed) as db:
-                rnd.db = db
-                while rnd.turns:
-                    turn = rnd.turns.popleft()
-                    if turn.done():  # its caller gave up waiting
-                        continue
-                    rnd.finished = loop.create_future()
-                    turn.set_result(None)
-                    await rnd.finished
-                    self.bodies += 1
-                rnd.closing = True  # no await since the last check: nobody joined in between
-                if self._open is rnd:
-                    self._open = None
+            async with self._turnstile:
+                while not await self._transaction(rnd):
+                    pass  # its first write failed alone: the others go on in a fresh one
         except BaseException as exc:
             rnd.closing = True
             if self._open is rnd:
@@ -111,10 +102,51 @@ class Rounds:
             self.rounds += 1
         rnd.committed.set_result(None)
 
+    async def _transaction(self, rnd: _Round) -> bool:
+        """Run the round's writes in one transaction; False if it was rolled back because its
+        first write failed (a first write takes no savepoint: nothing else is in it yet) and
+        other writes wait to run."""
+        loop = asyncio.get_running_loop()
+        try:
+            async with self._opener(rnd.flushed) as db:
+                rnd.db, rnd.bare = db, True
+                while rnd.turns:
+                    turn = rnd.turns.popleft()
+                    if turn.done():  # its caller gave up waiting
+                        continue
+                    rnd.finished = loop.create_future()
+                    turn.set_result(None)
+                    restart = await rnd.finished
+                    self.bodies += 1
+                    if restart:
+                        raise _Restart
+                    rnd.bare = False
+                self._close(rnd)  # no await since the last check: nobody joined in between
+        except _Restart:
+            if rnd.turns:
+                return False
+            self._close(rnd)
+        return True
+
+    def _close(self, rnd: _Round) -> None:
+        rnd.closing = True
+        if self._open is rnd:
+            self._open = None
+
     @asynccontextmanager
     async def transaction(self, *, flushed: bool = True) -> AsyncIterator[Any]:
         """The aiosqlite connection inside a transaction that commits (with the others of its
-        round) after the block has ended; the block's own writes are undone if it raises."""
+        round) after the block has ended; the block's own writes are undone if it raises.
+
+        With nothing else writing, the block runs in its own transaction, in the caller's task
+        (as without rounds: a lone writer pays nothing for them); writes that arrive while it
+        runs form the next round."""
+        if self._open is None and not self._turnstile.locked():
+            async with self._turnstile, self._opener(flushed) as db:
+                yield db
+            self.rounds += 1
+            self.bodies += 1
+            return
         rnd = self._join(flushed)
         turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         rnd.turns.append(turn)
@@ -124,15 +156,19 @@ class Rounds:
             if turn.done() and not turn.cancelled() and turn.exception() is None:
                 _end(rnd)  # our turn came as we were cancelled: let the round go on
             raise
-        db = rnd.db
-        try:
-            await db.execute(_SAVEPOINT)
-        except BaseException as exc:
-            _end(rnd, exc)
-            raise
+        db, bare = rnd.db, rnd.bare
+        if not bare:
+            try:
+                await db.execute(_SAVEPOINT)
+            except BaseException as exc:
+                _end(rnd, exc)
+                raise
         try:
             yield db
         except BaseException:
+            if bare:  # the transaction holds this block's writes alone: the round rolls it back
+                _end(rnd, restart=True)
+                raise
             try:  # undo this block's writes alone
                 await db.execute(_ROLLBACK_TO)
                 await db.execute(_RELEASE)
@@ -141,11 +177,12 @@ class Rounds:
                 raise
             _end(rnd)
             raise
-        try:
-            await db.execute(_RELEASE)
-        except BaseException as exc:
-            _end(rnd, exc)
-            raise
+        if not bare:
+            try:
+                await db.execute(_RELEASE)
+            except BaseException as exc:
+                _end(rnd, exc)
+                raise
         _end(rnd)
         # shielded: a caller cancelled now does not stop the commit the others wait for
         await asyncio.shield(rnd.committed)
@@ -156,13 +193,19 @@ class Rounds:
             await asyncio.gather(*self._running, return_exceptions=True)
 
 
-def _end(rnd: _Round, broken: BaseException | None = None) -> None:
+class _Restart(Exception):
+    """The round's first write failed: roll its transaction back, go on in a new one."""
+
+
+def _end(rnd: _Round, broken: BaseException | None = None, *, restart: bool = False) -> None:
     """The running block is over; ``broken``: the round cannot commit (a savepoint could not be
-    set, released or rolled back), so it fails for every member."""
+    set, released or rolled back), so it fails for every member; ``restart``: the block was
+    its transaction's first and failed, so that transaction is rolled back and the round goes
+    on in a new one."""
     fut = rnd.finished
     if fut is None or fut.done():
         return
     if broken is None:
-        fut.set_result(None)
+        fut.set_result(restart)
     else:
         fut.set_exception(broken)

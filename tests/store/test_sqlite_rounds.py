@@ -62,14 +62,15 @@ async def insert(rounds: Rounds, v: int, *, flushed: bool = True) -> int:
 async def test_writes_that_arrive_together_commit_in_one_round(db: Db) -> None:
     rounds = Rounds(db.opener)
     assert await asyncio.gather(*(insert(rounds, v) for v in range(10))) == list(range(10))
-    assert (rounds.rounds, rounds.bodies) == (1, 10)
+    # the first found nothing else writing and ran alone; the nine behind it shared a commit
+    assert (rounds.rounds, rounds.bodies) == (2, 10)
     assert await db.values() == list(range(10))
 
 
 async def test_a_round_takes_at_most_max_writes(db: Db) -> None:
     rounds = Rounds(db.opener, max_writes=3)
     await asyncio.gather(*(insert(rounds, v) for v in range(7)))
-    assert rounds.rounds == 3  # 3 + 3 + 1
+    assert rounds.rounds == 3  # 1 alone, then 3 + 3
     assert await db.values() == list(range(7))
 
 
@@ -87,8 +88,34 @@ async def test_a_failing_write_is_undone_alone_and_raises_to_its_own_caller(db: 
     )
     assert got[0] == 1 and got[2] == 2
     assert isinstance(got[1], aiosqlite.IntegrityError)
-    assert rounds.rounds == 1
     assert await db.values() == [1, 2]  # 100 was rolled back with its block
+
+
+async def test_a_first_write_that_fails_is_rolled_back_and_the_rest_go_on(db: Db) -> None:
+    # the first write of a transaction takes no savepoint (nothing else is in it yet): when it
+    # fails, its transaction is rolled back and the writes waiting behind it run in a new one
+    rounds = Rounds(db.opener)
+    await insert(rounds, 1)
+
+    async def bad() -> int:
+        async with rounds.transaction() as conn:
+            await conn.execute("INSERT INTO t (v) VALUES (200)")
+            await conn.execute("INSERT INTO t (v) VALUES (1)")  # taken
+        return 200
+
+    # 10 runs alone; bad, 2 and 3 arrive meanwhile and form a round, bad first in it
+    got = await asyncio.gather(
+        insert(rounds, 10), bad(), insert(rounds, 2), insert(rounds, 3), return_exceptions=True
+    )
+    assert isinstance(got[1], aiosqlite.IntegrityError) and got[2:] == [2, 3]
+    assert await db.values() == [1, 2, 3, 10]
+    # 1; 10; the round's transaction that bad rolled back, and the one 2 and 3 committed in
+    assert len(db.opened) == 4
+    with pytest.raises(aiosqlite.IntegrityError):
+        await bad()  # alone: rolled back, nothing waits
+    await rounds.close()  # the round has ended (its caller may hear of the failure first)
+    assert await db.values() == [1, 2, 3, 10]
+    assert await insert(rounds, 4) == 4
 
 
 async def test_a_failed_commit_fails_every_write_of_the_round(db: Db) -> None:
@@ -104,12 +131,17 @@ async def test_a_failed_commit_fails_every_write_of_the_round(db: Db) -> None:
 
 async def test_a_write_that_must_be_flushed_never_joins_a_round_that_is_not(db: Db) -> None:
     rounds = Rounds(db.opener)
-    await asyncio.gather(insert(rounds, 1, flushed=False), insert(rounds, 2, flushed=True))
-    assert db.opened == [False, True]
+    # the first of each gather runs alone; the others form a round behind it
+    await asyncio.gather(
+        insert(rounds, 1), insert(rounds, 2, flushed=False), insert(rounds, 3, flushed=True)
+    )
+    assert db.opened == [True, False, True]
     # the other way round, an unflushed write may ride along a flushed round
     db.opened.clear()
-    await asyncio.gather(insert(rounds, 3, flushed=True), insert(rounds, 4, flushed=False))
-    assert db.opened == [True]
+    await asyncio.gather(
+        insert(rounds, 4), insert(rounds, 5, flushed=True), insert(rounds, 6, flushed=False)
+    )
+    assert db.opened == [True, True]
 
 
 async def test_a_caller_cancelled_while_waiting_does_not_hold_up_the_round(db: Db) -> None:
