@@ -158,31 +158,18 @@ class Rounds:
             raise
         db, bare = rnd.db, rnd.bare
         if not bare:
-            try:
-                await db.execute(_SAVEPOINT)
-            except BaseException as exc:
-                _end(rnd, exc)
-                raise
+            await _savepoint(rnd, _SAVEPOINT)
         try:
             yield db
         except BaseException:
             if bare:  # the transaction holds this block's writes alone: the round rolls it back
                 _end(rnd, restart=True)
                 raise
-            try:  # undo this block's writes alone
-                await db.execute(_ROLLBACK_TO)
-                await db.execute(_RELEASE)
-            except BaseException as broken:  # the transaction's state is unknown: all fail
-                _end(rnd, broken)
-                raise
+            await _savepoint(rnd, _ROLLBACK_TO, _RELEASE)  # undo this block's writes alone
             _end(rnd)
             raise
         if not bare:
-            try:
-                await db.execute(_RELEASE)
-            except BaseException as exc:
-                _end(rnd, exc)
-                raise
+            await _savepoint(rnd, _RELEASE)
         _end(rnd)
         # shielded: a caller cancelled now does not stop the commit the others wait for
         await asyncio.shield(rnd.committed)
@@ -191,6 +178,17 @@ class Rounds:
         """Wait for the rounds in progress (a closing store lets its last writes commit)."""
         if self._running:
             await asyncio.gather(*self._running, return_exceptions=True)
+
+
+async def _savepoint(rnd: _Round, *statements: str) -> None:
+    """Set, release or roll back to the block's savepoint; if that fails the transaction's
+    state is unknown, and the round fails for every write in it (raised on here too)."""
+    try:
+        for statement in statements:
+            await rnd.db.execute(statement)
+    except BaseException as broken:
+        _end(rnd, broken)
+        raise
 
 
 class _Restart(Exception):
