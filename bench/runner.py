@@ -253,6 +253,15 @@ async def run_scenario(
     return summary
 
 
+def _summed_counts(runs: list[dict[str, Any]], key: str) -> dict[str, int]:
+    """The runs' ``key`` counts ({name: n}) added up over the repeats."""
+    total: dict[str, int] = {}
+    for r in runs:
+        for k, v in r.get(key, {}).items():
+            total[k] = total.get(k, 0) + int(v)
+    return total
+
+
 def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Medians over repeats (throughput, every latency percentile, CPU)."""
     first = runs[0]
@@ -280,21 +289,13 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
         )
     }
     out["repeats"] = len(runs)
-    lost: dict[str, int] = {}
-    for r in runs:
-        for k, v in r.get("processes_lost", {}).items():
-            lost[k] = lost.get(k, 0) + int(v)
-    out["processes_lost"] = lost
+    out["processes_lost"] = _summed_counts(runs, "processes_lost")
     out["throughput_per_s"] = round(median_of([r["throughput_per_s"] for r in runs]), 1)
     out["throughput_per_s_repeats"] = [r["throughput_per_s"] for r in runs]
     out["ok"] = sum(int(r["ok"]) for r in runs)
     out["errors"] = sum(int(r["errors"]) for r in runs)
     out["errors_outside_window"] = sum(int(r["errors_outside_window"]) for r in runs)
-    kinds: dict[str, int] = {}
-    for r in runs:
-        for k, v in r["error_kinds"].items():
-            kinds[k] = kinds.get(k, 0) + int(v)
-    out["error_kinds"] = kinds
+    out["error_kinds"] = _summed_counts(runs, "error_kinds")
     names = [n for n in first["latency_ms"]]
     out["latency_ms"] = {
         n: median_summary([r["latency_ms"][n] for r in runs if n in r["latency_ms"]]) for n in names

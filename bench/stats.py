@@ -145,6 +145,11 @@ def postgres_cpu_by_pid(database: str | None = None) -> dict[int, float]:
     else:
         own, shared = pg_pids(database)
         pids = own + shared
+    return cpu_by_pid(pids)
+
+
+def cpu_by_pid(pids: Sequence[int]) -> dict[int, float]:
+    """CPU seconds of each of ``pids`` that can be read now (a process gone is left out)."""
     out: dict[int, float] = {}
     for pid in pids:
         secs = cpu_seconds(pid)
@@ -262,12 +267,7 @@ class CpuMeter:
 
 def _cpu_by_pid(what: int | ProcessTree) -> dict[int, float]:
     """CPU seconds of a process or of each process of a tree, by pid (the ones readable now)."""
-    out: dict[int, float] = {}
-    for pid in process_tree(what.root) if isinstance(what, ProcessTree) else [what]:
-        secs = cpu_seconds(pid)
-        if secs is not None:
-            out[pid] = secs
-    return out
+    return cpu_by_pid(process_tree(what.root) if isinstance(what, ProcessTree) else [what])
 
 
 def jsonable(value: Any) -> Any:

@@ -88,7 +88,7 @@ class Settings:
     log_level: str = "INFO"
     sqlite_synchronous: str = "FULL"
     # "async": a callback's delivery ack commits without waiting for the disk flush (see the
-    # README, "Callback delivery acks"); "durable": flushed like every other commit
+    # README, "How an operation flows", step 4); "durable": flushed like every other commit
     callback_ack_commit: str = "async"
     db_pool_size: int = 20
     workers: int = 1

@@ -26,17 +26,17 @@ from gateway.store import schema as t
 _o, _e, _cb_t, _i = t.operations, t.events, t.callbacks, t.idempotency
 
 
-def pragmas(synchronous: str) -> list[str]:
+def synchronous(level: str) -> str:
+    """Set the connection's durability level (outside a transaction only)."""
+    return f"PRAGMA synchronous={level}"
+
+
+def pragmas(level: str) -> list[str]:
     """Run on every new connection (we issue BEGIN ourselves)."""
-    return [
-        "PRAGMA journal_mode=WAL",
-        f"PRAGMA synchronous={synchronous}",
-        "PRAGMA busy_timeout=30000",
-    ]
+    return ["PRAGMA journal_mode=WAL", synchronous(level), "PRAGMA busy_timeout=30000"]
 
 
 BEGIN = "BEGIN IMMEDIATE"
-SYNCHRONOUS_NORMAL = "PRAGMA synchronous=NORMAL"
 COMMIT = "COMMIT"
 ROLLBACK = "ROLLBACK"
 

@@ -105,7 +105,7 @@ class SqliteStore(SqlStore):
         async with self.engine.connect() as conn:
             db: Any = (await conn.get_raw_connection()).driver_connection
             if lighter:  # SQLite changes the level only outside a transaction
-                await db.execute(sql.SYNCHRONOUS_NORMAL)
+                await db.execute(sql.synchronous("NORMAL"))
             try:
                 await db.execute(sql.BEGIN)
                 try:
@@ -118,7 +118,7 @@ class SqliteStore(SqlStore):
             finally:
                 if lighter:
                     try:
-                        await db.execute(f"PRAGMA synchronous={self._synchronous}")
+                        await db.execute(sql.synchronous(self._synchronous))
                     except BaseException:
                         # never hand the next (durable) writer a connection left at NORMAL
                         await conn.invalidate()

@@ -86,9 +86,7 @@ class Rounds:
                 while not await self._transaction(rnd):
                     pass  # its first write failed alone: the others go on in a fresh one
         except BaseException as exc:
-            rnd.closing = True
-            if self._open is rnd:
-                self._open = None
+            self._close(rnd)
             for turn in rnd.turns:  # never run: their callers get the round's error
                 if not turn.done():
                     turn.set_exception(exc)
@@ -129,6 +127,7 @@ class Rounds:
         return True
 
     def _close(self, rnd: _Round) -> None:
+        """No more writes join ``rnd``; the next one opens a new round."""
         rnd.closing = True
         if self._open is rnd:
             self._open = None
