@@ -38,6 +38,7 @@ from gateway.http import mcp as mcp_routes
 from gateway.http import pull as pull_routes
 from gateway.http.context import SERVICES, Services
 from gateway.http.errors import error_middleware
+from gateway.http.hotpath import HotServer, hot_routes
 from gateway.security.netguard import BlockedDestination, OutboundPolicy, screen_url
 from gateway.startup import migrate_when_reachable
 from gateway.store.sqlstore import SqlStore
@@ -228,6 +229,46 @@ async def auth_config(settings: Settings, store: SqlStore) -> AuthConfig:
     )
 
 
+# The routes every operation (start, completion) and every durable agent's work (heartbeats,
+# the step journal) take: served by gateway.http.hotpath unless SWARMGATE_HOT_PATH=false.
+HOT_HANDLERS = (
+    nexus.start,
+    api.complete,
+    journal_routes.heartbeat,
+    journal_routes.put_step,
+    journal_routes.list_steps,
+)
+
+
+async def listen(
+    gw: Gateway, runner: web.AppRunner, *, access_log: logging.Logger | None = None
+) -> HotServer | web.TCPSite:
+    """Listen on the settings' address: the hot path in front of aiohttp (``runner``, set
+    up), or aiohttp alone; the result's ``stop()`` stops listening."""
+    s = gw.settings
+    if not s.hot_path or runner.server is None:
+        site = web.TCPSite(
+            runner,
+            s.host,
+            s.port,
+            reuse_address=True,
+            reuse_port=s.reuse_port or None,  # worker processes share the port
+        )
+        await site.start()
+        return site
+    server = HotServer(
+        gw.app,
+        runner.server,
+        hot_routes(gw.app, HOT_HANDLERS),
+        max_body=s.max_body_bytes,
+        body_timeout_s=s.body_timeout_s,
+        access_log=access_log,
+        metrics=gw.engine.metrics,
+    )
+    await server.start(s.host, s.port, reuse_port=s.reuse_port)
+    return server
+
+
 async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> None:
     """Run a gateway until SIGTERM/SIGINT; then stop taking work and release it."""
     logs.configure(settings.log_format, settings.log_level)
@@ -235,14 +276,7 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
     access = logging.getLogger(logs.ACCESS_LOGGER) if settings.access_log else None
     runner = web.AppRunner(gw.app, access_log=access, access_log_format=logs.ACCESS_FORMAT)
     await runner.setup()
-    site = web.TCPSite(
-        runner,
-        settings.host,
-        settings.port,
-        reuse_address=True,
-        reuse_port=settings.reuse_port or None,  # worker processes share the port
-    )
-    await site.start()
+    site = await listen(gw, runner, access_log=access)
     await gw.engine.run()
     log.info("swarmgate %s listening on %s", settings.replica_id, settings.base_url)
     print(f"swarmgate listening on {settings.base_url} (replica {settings.replica_id})", flush=True)

@@ -95,6 +95,9 @@ class Settings:
     reuse_port: bool = False
     public_cards: bool = True  # A2A agent cards without a token (discovery); off: ops:read
     access_log: bool = False
+    # the hot routes (start, heartbeat, steps, completions) on the lean HTTP/1.1 server of
+    # gateway.http.hotpath; off: every request on aiohttp's server
+    hot_path: bool = True
     mcp_wait_s: float = 60.0  # /mcp: tools/call without a task, and tasks/result, wait this long
     startup_db_wait_s: float = 60.0  # how long a starting replica retries an unreachable DB
     body_timeout_s: float = 10.0  # a start's body must arrive within this (before admission)
@@ -157,6 +160,7 @@ class Settings:
             "reuse_port": _flag(e, p + "REUSE_PORT", False),
             "public_cards": _flag(e, p + "PUBLIC_CARDS", cls.public_cards),
             "access_log": _flag(e, p + "ACCESS_LOG", False),
+            "hot_path": _flag(e, p + "HOT_PATH", cls.hot_path),
             "mcp_wait_s": _f(e, p + "MCP_WAIT_S", cls.mcp_wait_s),
             "startup_db_wait_s": _f(e, p + "STARTUP_DB_WAIT_S", cls.startup_db_wait_s),
             "body_timeout_s": _f(e, p + "BODY_TIMEOUT_S", cls.body_timeout_s),

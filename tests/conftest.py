@@ -22,7 +22,8 @@ import asyncpg
 import pytest
 from aiohttp import web
 
-from gateway.app import Gateway, build
+from gateway.app import Gateway, build, listen
+from gateway.http.hotpath import HotServer
 from gateway.config import Settings
 from gateway.domain.clock import Clock
 from gateway.sdk.agent import AgentApp
@@ -143,6 +144,7 @@ class Running:
     gw: Gateway
     url: str
     http: aiohttp.ClientSession
+    site: HotServer | web.TCPSite  # what listens: the hot path, unless settings.hot_path=False
 
     def nexus(self, service: str, operation: str) -> str:
         return f"{self.url}/nexus/{service}/{operation}"
@@ -159,13 +161,13 @@ async def running_gateway(
     gw = await build(settings, clock=clock, tracing=tracing)
     runner = web.AppRunner(gw.app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port)
-    await site.start()
+    site = await listen(gw, runner)  # as `swarmgate serve` listens: the hot path in front
     await gw.engine.run()
     async with aiohttp.ClientSession() as http:
         try:
-            yield Running(gw=gw, url=settings.base_url, http=http)
+            yield Running(gw=gw, url=settings.base_url, http=http, site=site)
         finally:
+            await site.stop()
             await gw.engine.stop(grace_s=1.0)
             await runner.cleanup()
             await gw.transport.close()

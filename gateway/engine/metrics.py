@@ -102,6 +102,14 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.http_connections = Counter(
+            "swarmgate_http_connections_total",
+            "Client connections: accepted (every one, by the hot path), handed_over (to "
+            "aiohttp's server), refused (a request pipelined behind a hot one for another "
+            "route: closed)",
+            ["path"],
+            registry=r,
+        )
         self.callback_seconds = Histogram(
             "swarmgate_callback_seconds",
             "Duration of one callback delivery attempt",

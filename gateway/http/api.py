@@ -18,7 +18,7 @@ from gateway.domain.specs import AdapterKind, AgentSpec
 from gateway.engine.signing import CallbackSigner
 from gateway.http import mcp_agents, sse
 from gateway.http.bodies import int_param, json_body
-from gateway.http.context import check_outbound_url, principal, services
+from gateway.http.context import InboundRequest, check_outbound_url, principal, services
 from gateway.http.contract import registration_errors
 from gateway.http.wire import (
     delivery_json,
@@ -35,7 +35,7 @@ from registry.auth import Principal
 # -- completions (agents finishing async operations) ------------------------------------------
 
 
-async def complete(request: web.Request) -> web.Response:
+async def complete(request: InboundRequest) -> web.Response:
     svc = services(request)
     op_id = request.match_info["op_id"]
     auth = request.headers.get("Authorization", "")

@@ -17,6 +17,7 @@ from aiohttp import web
 
 from gateway.domain import jsonio
 from gateway.domain.errors import HandlerError, HandlerErrorType
+from gateway.http.context import InboundRequest
 
 __all__ = ["capped_body", "int_param", "json_body", "parse_json", "read_body"]
 
@@ -33,7 +34,7 @@ def parse_json(raw: bytes | str, what: str = "body") -> Any:
         ) from exc
 
 
-async def read_body(request: web.Request, timeout_s: float) -> bytes:
+async def read_body(request: InboundRequest, timeout_s: float) -> bytes:
     """The whole request body, which must arrive within ``timeout_s``; 408 otherwise (a slow
     upload must not hold what it holds, e.g. an admission slot, for as long as it likes).
     A body that has arrived whole (a small one comes with the head) is read without the
@@ -55,7 +56,7 @@ async def json_body(request: web.Request) -> Any:
     return parse_json(await request.read())
 
 
-async def capped_body(request: web.Request, max_bytes: int, what: str = "body") -> bytes:
+async def capped_body(request: InboundRequest, max_bytes: int, what: str = "body") -> bytes:
     """The raw body, refused with a 400 once it is over ``max_bytes`` (read no further)."""
     length = request.content_length
     if length is not None:  # the framing bounds what arrives: read it in one go

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 from aiohttp import web
+from multidict import CIMultiDictProxy, MultiMapping
 
 from gateway.domain.errors import HandlerError, HandlerErrorType
 from gateway.engine.engine import Engine
@@ -27,15 +30,54 @@ class Services:
 SERVICES = web.AppKey("swarmgate.services", Services)
 
 
-def services(request: web.Request) -> Services:
+class BodyStream(Protocol):
+    """What handlers use of a request's body stream (aiohttp's ``StreamReader``)."""
+
+    def is_eof(self) -> bool: ...
+
+    def iter_chunked(self, n: int) -> AsyncIterator[bytes]: ...
+
+
+class InboundRequest(Protocol):
+    """What a handler may use of a request: aiohttp's ``web.Request`` has it, and so has the
+    hot path's request (``gateway.http.hotpath``), so the hot routes' handlers serve both."""
+
+    @property
+    def app(self) -> web.Application: ...
+
+    @property
+    def method(self) -> str: ...
+
+    @property
+    def path(self) -> str: ...
+
+    @property
+    def headers(self) -> CIMultiDictProxy[str]: ...
+
+    @property
+    def query(self) -> MultiMapping[str]: ...
+
+    @property
+    def match_info(self) -> Mapping[str, str]: ...
+
+    @property
+    def content_length(self) -> int | None: ...
+
+    @property
+    def content(self) -> BodyStream: ...
+
+    async def read(self) -> bytes: ...
+
+
+def services(request: InboundRequest) -> Services:
     return request.app[SERVICES]
 
 
-async def principal(request: web.Request) -> Principal:
+async def principal(request: InboundRequest) -> Principal:
     return await services(request).verifier.verify(request.headers.get("Authorization"))
 
 
-async def check_outbound_url(request: web.Request, url: str, what: str) -> None:
+async def check_outbound_url(request: InboundRequest, url: str, what: str) -> None:
     svc = services(request)
     try:
         await screen_url(url, svc.outbound)

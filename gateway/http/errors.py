@@ -17,6 +17,7 @@ from gateway.domain.errors import (
     StoreFull,
     StoreUnavailable,
 )
+from gateway.http.context import InboundRequest
 
 log = logging.getLogger("swarmgate.http")
 
@@ -106,7 +107,7 @@ def nexus_failure(err: HandlerError) -> web.Response:
     )
 
 
-def error_response(request: web.Request, err: HandlerError) -> web.Response:
+def error_response(request: InboundRequest, err: HandlerError) -> web.Response:
     if request.path.startswith(NEXUS_PREFIX):
         return nexus_failure(err)
     return problem(
@@ -118,11 +119,17 @@ def error_response(request: web.Request, err: HandlerError) -> web.Response:
     )
 
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Handler = Callable[[Any], Awaitable[web.StreamResponse]]
 
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    return await guarded(request, handler)
+
+
+async def guarded(request: InboundRequest, handler: Handler) -> web.StreamResponse:
+    """``handler(request)``, with every error it raises answered as the surface answers it:
+    the one error mapping of both the aiohttp app and the hot path."""
     try:
         return await handler(request)
     except HandlerError as err:

@@ -29,10 +29,10 @@ from gateway.domain.model import StepRecord
 from gateway.engine.heartbeats import HeartbeatAnswer
 from gateway.engine.wire import rfc3339_ms
 from gateway.http.bodies import capped_body, int_param, parse_json
-from gateway.http.context import services
+from gateway.http.context import InboundRequest, services
 
 
-def _token(request: web.Request) -> str:
+def _token(request: InboundRequest) -> str:
     auth = request.headers.get("Authorization", "")
     return auth[7:].strip() if auth[:7].lower() == "bearer " else ""
 
@@ -71,7 +71,7 @@ def journal_json(journal: Journal) -> dict[str, Any]:
     return {"steps": [step_json(s) for s in journal.steps], "details": journal.details}
 
 
-async def heartbeat(request: web.Request) -> web.Response:
+async def heartbeat(request: InboundRequest) -> web.Response:
     raw = await capped_body(request, HEARTBEAT_BODY_MAX, "heartbeat body")
     data = parse_json(raw, "heartbeat body") if raw.strip() else {}
     if not isinstance(data, dict):
@@ -86,12 +86,12 @@ async def heartbeat(request: web.Request) -> web.Response:
     return web.Response(body=_answer_body(answer), content_type="application/json", charset="utf-8")
 
 
-async def list_steps(request: web.Request) -> web.Response:
+async def list_steps(request: InboundRequest) -> web.Response:
     journal = await services(request).engine.journal(request.match_info["op_id"], _token(request))
     return web.json_response(journal_json(journal))
 
 
-async def put_step(request: web.Request) -> web.Response:
+async def put_step(request: InboundRequest) -> web.Response:
     name = request.match_info["name"]
     if len(name) > STEP_NAME_MAX:  # before reading the body
         raise HandlerError(

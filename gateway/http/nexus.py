@@ -14,7 +14,7 @@ from gateway.domain.errors import HandlerError, HandlerErrorType
 from gateway.domain.model import CALLBACK_EVENTS, CALLBACK_EVENTS_KEY, Operation, OperationState
 from gateway.engine.engine import StartRequest, fingerprint
 from gateway.http.bodies import read_body
-from gateway.http.context import check_outbound_url, principal, services
+from gateway.http.context import InboundRequest, check_outbound_url, principal, services
 from gateway.http.wire import operation_info, running_body
 from registry.auth import Principal
 
@@ -189,7 +189,7 @@ async def load_for_caller(request: web.Request, token: str | None) -> Operation:
     return op
 
 
-async def start(request: web.Request) -> web.Response:
+async def start(request: InboundRequest) -> web.Response:
     svc = services(request)
     t0 = time.perf_counter()
     p = await principal(request)
@@ -203,7 +203,7 @@ async def start(request: web.Request) -> web.Response:
     return resp
 
 
-async def _start(request: web.Request, p: Principal, body: bytes) -> web.Response:
+async def _start(request: InboundRequest, p: Principal, body: bytes) -> web.Response:
     svc = services(request)
     service, operation = request.match_info["service"], request.match_info["operation"]
     callback = request.query.get("callback") or None
