@@ -21,6 +21,7 @@ from pathlib import Path
 
 import uvloop
 
+from bench.procs import parse_gateway_env
 from bench.report import render
 from bench.runner import Options, run, targets_for
 from bench.scenarios import SCENARIOS
@@ -138,13 +139,10 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _gateway_env(p: argparse.ArgumentParser, pairs: list[str]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for pair in pairs:
-        name, sep, value = pair.partition("=")
-        if not sep or not name.startswith("SWARMGATE_"):
-            p.error(f"--gateway-env takes SWARMGATE_NAME=VALUE, got {pair!r}")
-        out[name] = value
-    return out
+    try:
+        return parse_gateway_env(pairs)
+    except ValueError as exc:
+        p.error(str(exc))
 
 
 def main(argv: list[str] | None = None) -> int:

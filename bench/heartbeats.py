@@ -51,7 +51,7 @@ from aiohttp import web
 from adapters.transport import HttpTransport
 from bench import db as dbmod
 from bench.load import Hook, OpFn, RunResult, Sample, Window, closed_loop
-from bench.procs import ROOT, free_port, gateway_process
+from bench.procs import ROOT, free_port, gateway_process, parse_gateway_env
 from bench.stats import (
     CpuMeter,
     ProcessTree,
@@ -402,6 +402,7 @@ async def run_target(target: dbmod.Target, args: argparse.Namespace) -> dict[str
         max_seconds=3600,
         sqlite_synchronous=target.sqlite_synchronous,
         root=Path(args.gateway_root).resolve() if args.gateway_root else None,
+        extra_env=args.gateway_env,
     )
     gw_url = f"http://127.0.0.1:{port}"
     out: dict[str, Any] = {
@@ -409,6 +410,7 @@ async def run_target(target: dbmod.Target, args: argparse.Namespace) -> dict[str
         "ops": args.ops,
         "mode": f"open {args.interval:g}s" if args.interval else "closed",
         "gateway_root": args.gateway_root or str(ROOT),
+        "gateway_env": dict(args.gateway_env),
         "scenarios": {},
     }
     # closed loop: a connection per operation; open loop: as many as the calls in flight
@@ -514,6 +516,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--gateway-root", default=None, help="run the gateway of this checkout (its .venv)"
     )
+    p.add_argument(
+        "--gateway-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a SWARMGATE_* setting for the gateway (repeatable), e.g. to compare two settings",
+    )
     p.add_argument("--json", default=None, help="write the results as JSON here ('-': stdout)")
     return p
 
@@ -529,7 +538,12 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
+    try:
+        args.gateway_env = parse_gateway_env(args.gateway_env)
+    except ValueError as exc:
+        p.error(str(exc))
     if args.scenarios is None:
         args.scenarios = ("heartbeat",) if args.interval else SCENARIOS
     bad = [s for s in args.scenarios if s not in SCENARIOS]

@@ -130,6 +130,17 @@ def write_agents_file(path: Path, agent_url: str) -> None:
     path.write_text(json.dumps([spec]))
 
 
+def parse_gateway_env(pairs: list[str]) -> dict[str, str]:
+    """``--gateway-env SWARMGATE_NAME=VALUE`` arguments as a mapping (ValueError otherwise)."""
+    out: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.startswith("SWARMGATE_"):
+            raise ValueError(f"--gateway-env takes SWARMGATE_NAME=VALUE, got {pair!r}")
+        out[name] = value
+    return out
+
+
 def gateway_process(
     *,
     db_url: str,

@@ -98,6 +98,9 @@ class Settings:
     # the hot routes (start, heartbeat, steps, completions) on the lean HTTP/1.1 server of
     # gateway.http.hotpath; off: every request on aiohttp's server
     hot_path: bool = True
+    # the cyclic garbage collector's first threshold, after the start-up objects are frozen out
+    # of its scans (gc.freeze); 0: Python's defaults (700, no freeze). See gateway.app.tune_gc.
+    gc_threshold: int = 20_000
     mcp_wait_s: float = 60.0  # /mcp: tools/call without a task, and tasks/result, wait this long
     startup_db_wait_s: float = 60.0  # how long a starting replica retries an unreachable DB
     body_timeout_s: float = 10.0  # a start's body must arrive within this (before admission)
@@ -161,6 +164,7 @@ class Settings:
             "public_cards": _flag(e, p + "PUBLIC_CARDS", cls.public_cards),
             "access_log": _flag(e, p + "ACCESS_LOG", False),
             "hot_path": _flag(e, p + "HOT_PATH", cls.hot_path),
+            "gc_threshold": int(_f(e, p + "GC_THRESHOLD", cls.gc_threshold)),
             "mcp_wait_s": _f(e, p + "MCP_WAIT_S", cls.mcp_wait_s),
             "startup_db_wait_s": _f(e, p + "STARTUP_DB_WAIT_S", cls.startup_db_wait_s),
             "body_timeout_s": _f(e, p + "BODY_TIMEOUT_S", cls.body_timeout_s),
@@ -177,6 +181,8 @@ class Settings:
             raise ConfigError("SWARMGATE_AUTH_MODE must be hs256, jwks or none")
         if kw["auth_mode"] == "jwks" and not kw["jwks_url"]:
             raise ConfigError("SWARMGATE_AUTH_MODE=jwks needs SWARMGATE_JWKS_URL")
+        if int(str(kw["gc_threshold"])) < 0:
+            raise ConfigError(f"SWARMGATE_GC_THRESHOLD must be 0 or more, got {kw['gc_threshold']}")
         if not 0 <= int(str(kw["port"])) <= 65535:
             raise ConfigError(f"SWARMGATE_PORT must be 0-65535, got {kw['port']}")
         _check_cidrs(cidrs)

@@ -123,13 +123,10 @@ Handler = Callable[[Any], Awaitable[web.StreamResponse]]
 
 
 @web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    return await guarded(request, handler)
-
-
-async def guarded(request: InboundRequest, handler: Handler) -> web.StreamResponse:
+async def error_middleware(request: InboundRequest, handler: Handler) -> web.StreamResponse:
     """``handler(request)``, with every error it raises answered as the surface answers it:
-    the one error mapping of both the aiohttp app and the hot path."""
+    the one error mapping of the aiohttp app and of the hot path (which runs the app's
+    middlewares around the hot routes)."""
     try:
         return await handler(request)
     except HandlerError as err:

@@ -26,6 +26,7 @@ closed. One sweep per ``sweep_s`` checks every connection (no timer per request)
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
 import time
@@ -92,13 +93,19 @@ class HotRoute:
     def match(self, segments: list[str]) -> dict[str, str] | None:
         if len(segments) != len(self.parts):
             return None
-        values: list[str] = []
-        for part, seg in zip(self.parts, segments, strict=True):
-            if part is None:
-                values.append(seg)
-            elif part != seg:
+        for i, literal in self._literals:
+            if segments[i] != literal:
                 return None
-        return dict(zip(self.names, values, strict=True))
+        return {name: segments[i] for name, i in self._params}
+
+    @functools.cached_property
+    def _literals(self) -> tuple[tuple[int, str], ...]:
+        return tuple((i, p) for i, p in enumerate(self.parts) if p is not None)
+
+    @functools.cached_property
+    def _params(self) -> tuple[tuple[str, int], ...]:
+        where = [i for i, p in enumerate(self.parts) if p is None]
+        return tuple(zip(self.names, where, strict=True))
 
 
 def hot_routes(app: web.Application, handlers: Iterable[Handler]) -> tuple[HotRoute, ...]:
@@ -369,10 +376,10 @@ class _Connection(asyncio.Protocol):
         try:
             while self._queue and not self._gone:
                 request, handler, keep_alive = self._queue.popleft()
-                keep_alive = keep_alive and not self._closing  # stopping: say so
                 t0 = time.perf_counter()
                 try:
                     resp = await self._server.wrap(handler)(request)
+                    keep_alive = keep_alive and not self._closing  # stopping: say so
                     data = self._server.encode(resp, keep_alive)
                 except Exception:
                     log.exception("hot path: %s %s failed", request.method, request.path)
@@ -489,8 +496,10 @@ def _headers(raw: list[tuple[bytes, bytes]]) -> CIMultiDictProxy[str]:
     # decoded as aiohttp's C parser decodes them
     return CIMultiDictProxy(
         CIMultiDict(
-            (n.decode("utf-8", "surrogateescape"), v.decode("utf-8", "surrogateescape"))
-            for n, v in raw
+            [
+                (n.decode("utf-8", "surrogateescape"), v.decode("utf-8", "surrogateescape"))
+                for n, v in raw
+            ]
         )
     )
 
@@ -615,7 +624,7 @@ _SERVER = SERVER_SOFTWARE.encode()
 
 
 def _behind(mw: Any, handler: Handler) -> Handler:
-    async def run(request: Any) -> web.StreamResponse:
-        return cast(web.StreamResponse, await mw(request, handler))
+    def run(request: Any) -> Awaitable[web.StreamResponse]:
+        return cast(Awaitable[web.StreamResponse], mw(request, handler))  # no frame of its own
 
     return run
