@@ -37,6 +37,7 @@ import heapq
 import json
 import os
 import random
+import sqlite3
 import sys
 import tempfile
 import time
@@ -428,6 +429,12 @@ async def run_target(target: dbmod.Target, args: argparse.Namespace) -> dict[str
             if time.monotonic() > deadline:
                 raise RuntimeError(f"only {len(agent.ops)} of {args.ops} dispatched")
             await asyncio.sleep(0.05)
+        # the agent has every dispatch; the gateway may still be recording the acceptances
+        # (one write each): measuring before they are all in would count their cost
+        while await _accepted(db) < args.ops:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"only {await _accepted(db)} of {args.ops} accepted")
+            await asyncio.sleep(0.2)
         out["setup_s"] = round(time.perf_counter() - t_setup, 2)
         ops = list(agent.ops.values())
         for scenario in args.scenarios:
@@ -444,6 +451,22 @@ async def run_target(target: dbmod.Target, args: argparse.Namespace) -> dict[str
         await runner.cleanup()
         await db.drop()
     return out
+
+
+_ACCEPTED = "SELECT count(*) FROM sg_events WHERE kind = 'attempt.accepted'"
+
+
+async def _accepted(db: dbmod.Database) -> int:
+    """Acceptances the gateway has committed (``attempt.accepted`` events)."""
+    if db.pg_name is None:  # SQLite: a read next to the gateway's writer (WAL)
+        path = db.url.removeprefix("sqlite:///")
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10) as conn:
+            return int(conn.execute(_ACCEPTED).fetchone()[0])
+    pg = await asyncpg.connect(db.url, timeout=10)
+    try:
+        return int(await pg.fetchval(_ACCEPTED))
+    finally:
+        await pg.close()
 
 
 async def _pg_stats(url: str) -> dict[str, Any]:
