@@ -21,7 +21,7 @@ from pathlib import Path
 
 import uvloop
 
-from bench.procs import parse_gateway_env
+from bench.procs import add_gateway_env_argument, parse_gateway_env
 from bench.report import render
 from bench.runner import Options, run, targets_for
 from bench.scenarios import SCENARIOS
@@ -119,13 +119,7 @@ def parser() -> argparse.ArgumentParser:
         type=Path,
         help="run the gateway of this checkout (its .venv), e.g. the base of a before/after",
     )
-    p.add_argument(
-        "--gateway-env",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="a SWARMGATE_* setting for the gateway (repeatable), e.g. to compare two settings",
-    )
+    add_gateway_env_argument(p)
     p.add_argument("--max-outstanding", type=int, default=1024, help="open-loop in-flight cap")
     p.add_argument("--op-timeout", type=float, default=30.0, help="per unit of work, seconds")
     p.add_argument("--pg-admin", default=PG_ADMIN, help="admin DSN for throw-away databases")

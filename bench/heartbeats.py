@@ -52,7 +52,13 @@ from aiohttp import web
 from adapters.transport import HttpTransport
 from bench import db as dbmod
 from bench.load import Hook, OpFn, RunResult, Sample, Window, closed_loop
-from bench.procs import ROOT, free_port, gateway_process, parse_gateway_env
+from bench.procs import (
+    ROOT,
+    add_gateway_env_argument,
+    free_port,
+    gateway_process,
+    parse_gateway_env,
+)
 from bench.stats import (
     CpuMeter,
     ProcessTree,
@@ -539,13 +545,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--gateway-root", default=None, help="run the gateway of this checkout (its .venv)"
     )
-    p.add_argument(
-        "--gateway-env",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="a SWARMGATE_* setting for the gateway (repeatable), e.g. to compare two settings",
-    )
+    add_gateway_env_argument(p)
     p.add_argument("--json", default=None, help="write the results as JSON here ('-': stdout)")
     return p
 

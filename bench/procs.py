@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -128,6 +129,17 @@ def write_agents_file(path: Path, agent_url: str) -> None:
         ],
     }
     path.write_text(json.dumps([spec]))
+
+
+def add_gateway_env_argument(p: argparse.ArgumentParser) -> None:
+    """``--gateway-env NAME=VALUE`` (repeatable), parsed by :func:`parse_gateway_env`."""
+    p.add_argument(
+        "--gateway-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a SWARMGATE_* setting for the gateway (repeatable), e.g. to compare two settings",
+    )
 
 
 def parse_gateway_env(pairs: list[str]) -> dict[str, str]:

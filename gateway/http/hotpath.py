@@ -344,19 +344,9 @@ class _Connection(asyncio.Protocol):
         job = self._job
         if job is None:  # not reached: on_headers_complete decided
             raise _Switch
-        handler, match, path, query = job
         self._job = None
-        request = HotRequest(
-            app=self._server.app,
-            method=self._parser.get_method().decode("ascii"),
-            path=path,
-            query_string=query,
-            headers=_headers(self._headers),
-            match_info=match,
-            body=b"".join(self._body),
-            raw_line=self._request_line(),
-        )
-        self._queue.append((request, handler, self._parser.should_keep_alive()))
+        request = self._request(job, b"".join(self._body), self._request_line())
+        self._queue.append((request, job[0], self._parser.should_keep_alive()))
         if not self._busy:
             self._busy = True
             self._server.loop.create_task(self._serve_queue())
@@ -364,6 +354,21 @@ class _Connection(asyncio.Protocol):
             self._transport.pause_reading()  # a pipelining client waits for its answers
 
     # serving
+
+    def _request(
+        self, job: tuple[Handler, dict[str, str], str, str], body: bytes, line: str
+    ) -> HotRequest:
+        _handler, match, path, query = job
+        return HotRequest(
+            app=self._server.app,
+            method=self._parser.get_method().decode("ascii"),
+            path=path,
+            query_string=query,
+            headers=_headers(self._headers),
+            match_info=match,
+            body=body,
+            raw_line=line,
+        )
 
     def _request_line(self) -> str:
         if self._server.access_log is None:
@@ -467,17 +472,7 @@ class _Connection(asyncio.Protocol):
         self.body_deadline = None
         self._closing = True
         if job is not None:
-            _handler, match, path, query = job
-            request = HotRequest(
-                app=self._server.app,
-                method=self._parser.get_method().decode("ascii"),
-                path=path,
-                query_string=query,
-                headers=_headers(self._headers),
-                match_info=match,
-                body=b"",
-                raw_line="",
-            )
+            request = self._request(job, b"", "")
             err = HandlerError(
                 HandlerErrorType.REQUEST_TIMEOUT,
                 f"the request body did not arrive within {self._server.body_timeout_s:g}s",
