@@ -23,9 +23,9 @@ import pytest
 from aiohttp import web
 
 from gateway.app import Gateway, build, listen
-from gateway.http.hotpath import HotServer
 from gateway.config import Settings
 from gateway.domain.clock import Clock
+from gateway.http.hotpath import HotServer
 from gateway.sdk.agent import AgentApp
 from gateway.store.sqlstore import SqlStore
 from gateway.testing import free_port
