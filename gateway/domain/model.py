@@ -114,6 +114,25 @@ class Event:
 
 
 @dataclass(frozen=True, kw_only=True)
+class RunningUpdate:
+    """One non-terminal change of a running operation, as ``Store.update_running`` takes it.
+
+    For ``Store.update_running_many``.
+    """
+
+    op_id: str
+    owner: str | None
+    work: Work | None
+    next_attempt_at: datetime | None
+    event: Event | None
+    agent_token: str | None = None
+    last_error: str | None = None
+    refund_attempt: bool = False
+    now: datetime | None = None
+    heartbeat_until: datetime | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
 class Heartbeat:
     """One heartbeat of an accepted attempt: the next deadline, and a checkpoint if given."""
 

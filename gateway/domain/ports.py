@@ -21,6 +21,7 @@ from gateway.domain.model import (
     IdempotencyRecord,
     Operation,
     OperationState,
+    RunningUpdate,
     StepRecord,
     Work,
 )
@@ -204,6 +205,13 @@ class Store(Protocol):
 
         Fenced by the lease owner (if given). ``heartbeat_until`` is the accepted attempt's
         first heartbeat deadline (None: no heartbeat owed; clears an earlier one).
+        """
+        ...
+
+    async def update_running_many(self, updates: Sequence[RunningUpdate]) -> list[bool]:
+        """Several :meth:`update_running` in one transaction (one commit).
+
+        Each one's result, in order. If the transaction fails, none is applied.
         """
         ...
 

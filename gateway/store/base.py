@@ -41,6 +41,7 @@ from gateway.domain.model import (
     IdempotencyRecord,
     Operation,
     OperationState,
+    RunningUpdate,
     Work,
 )
 from gateway.domain.ports import Created, NewOperation
@@ -374,26 +375,51 @@ class SqlStore(PullTables, JournalTables):
         now: datetime | None = None,
         heartbeat_until: datetime | None = None,
     ) -> bool:
-        params = {
-            "b_hb_until": heartbeat_until,
-            "b_id": op_id,
-            "b_owner": owner,
-            "b_cancelable": work in (None, Work.POLL),
-            "b_due_now": work is not Work.CANCEL_WAIT,  # a cancel's grace keeps its own time
-            "b_work": work.value if work else None,
-            "b_now": now or (event.at if event else next_attempt_at),
-            "b_next": next_attempt_at,
-            "b_error": last_error,
-            "b_token": agent_token,
-            "b_refund": 1 if refund_attempt else 0,  # deferred (e.g. circuit open), not made
-        }
+        update = RunningUpdate(
+            op_id=op_id,
+            owner=owner,
+            work=work,
+            next_attempt_at=next_attempt_at,
+            event=event,
+            agent_token=agent_token,
+            last_error=last_error,
+            refund_attempt=refund_attempt,
+            now=now,
+            heartbeat_until=heartbeat_until,
+        )
+        return (await self._update_running([update]))[0]
+
+    @translate
+    async def update_running_many(self, updates: Sequence[RunningUpdate]) -> list[bool]:
+        return await self._update_running(updates)
+
+    async def _update_running(self, updates: Sequence[RunningUpdate]) -> list[bool]:
+        done: list[bool] = []
+        events: list[dict[str, Any]] = []
         async with self._tx() as conn:
-            res = await conn.execute(s.UPDATE_RUNNING[owner is not None], params)
-            if not res.rowcount:
-                return False
-            if event is not None:
-                await conn.execute(s.INSERT_EVENTS, [rows.EVENT.values(event)])
-        return True
+            for u in updates:
+                params = {
+                    "b_hb_until": u.heartbeat_until,
+                    "b_id": u.op_id,
+                    "b_owner": u.owner,
+                    "b_cancelable": u.work in (None, Work.POLL),
+                    # a cancel's grace keeps its own time
+                    "b_due_now": u.work is not Work.CANCEL_WAIT,
+                    "b_work": u.work.value if u.work else None,
+                    "b_now": u.now or (u.event.at if u.event else u.next_attempt_at),
+                    "b_next": u.next_attempt_at,
+                    "b_error": u.last_error,
+                    "b_token": u.agent_token,
+                    # deferred (e.g. circuit open), not made
+                    "b_refund": 1 if u.refund_attempt else 0,
+                }
+                res = await conn.execute(s.UPDATE_RUNNING[u.owner is not None], params)
+                done.append(bool(res.rowcount))
+                if res.rowcount and u.event is not None:
+                    events.append(rows.EVENT.values(u.event))
+            if events:
+                await conn.execute(s.INSERT_EVENTS, events)
+        return done
 
     @translate
     async def update_closed(

@@ -26,6 +26,7 @@ from gateway.domain.model import (
     IdempotencyRecord,
     Operation,
     OperationState,
+    RunningUpdate,
     Work,
 )
 from gateway.domain.ports import Created, NewOperation
@@ -236,6 +237,23 @@ class MemoryStore(MemoryPull, MemoryJournal):
         if event is not None:
             self._add_event(event)
         return True
+
+    async def update_running_many(self, updates: Sequence[RunningUpdate]) -> list[bool]:
+        return [
+            await self.update_running(
+                u.op_id,
+                u.owner,
+                work=u.work,
+                next_attempt_at=u.next_attempt_at,
+                event=u.event,
+                agent_token=u.agent_token,
+                last_error=u.last_error,
+                refund_attempt=u.refund_attempt,
+                now=u.now,
+                heartbeat_until=u.heartbeat_until,
+            )
+            for u in updates
+        ]
 
     async def update_closed(
         self,

@@ -23,6 +23,7 @@ from gateway.domain.model import (
     IdempotencyRecord,
     Operation,
     OperationState,
+    RunningUpdate,
     Work,
 )
 from gateway.domain.ports import Store
@@ -447,6 +448,38 @@ async def test_a_running_update_is_fenced_by_the_owner_and_releases_the_lease(
         0,
     )
     assert (await kinds(port_store, op))[-1] == "attempt.accepted"
+
+
+async def test_running_updates_in_one_transaction_each_answer_for_themselves(
+    port_store: Store,
+) -> None:
+    ops = [await start(port_store) for _ in range(3)]
+    await port_store.claim_work("w1", at(1), at(1) + LEASE, 10)
+    closed = ops[2]
+    assert await port_store.complete(closing(closed))
+    updates = [
+        RunningUpdate(
+            op_id=op.id,
+            owner=owner,
+            work=None,
+            next_attempt_at=None,
+            event=ev(op, "attempt.accepted"),
+            agent_token=f"task-{i}",
+            heartbeat_until=at(30),
+        )
+        for i, (op, owner) in enumerate(zip(ops, ["w1", "w2", "w1"], strict=True))
+    ]
+    # the second is fenced off (another owner), the third is closed: only the first applies
+    assert await port_store.update_running_many(updates) == [True, False, False]
+    assert await port_store.update_running_many([]) == []
+    first, second, third = [await port_store.get_operation(op.id) for op in ops]
+    assert first is not None and second is not None and third is not None
+    assert (first.agent_token, first.heartbeat_until, first.lease_owner) == ("task-0", at(30), None)
+    assert (second.agent_token, second.lease_owner) == (None, "w1")
+    assert third.state is OperationState.SUCCEEDED
+    assert (await kinds(port_store, ops[0]))[-1] == "attempt.accepted"
+    assert "attempt.accepted" not in await kinds(port_store, ops[1])  # no event for a refusal
+    assert "attempt.accepted" not in await kinds(port_store, ops[2])
 
 
 async def test_a_cancel_requested_under_a_lease_is_not_lost_when_the_lease_ends(
