@@ -34,7 +34,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from email.utils import formatdate
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import httptools
 import yarl
@@ -201,6 +201,16 @@ class HotRequest:
         return self._body
 
 
+class _Head(NamedTuple):
+    """What a hot request's head decided: its handler, parameters, method, path and query."""
+
+    handler: Handler
+    match: dict[str, str]
+    method: str
+    path: str
+    query: str
+
+
 class _Switch(Exception):
     """Raised from a parser callback: this request is aiohttp's."""
 
@@ -222,7 +232,7 @@ class _Connection(asyncio.Protocol):
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._body: list[bytes] = []
-        self._job: tuple[Handler, dict[str, str], str, str] | None = None
+        self._job: _Head | None = None
         self._queue: deque[_Job] = deque()
         self._busy = False
         self._handover = False  # hand the connection over once the queue is answered
@@ -266,7 +276,7 @@ class _Connection(asyncio.Protocol):
         except httptools.HttpParserCallbackError as exc:
             if not isinstance(exc.__context__, _Switch):
                 log.exception("hot path: parser callback failed")
-                self._close_when_idle()
+                self.close_when_idle()
                 return
             self._switch()
             return
@@ -331,8 +341,7 @@ class _Connection(asyncio.Protocol):
         if length > self._server.max_body:
             raise _Switch  # aiohttp answers 413
         handler, match = found
-        query = (url.query or b"").decode("latin-1")
-        self._job = (handler, match, path, query)
+        self._job = _Head(handler, match, method, path, (url.query or b"").decode("latin-1"))
 
     def on_body(self, body: bytes) -> None:
         self._body.append(body)
@@ -345,8 +354,8 @@ class _Connection(asyncio.Protocol):
         if job is None:  # not reached: on_headers_complete decided
             raise _Switch
         self._job = None
-        request = self._request(job, b"".join(self._body), self._request_line())
-        self._queue.append((request, job[0], self._parser.should_keep_alive()))
+        request = self._request(job, b"".join(self._body), self._request_line(job))
+        self._queue.append((request, job.handler, self._parser.should_keep_alive()))
         if not self._busy:
             self._busy = True
             self._server.loop.create_task(self._serve_queue())
@@ -355,27 +364,23 @@ class _Connection(asyncio.Protocol):
 
     # serving
 
-    def _request(
-        self, job: tuple[Handler, dict[str, str], str, str], body: bytes, line: str
-    ) -> HotRequest:
-        _handler, match, path, query = job
+    def _request(self, job: _Head, body: bytes, line: str) -> HotRequest:
         return HotRequest(
             app=self._server.app,
-            method=self._parser.get_method().decode("ascii"),
-            path=path,
-            query_string=query,
+            method=job.method,
+            path=job.path,
+            query_string=job.query,
             headers=_headers(self._headers),
-            match_info=match,
+            match_info=job.match,
             body=body,
             raw_line=line,
         )
 
-    def _request_line(self) -> str:
+    def _request_line(self, job: _Head) -> str:
         if self._server.access_log is None:
             return ""
-        method = self._parser.get_method().decode("ascii", "replace")
         version = self._parser.get_http_version()
-        return f"{method} {self._url.decode('latin-1')} HTTP/{version}"
+        return f"{job.method} {self._url.decode('latin-1')} HTTP/{version}"
 
     async def _serve_queue(self) -> None:
         try:
@@ -388,14 +393,14 @@ class _Connection(asyncio.Protocol):
                     data = self._server.encode(resp, keep_alive)
                 except Exception:
                     log.exception("hot path: %s %s failed", request.method, request.path)
-                    data = self._server.encode(_internal(request), keep_alive=False)
-                    keep_alive = False
+                    resp, keep_alive = _internal(request), False
+                    data = self._server.encode(resp, keep_alive)
                 transport = self._transport
                 if transport is None or transport.is_closing():
                     return
                 transport.write(data)
                 if self._server.access_log is not None:
-                    self._log(request, data, time.perf_counter() - t0)
+                    self._log(request, resp, time.perf_counter() - t0)
                 if not keep_alive:
                     self._closing = True
                     transport.close()
@@ -410,15 +415,14 @@ class _Connection(asyncio.Protocol):
         elif self._closing and self._transport is not None:
             self._transport.close()
 
-    def _log(self, request: HotRequest, data: bytes, seconds: float) -> None:
+    def _log(self, request: HotRequest, resp: web.StreamResponse, seconds: float) -> None:
         logger = self._server.access_log
         assert logger is not None
-        status = int(data[9:12])
-        head_end = data.find(b"\r\n\r\n")
-        size = len(data) - head_end - 4
+        body = resp.body if isinstance(resp, web.Response) else None
+        size = len(body) if isinstance(body, bytes | bytearray) else 0  # all encode() sends
         agent = request.headers.get("User-Agent", "-")
         line = request.raw_line
-        logger.info('%s "%s" %d %d %.6fs "%s"', self.peer, line, status, size, seconds, agent)
+        logger.info('%s "%s" %d %d %.6fs "%s"', self.peer, line, resp.status, size, seconds, agent)
 
     def _switch(self) -> None:
         """This request is aiohttp's: hand the connection over now, or once the requests
@@ -427,7 +431,7 @@ class _Connection(asyncio.Protocol):
         if not self._aligned:
             log.info("hot path: a request pipelined behind another is not served; closing")
             self._server.count("refused")
-            self._close_when_idle()
+            self.close_when_idle()
             return
         self._handover = True
         if self._busy:
@@ -436,7 +440,9 @@ class _Connection(asyncio.Protocol):
             return
         self._hand_over()
 
-    def _close_when_idle(self) -> None:
+    def close_when_idle(self) -> None:
+        """Close now if nothing is being answered, else once the answer is written (also
+        how the server's stop closes its connections)."""
         self._closing = True
         if not self._busy and self._transport is not None:
             self._transport.close()
@@ -479,12 +485,6 @@ class _Connection(asyncio.Protocol):
             )
             transport.write(self._server.encode(error_response(request, err), keep_alive=False))
         transport.close()
-
-    def close_idle(self) -> None:
-        """Shutting down: close now if nothing is being answered, else after the answer."""
-        self._closing = True
-        if not self._busy and self._transport is not None:
-            self._transport.close()
 
 
 def _headers(raw: list[tuple[bytes, bytes]]) -> CIMultiDictProxy[str]:
@@ -612,7 +612,7 @@ class HotServer:
             self._sweeper.cancel()
             self._sweeper = None
         for conn in list(self.connections):
-            conn.close_idle()
+            conn.close_when_idle()
 
 
 _SERVER = SERVER_SOFTWARE.encode()
