@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 from gateway.domain.clock import Clock
 from gateway.domain.dispatch import AgentAdapter, CredentialSource, Transport
-from gateway.domain.model import Event
+from gateway.domain.model import Event, Operation
 from gateway.domain.ports import Store
 from gateway.domain.specs import AdapterKind
 from gateway.domain.tracing import NO_TRACER, Tracer
@@ -69,6 +69,10 @@ class EngineCore:
     # Called with the id of each operation this replica closes: the rooms drop what they
     # kept per operation (the endpoint it used, its heartbeat names).
     on_closed: list[Callable[[str], None]] = field(default_factory=list)
+    # Called with each operation this replica hands to an agent and the completion token it
+    # carries: the heartbeat room remembers both, so the agent's first heartbeat here reads
+    # nothing and computes no HMAC (10,000 operations dispatched at once heartbeat at once).
+    on_dispatch: list[Callable[[Operation, str], None]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.breaker = CircuitBreaker(

@@ -91,6 +91,9 @@ class Dispatcher:
     ) -> DispatchRequest:
         """What an adapter needs to call (or poll) the agent for this operation."""
         base = self.operation_url(op.id)
+        token = self.completion_token(op.id)
+        for told in self._core.on_dispatch:
+            told(op, token)
         return DispatchRequest(
             heartbeat_url=base + "/heartbeat",
             steps_url=base + "/steps",
@@ -100,7 +103,7 @@ class Dispatcher:
             spec=spec,
             attempt=op.attempts,
             completion_url=self.completion_url(op.id),
-            completion_token=self.completion_token(op.id),
+            completion_token=token,
             timeout_s=spec.attempt_timeout_s if timeout_s is None else timeout_s,
             deadline=op.deadline_at,
         )

@@ -106,6 +106,7 @@ class Engine:
             core, self._closer, self._dispatcher.check_completion_token, self._waiters.notify
         )
         core.on_closed += [core.calls.pool.forget, self._heartbeats.forget]
+        core.on_dispatch.append(self._heartbeats.prime)
         self._inputs = Inputs(core, self._dispatcher.check_completion_token)
         self._loops = Loops(
             core, self._dispatcher, self._outbox, self._cancels, self._waiters, self._heartbeats

@@ -105,7 +105,14 @@ class Heartbeats:
 
     def forget(self, op_id: str) -> None:
         """The operation closed: its heartbeats are over."""
-        self._names.pop(op_id, None)
+        self._forget(op_id)
+
+    def prime(self, op: Operation, token: str) -> None:
+        """This replica is handing ``op`` to its agent with ``token``: remember both, so the
+        first heartbeat is the steady-state one (a stale attempt or a closed operation is
+        still told apart: the update finds no row and ``_running`` says why)."""
+        self._remember(op)
+        self._remember_token(op.id, token)
 
     # -- what the agent calls -------------------------------------------------------------------
 
@@ -148,10 +155,14 @@ class Heartbeats:
             return hmac.compare_digest(known, token)
         if not token or not self._check_token(op_id, token):
             return False
+        self._remember_token(op_id, token)
+        return True
+
+    def _remember_token(self, op_id: str, token: str) -> None:
+        self._tokens.pop(op_id, None)  # (again: it goes to the young end)
         self._tokens[op_id] = token
         if len(self._tokens) > NAMES_CACHED:  # the oldest checked goes first
             del self._tokens[next(iter(self._tokens))]
-        return True
 
     async def beat(
         self, op_id: str, token: str, *, attempt: int | None, details: Any, has_details: bool
@@ -204,6 +215,7 @@ class Heartbeats:
 
     def _remember(self, op: Operation) -> Names:
         names = self._names[op.id] = (op.service, op.operation, op.traceparent)
+        self._names.move_to_end(op.id)
         if len(self._names) > NAMES_CACHED:
             self._names.popitem(last=False)
         return names

@@ -138,3 +138,60 @@ async def test_a_sync_handlers_checkpoint_reaches_the_gateway_while_it_runs(db_u
             async with gw.http.post(gw.nexus("quick", "peek"), json={}) as r:
                 assert r.status == 200, await r.text()
                 assert await r.json() == {"halfway": True}
+
+
+class ReadCountingStore:
+    """The real store, counting the operation reads and the heartbeats written per operation."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self.reads: list[str] = []
+        self.beats: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def get_operation(self, op_id: str) -> Any:
+        self.reads.append(op_id)
+        return await self._inner.get_operation(op_id)
+
+    async def heartbeat_many(self, beats: Any) -> Any:
+        self.beats += [b.operation_id for b in beats]
+        return await self._inner.heartbeat_many(beats)
+
+    async def heartbeat(self, op_id: str, *args: Any, **kwargs: Any) -> Any:
+        self.beats.append(op_id)
+        return await self._inner.heartbeat(op_id, *args, **kwargs)
+
+
+async def test_the_first_heartbeat_after_a_dispatch_reads_nothing_from_the_store(
+    db_url: str,
+) -> None:
+    agent = AgentApp("beater")
+    release = asyncio.Event()
+
+    @agent.operation("work", mode="async", heartbeat_timeout_s=0.3, retry=FAST)
+    async def work(ctx: OpContext, payload: Any) -> Any:
+        await release.wait()
+        return {"ok": True}
+
+    async with serving(agent.app) as url:
+        async with running_gateway(make_settings(db_url)) as gw:
+            await gw.gw.registry.register(agent.spec(url))
+            counting = ReadCountingStore(gw.gw.engine.store)
+            gw.gw.engine.store = counting  # type: ignore[assignment]
+            async with gw.http.post(gw.nexus("beater", "work"), json={}) as r:
+                assert r.status == 201, await r.text()
+                op_id = (await r.json())["token"]
+            counting.reads.clear()  # (the start's own answer read it)
+            await eventually(
+                lambda: counting.beats.count(op_id) >= 3, what="three heartbeats recorded"
+            )
+            # the gateway that dispatched it knew its names and its token: no heartbeat,
+            # not even the first, read the operation
+            assert op_id not in counting.reads
+            release.set()
+            async with gw.http.get(
+                gw.nexus("beater", "work") + "/result", params={"token": op_id, "wait": "10s"}
+            ) as r:
+                assert r.status == 200 and await r.json() == {"ok": True}
