@@ -68,6 +68,27 @@ def start_tracemalloc(spec: str) -> None:
     threading.Thread(target=dump, name="bench-tracemalloc", daemon=True).start()
 
 
+def log_gc_pauses(path: str, at_least_ms: float = 5.0) -> None:
+    """``SWARMGATE_DEBUG_GC_PAUSES=FILE``: append one line per cyclic-GC collection of this
+    process that took ``at_least_ms`` or more: ``perf_counter() at its start, milliseconds,
+    generation, objects collected`` (``perf_counter`` is the system's monotonic clock, so a
+    harness can line the pauses up with its own samples). Diagnosis of latency spikes."""
+    import gc
+
+    out = open(path, "a", buffering=1)  # open for the process's lifetime
+    started = [0.0]
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+            return
+        ms = (time.perf_counter() - started[0]) * 1000
+        if ms >= at_least_ms:
+            out.write(f"{started[0]:.6f} {ms:.1f} {info['generation']} {info['collected']}\n")
+
+    gc.callbacks.append(on_gc)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.gwproc")
     parser.add_argument("--max-seconds", type=float, default=3600.0)
@@ -76,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     spec = os.environ.get("SWARMGATE_DEBUG_TRACEMALLOC")
     if spec:
         start_tracemalloc(spec)
+    pauses = os.environ.get("SWARMGATE_DEBUG_GC_PAUSES")
+    if pauses:
+        log_gc_pauses(pauses)
     return gateway_main(["serve"])
 
 

@@ -51,7 +51,7 @@ from aiohttp import web
 
 from adapters.transport import HttpTransport
 from bench import db as dbmod
-from bench.load import Hook, OpFn, RunResult, Sample, Window, closed_loop
+from bench.load import Hook, OpFn, RunResult, Sample, Window, closed_loop, without_collector
 from bench.procs import (
     ROOT,
     add_gateway_env_argument,
@@ -192,6 +192,7 @@ async def _start_ops(http: HttpTransport, gw_url: str, n: int, concurrency: int 
     await asyncio.gather(*(one(i) for i in range(n)))
 
 
+@without_collector
 async def periodic_loop(
     op: OpFn,
     *,
