@@ -31,9 +31,16 @@ def synchronous(level: str) -> str:
     return f"PRAGMA synchronous={level}"
 
 
+BUSY_TIMEOUT_MS = 30_000  # how long a writer waits for another process's write lock
+
+
+def busy_timeout(ms: int) -> str:
+    return f"PRAGMA busy_timeout={int(ms)}"
+
+
 def pragmas(level: str) -> list[str]:
     """Run on every new connection (we issue BEGIN ourselves)."""
-    return ["PRAGMA journal_mode=WAL", synchronous(level), "PRAGMA busy_timeout=30000"]
+    return ["PRAGMA journal_mode=WAL", synchronous(level), busy_timeout(BUSY_TIMEOUT_MS)]
 
 
 BEGIN = "BEGIN IMMEDIATE"

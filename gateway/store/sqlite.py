@@ -32,6 +32,7 @@ from gateway.store import rows
 from gateway.store import sql_sqlite as sql
 from gateway.store.base import SqlStore
 from gateway.store.errors import translate
+from gateway.store.sqlite_inline import InlineConnection
 from gateway.store.sqlite_rounds import Rounds
 
 
@@ -62,8 +63,18 @@ class SqliteStore(SqlStore):
             pool_size=1,
             max_overflow=0,
             pool_timeout=60,
-            connect_args={"timeout": 30},
+            # the write rounds run their statements on the sqlite3 connection from the loop's
+            # thread (sqlite_inline); the pool's one connection is never used by two at once
+            connect_args={"timeout": 30, "check_same_thread": False},
+            # every user ends its own transaction (SQLAlchemy's connections roll back theirs,
+            # a write round commits or rolls back, or invalidates the connection): the pool's
+            # reset rollback would be one more trip to aiosqlite's thread per round (~110 us)
+            pool_reset_on_return=None,
         )
+        # checkouts of the pool's one connection; the count after the last round that ended
+        # cleanly: a round that finds another checkout in between settles the thread first
+        self._checkouts = 0
+        self._clean_at = -1
         self._install_hooks(sqlite_synchronous)
 
     def _prepare_path(self) -> None:
@@ -79,6 +90,10 @@ class SqliteStore(SqlStore):
             for pragma in sql.pragmas(synchronous):
                 cur.execute(pragma)
             cur.close()
+
+        @event.listens_for(self.engine.sync_engine, "checkout")
+        def _on_checkout(*_: Any) -> None:
+            self._checkouts += 1
 
         @event.listens_for(self.engine.sync_engine, "begin")
         def _on_begin(conn: Connection) -> None:
@@ -103,18 +118,30 @@ class SqliteStore(SqlStore):
         """One round's transaction: the connection, the synchronous level, BEGIN, COMMIT."""
         lighter = not flushed and self._ack_lighter
         async with self.engine.connect() as conn:
-            db: Any = (await conn.get_raw_connection()).driver_connection
+            db = InlineConnection((await conn.get_raw_connection()).driver_connection)
+            if self._checkouts != self._clean_at + 1:  # another user had it since our last
+                await db.settle()
             if lighter:  # SQLite changes the level only outside a transaction
                 await db.execute(sql.synchronous("NORMAL"))
             try:
-                await db.execute(sql.BEGIN)
+                await db.begin(sql.BEGIN)
                 try:
                     yield db
                 except BaseException:
                     with contextlib.suppress(Exception):
                         await db.execute(sql.ROLLBACK)
+                    if db.in_transaction:  # never hand the pool a connection in a transaction
+                        await conn.invalidate()
                     raise
-                await db.execute(sql.COMMIT)
+                try:
+                    await db.commit(sql.COMMIT)
+                except BaseException:
+                    if db.in_transaction:  # (a COMMIT that failed leaves it open)
+                        with contextlib.suppress(Exception):
+                            await db.execute(sql.ROLLBACK)
+                    if db.in_transaction:
+                        await conn.invalidate()
+                    raise
             finally:
                 if lighter:
                     try:
@@ -123,6 +150,7 @@ class SqliteStore(SqlStore):
                         # never hand the next (durable) writer a connection left at NORMAL
                         await conn.invalidate()
                         raise
+            self._clean_at = self._checkouts
 
     @translate
     async def listen_closed(self, on_closed: Callable[[list[str]], None]) -> None:
