@@ -104,8 +104,9 @@ class Heartbeats:
         return len(self._names)
 
     def forget(self, op_id: str) -> None:
-        """The operation closed: its heartbeats are over."""
-        self._forget(op_id)
+        """The operation closed (or changed under a heartbeat): drop what was remembered."""
+        self._names.pop(op_id, None)
+        self._tokens.pop(op_id, None)
 
     def prime(self, op: Operation, token: str) -> None:
         """This replica is handing ``op`` to its agent with ``token``: remember both, so the
@@ -201,7 +202,7 @@ class Heartbeats:
                 outcome = "cancel_requested" if ack.cancel_requested else "recorded"
                 span.set(attempt=ack.attempt, outcome=outcome, details=has_details)
         if ack is None:  # unknown, closed or on another attempt: say which
-            self._forget(op_id)
+            self.forget(op_id)
             await self._running(op_id, token, attempt)
             raise HandlerError(HandlerErrorType.CONFLICT, "operation changed: stop")
         if has_details and self._notify is not None:  # progress watchers re-read it now
@@ -219,10 +220,6 @@ class Heartbeats:
         if len(self._names) > NAMES_CACHED:
             self._names.popitem(last=False)
         return names
-
-    def _forget(self, op_id: str) -> None:
-        self._names.pop(op_id, None)
-        self._tokens.pop(op_id, None)
 
     async def _names_of(self, op_id: str) -> Names | None:
         """The cached names; read only when tracing is on (a span needs the trace)."""

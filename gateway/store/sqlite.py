@@ -127,19 +127,13 @@ class SqliteStore(SqlStore):
                 await db.begin(sql.BEGIN)
                 try:
                     yield db
-                except BaseException:
-                    with contextlib.suppress(Exception):
-                        await db.execute(sql.ROLLBACK)
-                    if db.in_transaction:  # never hand the pool a connection in a transaction
-                        await conn.invalidate()
-                    raise
-                try:
                     await db.commit(sql.COMMIT)
                 except BaseException:
-                    if db.in_transaction:  # (a COMMIT that failed leaves it open)
+                    # (a failed COMMIT leaves the transaction open too)
+                    if db.in_transaction:
                         with contextlib.suppress(Exception):
                             await db.execute(sql.ROLLBACK)
-                    if db.in_transaction:
+                    if db.in_transaction:  # never hand the pool a connection in a transaction
                         await conn.invalidate()
                     raise
             finally:

@@ -36,6 +36,8 @@ from gateway.store.sql_sqlite import BUSY_TIMEOUT_MS, busy_timeout
 
 __all__ = ["InlineConnection", "raw_connection"]
 
+_LOCK_TAKEN = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)  # (the codes' primary part)
+
 
 def raw_connection(aio: Any) -> sqlite3.Connection:
     """The ``sqlite3`` connection under an ``aiosqlite.Connection``: aiosqlite keeps it in a
@@ -79,7 +81,7 @@ class InlineConnection:
             raw.execute(statement).close()
             return
         except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) and "busy" not in str(exc):
+            if exc.sqlite_errorcode not in _LOCK_TAKEN:
                 raise
         finally:
             raw.execute(busy_timeout(BUSY_TIMEOUT_MS)).close()
@@ -108,9 +110,7 @@ async def _on_thread(call: Awaitable[Any]) -> Any:
         try:
             await asyncio.shield(task)
         except asyncio.CancelledError:
-            if task.done():
-                break
-            cancelled = True
+            cancelled = True  # (or the call itself was: task.result() raises it below)
     if cancelled:
         raise asyncio.CancelledError
     return task.result()
