@@ -36,6 +36,7 @@ import httptools
 import yarl
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from gateway.domain.deadlines import deadline
 from gateway.domain.dispatch import HttpResponse, TransportError
 from gateway.security.netguard import (
     BlockedDestination,
@@ -68,7 +69,16 @@ class _ClosedEarly(Exception):
 
 @functools.lru_cache(maxsize=1024)
 def _is_header_name(name: str) -> bool:
-    return _HEADER_NAME.fullmatch(name) is not None
+    if name in _HEADER_NAMES_SEEN:  # every dispatch sends the same dozen names
+        return True
+    if _HEADER_NAME.fullmatch(name) is None:
+        return False
+    if len(_HEADER_NAMES_SEEN) < 1024:
+        _HEADER_NAMES_SEEN.add(name)
+    return True
+
+
+_HEADER_NAMES_SEEN: set[str] = set()
 
 
 class _Progress:
@@ -304,7 +314,7 @@ class HttpTransport:
         head = self._head(method, origin, target, headers, body)
         progress = _Progress()
         try:
-            async with asyncio.timeout(timeout_s):
+            with deadline(timeout_s):  # coarse: one loop timer for every request's deadline
                 async with self._slots:
                     status, resp_headers, data = await self._exchange(origin, head, body, progress)
         except TimeoutError as exc:

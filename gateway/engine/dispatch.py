@@ -20,6 +20,7 @@ from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
+from gateway.domain.deadlines import deadline
 from gateway.domain.dispatch import AgentAdapter, DispatchRequest, Journal, Outcome, OutcomeKind
 from gateway.domain.errors import DataRejected, StoreError
 from gateway.domain.model import Operation, OperationState, RunningUpdate, Work, operation_error
@@ -243,9 +244,9 @@ class Dispatcher:
             if span.traceparent:  # the agent joins the trace as a child of this attempt
                 req = replace(req, operation=replace(op, traceparent=span.traceparent))
             try:
-                # asyncio.timeout, not wait_for: no extra task per attempt (3.11's wait_for
-                # wraps the coroutine in one)
-                async with asyncio.timeout(spec.attempt_timeout_s + 1.0):
+                # a deadline, not wait_for: no extra task per attempt (3.11's wait_for wraps
+                # the coroutine in one), and no loop timer of its own (gateway.domain.deadlines)
+                with deadline(spec.attempt_timeout_s + 1.0):
                     outcome, endpoint = await core.calls.start(req, adapter.start)
             except TimeoutError:
                 outcome = Outcome(kind=OutcomeKind.RETRYABLE, error="attempt timed out")
@@ -291,7 +292,7 @@ class Dispatcher:
             return
         req = self.dispatch_request(op, agent, spec)
         try:
-            async with asyncio.timeout(spec.attempt_timeout_s + 1.0):
+            with deadline(spec.attempt_timeout_s + 1.0):
                 outcome: Outcome = await core.calls.follow(req, poll)
         except TimeoutError:
             outcome = Outcome(kind=OutcomeKind.RETRYABLE, error="poll timed out")
