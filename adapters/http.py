@@ -9,10 +9,11 @@ Cancel: ``POST {endpoint}/{operation}/cancel`` with ``Nexus-Operation-Token``.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, quote_plus
 
 from gateway.domain import jsonio
 from gateway.domain import links as nexus_links
@@ -29,7 +30,27 @@ from gateway.domain.errors import HandlerErrorType
 
 
 def operation_url(endpoint: str, operation: str) -> str:
-    return endpoint.rstrip("/") + "/" + quote(operation, safe="")
+    return endpoint.rstrip("/") + "/" + _quoted_segment(operation)
+
+
+@functools.lru_cache(maxsize=1024)
+def _quoted_segment(name: str) -> str:
+    return quote(name, safe="")
+
+
+def query_value(url: str) -> str:
+    """``url`` as one query value, encoded as ``urlencode`` encodes it (``quote_plus``).
+
+    Percent-encoding maps each character on its own, so the part up to the last ``/`` (the
+    same for every operation: the gateway's completion base) is encoded once and remembered.
+    """
+    cut = url.rfind("/") + 1
+    return _quoted_prefix(url[:cut]) + quote_plus(url[cut:], safe="")
+
+
+@functools.lru_cache(maxsize=256)
+def _quoted_prefix(prefix: str) -> str:
+    return quote_plus(prefix, safe="")
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -77,10 +98,11 @@ def merge_headers(*layers: Mapping[str, str]) -> dict[str, str]:
     names: dict[str, str] = {}
     for layer in layers:
         for name, value in layer.items():
-            old = names.get(name.lower())
+            low = name.lower()
+            old = names.get(low)
             if old is not None:
                 del out[old]
-            names[name.lower()] = name
+            names[low] = name
             out[name] = value
     return out
 
@@ -158,8 +180,8 @@ class HttpAgentAdapter:
         )
         url = (
             operation_url(req.agent.endpoint, op.operation)
-            + "?"
-            + urlencode({"callback": req.completion_url})
+            + "?callback="
+            + query_value(req.completion_url)
         )
         try:
             resp = await self.transport.request(

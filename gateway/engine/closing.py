@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from dataclasses import replace
-from datetime import timedelta
 from typing import Any
 
 from gateway.domain import jsonio
@@ -101,15 +99,11 @@ class Closer:
             callback = None
             data["answered"] = "sync"  # why this close wrote no callback
         else:
-            callback = outbox.row_for(op, state, now, result, content_type, failure, links)
-        direct = callback is not None and outbox.has_room()
-        if callback is not None and direct:  # leased to us in the same transaction
-            callback = replace(
-                callback,
-                attempts=1,
-                lease_owner=core.config.owner,
-                lease_until=now + timedelta(seconds=outbox.lease_s()),
+            room = outbox.has_room()  # then it is leased to us in the same transaction
+            callback = outbox.row_for(
+                op, state, now, result, content_type, failure, links, leased=room
             )
+        direct = callback is not None and callback.lease_owner is not None
         data = {k: v for k, v in data.items() if v is not None}
         if failure is not None:
             data.setdefault("message", failure.get("message"))

@@ -30,10 +30,33 @@ log = logging.getLogger("swarmgate.engine")
 
 
 def new_delivery(
-    core: EngineCore, op: Operation, url: str, headers: dict[str, str], body: bytes, now: datetime
+    core: EngineCore,
+    op: Operation,
+    url: str,
+    headers: dict[str, str],
+    body: bytes,
+    now: datetime,
+    *,
+    lease_s: float | None = None,
 ) -> CallbackDelivery:
     """A new outbox row: this message for the operation's callback ``url``, due now, kept until
-    the callback TTL runs out (completions and input requests alike)."""
+    the callback TTL runs out (completions and input requests alike). With ``lease_s`` it is
+    leased to this replica for its first attempt (delivered from memory right after commit)."""
+    if lease_s is not None:
+        return CallbackDelivery(
+            id=f"msg_{uuid.uuid4().hex}",
+            operation_id=op.id,
+            caller=op.caller,
+            url=url,
+            headers=headers,
+            body=body,
+            created_at=now,
+            expires_at=now + timedelta(seconds=core.config.callback_ttl_s),
+            next_attempt_at=now,
+            attempts=1,
+            lease_owner=core.config.owner,
+            lease_until=now + timedelta(seconds=lease_s),
+        )
     return CallbackDelivery(
         id=f"msg_{uuid.uuid4().hex}",
         operation_id=op.id,
@@ -75,11 +98,14 @@ class Outbox:
         content_type: str | None,
         fail: dict[str, Any] | None,
         links: Sequence[str] = (),
+        *,
+        leased: bool = False,
     ) -> CallbackDelivery | None:
         """The callback an operation closing as ``state`` owes its caller, if it asked.
 
         It carries the links the agent returned (never the caller's own); a null result
-        is an empty body without ``Content-Type``."""
+        is an empty body without ``Content-Type``. ``leased``: leased to this replica for its
+        first attempt, in the same transaction as the close."""
         if not op.callback_url:
             return None
         headers = op.sent_callback_headers()
@@ -103,7 +129,8 @@ class Outbox:
         else:
             body = json.dumps(fail or {}).encode()
             headers["Content-Type"] = "application/json"
-        return new_delivery(self._core, op, op.callback_url, headers, body, now)
+        lease_s = self.lease_s() if leased else None
+        return new_delivery(self._core, op, op.callback_url, headers, body, now, lease_s=lease_s)
 
     async def claim_and_deliver(self) -> int:
         core = self._core

@@ -34,6 +34,7 @@ import asyncio
 import functools
 import ipaddress
 import logging
+import re
 import socket
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -60,6 +61,7 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 _ALLOWED_SCHEMES = frozenset({"http", "https"})
+_AUTHORITY_END = re.compile(r"[/?#]")  # as the outbound transport splits off a URL's origin
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 _IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")  # deprecated ::a.b.c.d form
 
@@ -224,6 +226,22 @@ def _split_url(url: str) -> tuple[str, int]:
     return host, port
 
 
+def _url_host(url: str) -> tuple[str, int]:
+    """:func:`_split_url` of an ASCII URL's origin (``scheme://authority``), remembered: the
+    host and port are all in it, and every start with a callback screens a URL that differs
+    from the last one only in its path (parsing it whole was ~2% of the gateway's CPU)."""
+    start = url.find("://")
+    if start < 0 or not url.isascii():
+        return _split_url(url)
+    end = _AUTHORITY_END.search(url, start + 3)
+    return _split_origin(url if end is None else url[: end.start()])
+
+
+@functools.lru_cache(maxsize=4096)
+def _split_origin(origin: str) -> tuple[str, int]:
+    return _split_url(origin)
+
+
 def check_url(url: str, policy: OutboundPolicy) -> None:
     """Screen what can be screened without DNS.
 
@@ -332,7 +350,7 @@ async def screen_url(
     ``resolver`` is the underlying resolver to use (default: getaddrinfo in a thread); its
     results are screened here. Raises ValueError, BlockedDestination or UnresolvableDestination.
     """
-    host, port = _split_url(url)
+    host, port = _url_host(url)
     if _check_host(host, policy):
         return
     screening = ScreeningResolver(policy, resolver)

@@ -80,3 +80,36 @@ def test_a_refusal_names_host_and_address_but_never_credentials_or_query() -> No
         assert leaked not in message
     assert isinstance(info.value, OSError)
     assert str(pickle.loads(pickle.dumps(info.value))) == message
+
+
+TRICKY_URLS = [
+    "http://127.0.0.1:9/cb/1",
+    "http://127.0.0.1:9/cb/2?x=1#f",
+    "http://127.0.0.1:80@10.0.0.1/cb",  # userinfo, not a port: the host is 10.0.0.1
+    "http://user:pw@[::1]:8080/cb",
+    "https://Example.COM/cb",
+    "http://example.com?q=http://10.0.0.1/",
+    "http://example.com#http://10.0.0.1/",
+    "http://2130706433/cb",
+    "http://h\u00e9llo.example/cb",  # not ASCII: parsed whole
+    "http://example.com/p\u00e4th",
+    "http://[::ffff:127.0.0.1]/cb",
+]
+
+
+@pytest.mark.parametrize("url", TRICKY_URLS)
+def test_screening_by_the_remembered_origin_finds_the_host_a_whole_parse_finds(url: str) -> None:
+    from gateway.security.netguard import _split_url, _url_host
+
+    assert _url_host(url) == _split_url(url)
+
+
+@pytest.mark.parametrize(
+    "url", ["ftp://127.0.0.1/x", "http:///nohost", "http://127.0.0.1:99999/x", "http://[::1/x"]
+)
+def test_a_malformed_origin_is_refused_every_time_not_remembered(url: str) -> None:
+    from gateway.security.netguard import _url_host
+
+    for _ in range(2):
+        with pytest.raises(ValueError):
+            _url_host(url)
