@@ -34,10 +34,10 @@ _EARLY_S = 0.002
 class _Wheel:
     """The deadlines of one event loop, filed by tick; one timer for the earliest tick."""
 
-    __slots__ = ("__weakref__", "_buckets", "_due", "_loop", "_timer", "_timer_tick")
+    __slots__ = ("__weakref__", "_buckets", "_due", "_timer", "_timer_tick", "loop")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+        self.loop = loop
         self._buckets: dict[int, set[Deadline]] = {}
         self._due: list[int] = []  # a heap of the ticks in _buckets
         self._timer: asyncio.TimerHandle | None = None
@@ -58,11 +58,11 @@ class _Wheel:
         if self._timer is not None:
             self._timer.cancel()
         self._timer_tick = tick
-        self._timer = self._loop.call_at(tick * TICK_S, self._fire)
+        self._timer = self.loop.call_at(tick * TICK_S, self._fire)
 
     def _fire(self) -> None:
         self._timer = None
-        now = self._loop.time() + _EARLY_S
+        now = self.loop.time() + _EARLY_S
         due, buckets = self._due, self._buckets
         while due and due[0] * TICK_S <= now:
             for d in buckets.pop(heapq.heappop(due)):
@@ -72,6 +72,7 @@ class _Wheel:
 
 
 _wheels: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Wheel] = weakref.WeakKeyDictionary()
+_last: _Wheel | None = None  # the wheel of the loop used last (a process runs one loop)
 
 
 class Deadline:
@@ -85,19 +86,23 @@ class Deadline:
         self._bucket: set[Deadline] | None = None
 
     def __enter__(self) -> Deadline:
+        global _last
         try:
-            task = asyncio.current_task()
-        except RuntimeError:  # no running loop
-            task = None
-        if task is None:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        task = None if loop is None else asyncio.current_task(loop)
+        if loop is None or task is None:
             raise RuntimeError("deadline() is used inside a task")
-        loop = task.get_loop()
         self._task = task
         self._cancelling = task.cancelling()
         self.when += loop.time()
-        wheel = _wheels.get(loop)
-        if wheel is None:
-            wheel = _wheels[loop] = _Wheel(loop)
+        wheel = _last
+        if wheel is None or wheel.loop is not loop:
+            wheel = _wheels.get(loop)
+            if wheel is None:
+                wheel = _wheels[loop] = _Wheel(loop)
+            _last = wheel
         self._bucket = wheel.add(self)
         return self
 

@@ -98,3 +98,15 @@ def test_a_deadline_outside_a_task_is_refused() -> None:
     with pytest.raises(RuntimeError, match="inside a task"):
         with deadline(1):
             pass
+
+
+def test_each_event_loop_has_its_own_deadlines() -> None:
+    async def overrun() -> bool:
+        try:
+            with deadline(0.01):
+                await asyncio.sleep(5)
+        except TimeoutError:
+            return True
+        return False
+
+    assert asyncio.run(overrun()) and asyncio.run(overrun())
