@@ -21,8 +21,9 @@ from aiohttp.test_utils import make_mocked_request
 from gateway.app import HOT_HANDLERS, listen
 from gateway.domain.dispatch import HEADER_HEARTBEAT_URL, HEADER_STEPS_URL
 from gateway.http.hotpath import HotServer, hot_routes
+from gateway.http.hotpath._connection import SERVING_TASK
 from gateway.sdk.agent import OpContext
-from gateway.testing import free_port
+from gateway.testing import eventually, free_port
 from tests.conftest import Running, make_settings, running_gateway, serving_agent
 from tests.helpers import make_test_agent
 from tests.integration.test_heartbeats import raw_swarm
@@ -195,6 +196,31 @@ async def test_a_hot_connection_that_asks_for_another_route_is_handed_over_and_k
         assert (await conn.ask(start_request(11))).json() == {"echo": {"n": 11}}  # on aiohttp
         assert counts(gw) == {"accepted": 1, "handed_over": 1, "refused": 0}
         conn.close()
+
+
+def serving_tasks() -> int:
+    return sum(1 for t in asyncio.all_tasks() if t.get_name() == SERVING_TASK and not t.done())
+
+
+async def test_a_keep_alive_connection_is_served_by_one_task_that_ends_with_it(
+    db_url: str,
+) -> None:
+    agent = make_test_agent()
+    async with serving_agent(agent) as agent_url, running_gateway(make_settings(db_url)) as gw:
+        await gw.gw.registry.register(agent.spec(agent_url))
+        before = serving_tasks()
+        conn = await Conn.open(gw)
+        for n in range(6):
+            assert (await conn.ask(start_request(40 + n))).json() == {"echo": {"n": 40 + n}}
+            assert serving_tasks() == before + 1  # the same task, waiting for the next one
+        conn.close()
+        await eventually(lambda: serving_tasks() == before, what="the serving task ended")
+        handed = await Conn.open(gw)
+        assert (await handed.ask(start_request(50))).status == 200
+        assert (await handed.ask(HANDED)).status == 200  # aiohttp's now: the task has ended
+        await eventually(lambda: serving_tasks() == before, what="ended at the hand-over")
+        assert (await handed.ask(start_request(51))).json() == {"echo": {"n": 51}}
+        handed.close()
 
 
 async def test_pipelined_hot_requests_are_answered_in_order_on_the_hot_path(db_url: str) -> None:
