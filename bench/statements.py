@@ -3,10 +3,11 @@
     python -m bench.statements --batches 1,4,16,64 --ops 4000 --repeat 3
 
 Straight against the store (no HTTP, no engine): on a throw-away PostgreSQL database, rounds of
-``create_operations`` (a batch of starts, each with its events and a request-id key) then
-``complete_many`` (their terminal transitions, each with a callback delivery row), at a fixed
-batch size. Reports, per operation and per batch size, the client's CPU (this process: building
-the parameters, asyncpg encoding them) and the CPU of the database's backends (planning,
+``create_operations`` (a batch of starts, each with its events and a request-id key), then
+``complete_many`` (their terminal transitions, each with a callback delivery row leased to
+the bench), then ``callbacks_delivered`` (the acks of those deliveries), at a fixed batch size.
+Reports, per operation and per batch size, the client's CPU (this process: building the
+parameters, asyncpg encoding them) and the CPU of the database's backends (planning,
 executing, committing), medians of ``--repeat`` runs. Group commit makes the batch size follow
 the load, so the curve says what a smaller batch (a lighter load, or several gateway processes
 each batching alone) costs per operation.
@@ -99,8 +100,21 @@ def _complete(op: Operation, now: datetime) -> Completion:
             expires_at=now + timedelta(hours=1),
             next_attempt_at=now,
             caller="anonymous",
+            attempts=1,
+            lease_owner="bench",  # leased to us, as a direct delivery is: the ack marks it
+            lease_until=now + timedelta(seconds=30),
         ),
         only_if_owner="bench",
+    )
+
+
+def _delivered(op: Operation, now: datetime) -> Event:
+    """The ack of the callback _complete wrote (as the outbox records a delivery)."""
+    return Event(
+        operation_id=op.id,
+        kind="callback.delivered",
+        at=now,
+        data={"delivery_id": f"cb-{op.id}", "status": 200, "attempt": 1},
     )
 
 
@@ -112,7 +126,7 @@ async def _one_run(store: PostgresStore, db_name: str, batch: int, ops: int) -> 
     items = [_start(now, run + "w", i) for i in range(batch)]
     await store.create_operations(items)
     await store.complete_many([_complete(op, now) for op, _, _ in items])
-    cpu = {"start": [0.0, 0.0], "complete": [0.0, 0.0]}
+    cpu = {"start": [0.0, 0.0], "complete": [0.0, 0.0], "ack": [0.0, 0.0]}
     now = datetime.now(UTC)
     rows = [[_start(now, run, r * batch + i) for i in range(batch)] for r in range(rounds)]
     # Each phase measured as a whole: process CPU counters tick in 10 ms steps.
@@ -128,6 +142,13 @@ async def _one_run(store: PostgresStore, db_name: str, batch: int, ops: int) -> 
     c1 = time.process_time()
     pg1 = postgres_cpu_seconds(db_name) or 0.0
     cpu["complete"] = [c1 - c0, pg1 - pg0]
+    acks = [[_delivered(op, now) for op, _, _ in items] for items in rows]
+    pg0, c0 = postgres_cpu_seconds(db_name) or 0.0, time.process_time()
+    for events in acks:
+        await store.callbacks_delivered("bench", events)
+    c1 = time.process_time()
+    pg1 = postgres_cpu_seconds(db_name) or 0.0
+    cpu["ack"] = [c1 - c0, pg1 - pg0]
     n = rounds * batch
     return {
         f"{name}_{side}_us": round(1e6 * cpu[name][k] / n, 1)
@@ -153,6 +174,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 f"batch {batch:>4}: start client {med['start_client_us']:>7} us, "
                 f"postgres {med['start_postgres_us']:>7} us | complete client "
                 f"{med['complete_client_us']:>7} us, postgres {med['complete_postgres_us']:>7} us"
+                f" | ack client {med['ack_client_us']:>7} us, "
+                f"postgres {med['ack_postgres_us']:>7} us"
                 " (per operation; CPU, medians)",
                 file=sys.stderr,
             )

@@ -272,9 +272,9 @@ class PostgresStore(SqlStore):
             marked = await pg.fetchval(
                 self._ack_sql,
                 [i for i, _ in acks],
-                [e.at for _, e in acks],
-                [e.kind for _, e in acks],
-                [jsontext.dumps(e.data) for _, e in acks],
+                sql.json_rows(
+                    [{"id": i, "at": e.at, "kind": e.kind, "data": e.data} for i, e in acks]
+                ),
                 at,
                 owner,
             )

@@ -52,7 +52,7 @@ async def test_the_unflushed_postgresql_ack_is_unflushed_for_its_own_transaction
             (sql.PG_CALLBACKS_DELIVERED[0], "on"),
         ):
             async with conn.transaction():
-                await conn.fetchval(statement, [], [], [], [], at(1), "w1")
+                await conn.fetchval(statement, [], "[]", at(1), "w1")
                 assert await conn.fetchval("SELECT current_setting('synchronous_commit')") == inside
             assert await conn.fetchval("SELECT current_setting('synchronous_commit')") == "on"
     finally:
