@@ -151,6 +151,7 @@ async def build(
         endpoint_down_s=settings.endpoint_down_s,
         pull_recheck_s=settings.pull_recheck_s,
         worker_live_s=settings.worker_live_s,
+        callback_ack_linger_s=settings.callback_ack_linger_s,
     )
 
     a2a = A2AAgentAdapter(transport)

@@ -90,6 +90,7 @@ class Settings:
     # "async": a callback's delivery ack commits without waiting for the disk flush (see the
     # README, "How an operation flows", step 4); "durable": flushed like every other commit
     callback_ack_commit: str = "async"
+    callback_ack_linger_s: float = 0.005  # a batch of acks fills this long before it commits
     db_pool_size: int = 20
     workers: int = 1
     reuse_port: bool = False
@@ -158,6 +159,7 @@ class Settings:
             "callback_ack_commit": (
                 e.get(p + "CALLBACK_ACK_COMMIT") or cls.callback_ack_commit
             ).lower(),
+            "callback_ack_linger_s": _f(e, p + "CALLBACK_ACK_LINGER_S", cls.callback_ack_linger_s),
             "db_pool_size": int(_f(e, p + "DB_POOL_SIZE", cls.db_pool_size)),
             "workers": int(_f(e, p + "WORKERS", cls.workers)),
             "reuse_port": _flag(e, p + "REUSE_PORT", False),
@@ -183,6 +185,11 @@ class Settings:
             raise ConfigError("SWARMGATE_AUTH_MODE=jwks needs SWARMGATE_JWKS_URL")
         if int(str(kw["gc_threshold"])) < 0:
             raise ConfigError(f"SWARMGATE_GC_THRESHOLD must be 0 or more, got {kw['gc_threshold']}")
+        if not 0 <= float(str(kw["callback_ack_linger_s"])) <= 1:
+            raise ConfigError(
+                "SWARMGATE_CALLBACK_ACK_LINGER_S must be 0 to 1 (seconds), "
+                f"got {kw['callback_ack_linger_s']}"
+            )
         if not 0 <= int(str(kw["port"])) <= 65535:
             raise ConfigError(f"SWARMGATE_PORT must be 0-65535, got {kw['port']}")
         _check_cidrs(cidrs)

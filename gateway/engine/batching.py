@@ -1,7 +1,8 @@
 """Group commit: concurrent writers share one transaction (natural batching).
 
-While one batch commits, the next one fills; nobody waits for a timer, so a lone writer pays
-nothing and a busy gateway pays one BEGIN/COMMIT per batch instead of per write. A caller's
+While one batch commits, the next one fills; nobody waits for a timer (unless ``linger_s``
+says so), so a lone writer pays nothing and a busy gateway pays one BEGIN/COMMIT per batch
+instead of per write. A caller's
 future resolves only after its batch committed (or failed), so acknowledging before commit is
 impossible. If a batch fails on a constraint or loses a deadlock, its items are retried one by
 one, so one bad item cannot fail the others; a lone item that loses a deadlock is retried.
@@ -27,11 +28,16 @@ class GroupCommit(Generic[T, R]):
         *,
         max_batch: int = 128,
         concurrency: int = 1,
+        linger_s: float = 0.0,
     ) -> None:
         self._run_batch = run_batch
         self._run_one = run_one
         self._max = max_batch
         self._concurrency = max(1, concurrency)  # batches committing at once
+        # How long a flusher lets a batch that is not full fill before it commits it: for
+        # writes nobody waits on to answer a request, where a bigger batch saves more than
+        # the wait costs (0: commit at once).
+        self._linger = linger_s
         self._queue: list[tuple[T, asyncio.Future[R]]] = []
         self._flushers: set[asyncio.Task[None]] = set()  # running; also keeps them referenced
 
@@ -57,6 +63,8 @@ class GroupCommit(Generic[T, R]):
 
     async def _drain(self) -> None:
         while self._queue:
+            if self._linger and len(self._queue) < self._max:
+                await asyncio.sleep(self._linger)
             batch, self._queue = self._queue[: self._max], self._queue[self._max :]
             if len(batch) == 1:
                 await self._one(*batch[0])

@@ -38,6 +38,9 @@ class EngineConfig:
     # Group commit of starts and completions: concurrent writes share one commit (and on
     # PostgreSQL one statement); a lone write pays nothing extra.
     group_commit: bool = True
+    # A batch of callback delivery acks waits this long to fill before it commits (nobody
+    # waits on an ack to answer a request; bigger batches cost the database less per ack).
+    callback_ack_linger_s: float = 0.005
     cancel_after_close_s: float = 3600.0  # keep telling an agent to stop for this long
     cancel_grace_s: float = 300.0  # after an agent took a cancel (202): close it as canceled
     endpoint_down_s: float = 30.0  # a pool endpoint with a connection error is skipped so long

@@ -76,8 +76,13 @@ class Outbox:
         # Delivered callbacks are recorded in shared transactions. An ack may be late or lost
         # (a crash before it commits means the callback is sent again with the same
         # webhook-id: at least once); a failure is logged by the delivery task.
+        # Nobody waits on an ack to answer a request, so its batch lingers to fill (its
+        # commit does not wait for the flush, so without it the batches stay small).
         self._acks: GroupCommit[Event, None] = GroupCommit(
-            self._record_delivered, self._record_one_delivered, max_batch=500
+            self._record_delivered,
+            self._record_one_delivered,
+            max_batch=500,
+            linger_s=core.config.callback_ack_linger_s,
         )
 
     def lease_s(self) -> float:
