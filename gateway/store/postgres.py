@@ -133,6 +133,8 @@ class PostgresStore(SqlStore):
             connect_args={"server_settings": dict(sql.PLAN_SETTINGS)},
         )
         self._lanes = PgLanes(self.engine, lanes)
+        # an operation read on a lane, decoded as this engine's dialect decodes it
+        self._operation_row = rows.driver_decoder(sql._o, self.engine.dialect)
 
     def _driver(self) -> AbstractAsyncContextManager[asyncpg.Connection]:
         return self._lanes.connection()
@@ -223,6 +225,14 @@ class PostgresStore(SqlStore):
                 sql.json_rows(callbacks),
             )
         return set(closed or ())
+
+    @translate
+    async def get_operation(self, op_id: str) -> Operation | None:
+        """One statement on a lane (``sql_postgres.PG_GET_OPERATION``), decoded as SQLAlchemy
+        decodes it: every synchronous answer, info and result poll reads an operation."""
+        async with self._driver() as conn:
+            row = await conn.fetchrow(sql.PG_GET_OPERATION, op_id)
+        return None if row is None else rows.OPERATION.load(self._operation_row(row))
 
     @translate
     async def heartbeat_many(self, beats: Sequence[Heartbeat]) -> list[HeartbeatAck | None]:

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import json
 import types
 import typing
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import Table
+from sqlalchemy import JSON, Table
+from sqlalchemy.engine import Dialect
 
 from gateway.domain.model import (
     CallbackDelivery,
@@ -123,6 +125,29 @@ def _enum_of(annotation: Any) -> tuple[type[enum.Enum], bool] | None:
     if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
         return annotation, False
     return None
+
+
+def driver_decoder(table: Table, dialect: Dialect) -> Callable[[Mapping[str, Any]], dict[str, Any]]:
+    """A row as the driver gives it (an asyncpg ``Record``, a ``sqlite3`` row by name) turned
+    into the values SQLAlchemy's result processing gives for ``table`` on ``dialect``: JSON
+    columns parsed as its default deserializer parses them (``json.loads``), timestamps through
+    :class:`schema.UTCDateTime` (aware UTC), the rest as they are. For reads that skip
+    SQLAlchemy's connection and result machinery; a test compares both."""
+    env: dict[str, Any] = {"loads": json.loads, "dialect": dialect}
+    parts = []
+    for col in table.c:
+        n = col.name
+        if isinstance(col.type, t.UTCDateTime):
+            env[f"_t_{n}"] = col.type.process_result_value
+            parts.append(f"{n!r}: None if (v := m[{n!r}]) is None else _t_{n}(v, dialect)")
+        elif isinstance(col.type, JSON):
+            parts.append(f"{n!r}: None if (v := m[{n!r}]) is None else loads(v)")
+        else:
+            parts.append(f"{n!r}: m[{n!r}]")
+    body = "def decode(m):\n    return {" + ", ".join(parts) + "}\n"
+    exec(compile(body, f"<driver row {table.name}>", "exec"), env)
+    decode: Callable[[Mapping[str, Any]], dict[str, Any]] = env["decode"]
+    return decode
 
 
 # prev_lease_owner is written by the claim only; an event's id by the database.

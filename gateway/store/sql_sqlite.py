@@ -105,6 +105,8 @@ SQ_OP = SqliteRow(_o, [c.name for c in _o.c if c.name not in t.OPERATION_NOT_AT_
 SQ_IDEM = SqliteRow(_i, [c.name for c in _i.c])
 SQ_CB = SqliteRow(_cb_t, [c.name for c in _cb_t.c])
 SQ_EVENT = SqliteRow(_e, ("operation_id", "at", "kind", "data"))
+SQ_OPERATION_COLUMNS = tuple(c.name for c in _o.c)
+SQ_GET_OPERATION = f"SELECT {', '.join(SQ_OPERATION_COLUMNS)} FROM {_o.name} WHERE id = ?"
 SQ_TS = sqlite_timestamp
 SQ_JSON = jsontext.dumps
 

@@ -34,7 +34,7 @@ from typing import Any
 
 from gateway.store.sql_sqlite import BUSY_TIMEOUT_MS, busy_timeout
 
-__all__ = ["InlineConnection", "raw_connection"]
+__all__ = ["InlineConnection", "raw_connection", "read_inline"]
 
 _LOCK_TAKEN = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)  # (the codes' primary part)
 
@@ -98,6 +98,29 @@ class InlineConnection:
     @property
     def in_transaction(self) -> bool:
         return self._raw.in_transaction
+
+
+def read_inline(
+    raw: sqlite3.Connection, statement: str, parameters: Sequence[Any] = ()
+) -> list[tuple[Any, ...]] | None:
+    """A read-only statement run inline, outside any transaction (so it sees what is committed
+    only), without a busy wait: None if the database was locked (the caller reads on aiosqlite's
+    thread instead) or a transaction is open on the connection (never left by its users)."""
+    if raw.in_transaction:
+        return None
+    raw.execute(busy_timeout(0)).close()
+    try:
+        cur = raw.execute(statement, parameters)
+        try:
+            return cur.fetchall()
+        finally:
+            cur.close()
+    except sqlite3.OperationalError as exc:
+        if exc.sqlite_errorcode not in _LOCK_TAKEN:
+            raise
+        return None
+    finally:
+        raw.execute(busy_timeout(BUSY_TIMEOUT_MS)).close()
 
 
 async def _on_thread(call: Awaitable[Any]) -> Any:

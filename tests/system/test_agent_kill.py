@@ -72,6 +72,14 @@ async def test_an_agent_killed_mid_step_resumes_on_a_fresh_instance_running_each
                 assert r.status == 201
                 op_id = (await r.json())["token"]
             await eventually(lambda: lines(effects), until=lambda ls: "start b" in ls)
+
+            async def checkpoint() -> object:
+                op = await gw.gw.store.get_operation(op_id)
+                return op.heartbeat_details if op else None
+
+            # the checkpoint after "a" is sent without waiting (ctx.heartbeat): on a busy box
+            # "b" may start before it is recorded, and the kill would lose it
+            await eventually(checkpoint, until=lambda d: d == {"after": "a"}, what="checkpoint")
             first.send_signal(signal.SIGKILL)  # mid-step: "a" is done, "b" is running
             first.wait(10)
             second = spawn_agent(port, effects, b_sleep_s=0.05)
