@@ -42,21 +42,6 @@ def new_delivery(
     """A new outbox row: this message for the operation's callback ``url``, due now, kept until
     the callback TTL runs out (completions and input requests alike). With ``lease_s`` it is
     leased to this replica for its first attempt (delivered from memory right after commit)."""
-    if lease_s is not None:
-        return CallbackDelivery(
-            id=f"msg_{uuid.uuid4().hex}",
-            operation_id=op.id,
-            caller=op.caller,
-            url=url,
-            headers=headers,
-            body=body,
-            created_at=now,
-            expires_at=now + timedelta(seconds=core.config.callback_ttl_s),
-            next_attempt_at=now,
-            attempts=1,
-            lease_owner=core.config.owner,
-            lease_until=now + timedelta(seconds=lease_s),
-        )
     return CallbackDelivery(
         id=f"msg_{uuid.uuid4().hex}",
         operation_id=op.id,
@@ -67,6 +52,9 @@ def new_delivery(
         created_at=now,
         expires_at=now + timedelta(seconds=core.config.callback_ttl_s),
         next_attempt_at=now,
+        attempts=0 if lease_s is None else 1,
+        lease_owner=None if lease_s is None else core.config.owner,
+        lease_until=None if lease_s is None else now + timedelta(seconds=lease_s),
     )
 
 
