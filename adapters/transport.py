@@ -69,16 +69,7 @@ class _ClosedEarly(Exception):
 
 @functools.lru_cache(maxsize=1024)
 def _is_header_name(name: str) -> bool:
-    if name in _HEADER_NAMES_SEEN:  # every dispatch sends the same dozen names
-        return True
-    if _HEADER_NAME.fullmatch(name) is None:
-        return False
-    if len(_HEADER_NAMES_SEEN) < 1024:
-        _HEADER_NAMES_SEEN.add(name)
-    return True
-
-
-_HEADER_NAMES_SEEN: set[str] = set()
+    return _HEADER_NAME.fullmatch(name) is not None
 
 
 class _Progress:
