@@ -90,15 +90,12 @@ class SqliteRow:
         self.table = table
         self.names = tuple(names)
         self.procs = [_bind_processor(table, n) for n in self.names]
+        self._pairs = tuple(zip(self.names, self.procs, strict=True))
         self.row = "(" + ", ".join("?" * len(self.names)) + ")"
         self.insert = f"INSERT INTO {table.name} ({', '.join(self.names)}) VALUES {self.row}"
 
     def args(self, values: dict[str, Any]) -> tuple[Any, ...]:
         return tuple([values[n] if proc is None else proc(values[n]) for n, proc in self._pairs])
-
-    @functools.cached_property
-    def _pairs(self) -> tuple[tuple[str, Callable[[Any], Any] | None], ...]:
-        return tuple(zip(self.names, self.procs, strict=True))
 
 
 SQ_OP = SqliteRow(_o, [c.name for c in _o.c if c.name not in t.OPERATION_NOT_AT_START])

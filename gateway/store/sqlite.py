@@ -116,14 +116,19 @@ class SqliteStore(SqlStore):
         with ``synchronous=NORMAL`` if every write of its round is such a one."""
         return self._rounds.transaction(flushed=flushed)
 
+    async def _settle_if_shared(self, db: InlineConnection) -> None:
+        """Before statements run inline: if another user had the connection since the last
+        clean inline use, wait until what it queued on aiosqlite's thread has run."""
+        if self._checkouts != self._clean_at + 1:
+            await db.settle()
+
     @asynccontextmanager
     async def _round_tx(self, flushed: bool) -> AsyncIterator[Any]:
         """One round's transaction: the connection, the synchronous level, BEGIN, COMMIT."""
         lighter = not flushed and self._ack_lighter
         async with self.engine.connect() as conn:
             db = InlineConnection((await conn.get_raw_connection()).driver_connection)
-            if self._checkouts != self._clean_at + 1:  # another user had it since our last
-                await db.settle()
+            await self._settle_if_shared(db)
             if lighter:  # SQLite changes the level only outside a transaction
                 await db.execute(sql.synchronous("NORMAL"))
             try:
@@ -157,8 +162,7 @@ class SqliteStore(SqlStore):
         answer, info and result poll reads an operation. Locked: the SQLAlchemy path."""
         async with self.engine.connect() as conn:
             aio = (await conn.get_raw_connection()).driver_connection
-            if self._checkouts != self._clean_at + 1:  # another user had it since our last
-                await InlineConnection(aio).settle()
+            await self._settle_if_shared(InlineConnection(aio))
             found = read_inline(raw_connection(aio), sql.SQ_GET_OPERATION, (op_id,))
             if found is not None:
                 self._clean_at = self._checkouts

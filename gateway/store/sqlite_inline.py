@@ -28,8 +28,9 @@ store's translation (``errors.translate``) is unchanged.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
-from collections.abc import Awaitable, Iterable, Sequence
+from collections.abc import Awaitable, Iterable, Iterator, Sequence
 from typing import Any
 
 from gateway.store.sql_sqlite import BUSY_TIMEOUT_MS, busy_timeout
@@ -75,16 +76,13 @@ class InlineConnection:
     async def begin(self, statement: str) -> None:
         """``statement`` (``BEGIN IMMEDIATE``) inline if the write lock is free at once, else
         on aiosqlite's thread, waiting up to the busy timeout as before."""
-        raw = self._raw
-        raw.execute(busy_timeout(0)).close()
-        try:
-            raw.execute(statement).close()
-            return
-        except sqlite3.OperationalError as exc:
-            if exc.sqlite_errorcode not in _LOCK_TAKEN:
-                raise
-        finally:
-            raw.execute(busy_timeout(BUSY_TIMEOUT_MS)).close()
+        with _no_busy_wait(self._raw) as raw:
+            try:
+                raw.execute(statement).close()
+                return
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode not in _LOCK_TAKEN:
+                    raise
         await _on_thread(self._aio.execute(statement))
 
     async def commit(self, statement: str) -> None:
@@ -108,17 +106,26 @@ def read_inline(
     thread instead) or a transaction is open on the connection (never left by its users)."""
     if raw.in_transaction:
         return None
+    with _no_busy_wait(raw):
+        try:
+            cur = raw.execute(statement, parameters)
+            try:
+                return cur.fetchall()
+            finally:
+                cur.close()
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode not in _LOCK_TAKEN:
+                raise
+            return None
+
+
+@contextlib.contextmanager
+def _no_busy_wait(raw: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """``raw`` with no busy wait (a locked database raises at once), then the connection's
+    busy timeout again: for statements run in the loop's thread, which must never wait."""
     raw.execute(busy_timeout(0)).close()
     try:
-        cur = raw.execute(statement, parameters)
-        try:
-            return cur.fetchall()
-        finally:
-            cur.close()
-    except sqlite3.OperationalError as exc:
-        if exc.sqlite_errorcode not in _LOCK_TAKEN:
-            raise
-        return None
+        yield raw
     finally:
         raw.execute(busy_timeout(BUSY_TIMEOUT_MS)).close()
 
