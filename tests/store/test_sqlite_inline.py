@@ -89,3 +89,27 @@ async def test_a_failed_write_in_a_round_leaves_the_connection_usable(tmp_path: 
         assert len(await store.list_operations()) == 2
     finally:
         await store.close()
+
+
+async def test_the_driver_connection_is_read_directly_and_again_after_an_invalidation(
+    tmp_path: Path,
+) -> None:
+    from gateway.store.sqlite import _driver_connection
+
+    store = SqlStore(f"sqlite:///{tmp_path}/d.db")
+    await store.migrate()
+    try:
+        async with store.engine.connect() as conn:
+            direct = await _driver_connection(conn)
+            assert direct is (await conn.get_raw_connection()).driver_connection
+            assert isinstance(direct, aiosqlite.Connection)
+        async with store.engine.connect() as conn:
+            await conn.invalidate()  # SQLAlchemy must connect again: the awaited path
+            fresh = await _driver_connection(conn)
+            assert isinstance(fresh, aiosqlite.Connection) and fresh is not direct
+            assert await (await fresh.execute("SELECT 1")).fetchone() == (1,)
+        # and the store goes on with the fresh connection
+        await store.create_operations([(new_op(id="op-after-invalidate"), [], [])])
+        assert (await store.get_operation("op-after-invalidate")) is not None
+    finally:
+        await store.close()
