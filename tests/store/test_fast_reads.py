@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import sqlite3
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
 
 from gateway.domain.model import (
@@ -13,21 +12,16 @@ from gateway.domain.model import (
     Event,
     Operation,
     OperationState,
-    Work,
 )
 from gateway.store import SqlStore
 from gateway.store.base import SqlStore as PortableStore
 from gateway.store.sql_sqlite import BUSY_TIMEOUT_MS
 from gateway.store.sqlite_inline import read_inline
+from tests.store.test_conformance import new_op
 
 
 def every_field(now: datetime) -> Operation:
-    return Operation(
-        id=str(uuid.uuid4()),
-        service="svc",
-        operation="op",
-        state=OperationState.RUNNING,
-        caller="alice",
+    return new_op(
         created_at=now,
         input=b'{"x": "\xc3\xa9\\u0000 bytes \x00\xff"}',
         input_content_type="application/json",
@@ -35,7 +29,6 @@ def every_field(now: datetime) -> Operation:
         callback_url="https://cb.example/x?y=1",
         callback_headers={"Nexus-Callback-Token": "t", "x-Other": "é"},
         links=["https://a.example/1", "urn:x"],
-        work=Work.DISPATCH,
         attempts=3,
         next_attempt_at=now + timedelta(seconds=1, microseconds=7),
         lease_owner="gw-1",

@@ -13,6 +13,7 @@ import pytest
 
 from gateway.domain.errors import UniqueViolation
 from gateway.store import SqlStore
+from gateway.store.sqlite import _driver_connection
 from gateway.store.sqlite_inline import InlineConnection, raw_connection
 from tests.store.test_conformance import new_op
 
@@ -94,8 +95,6 @@ async def test_a_failed_write_in_a_round_leaves_the_connection_usable(tmp_path: 
 async def test_the_driver_connection_is_read_directly_and_again_after_an_invalidation(
     tmp_path: Path,
 ) -> None:
-    from gateway.store.sqlite import _driver_connection
-
     store = SqlStore(f"sqlite:///{tmp_path}/d.db")
     await store.migrate()
     try:
