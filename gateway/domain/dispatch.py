@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+from gateway.domain.frozen import fast_init
 from gateway.domain.model import Operation, StepRecord
 from gateway.domain.specs import AgentSpec, OperationSpec
 
@@ -67,6 +68,7 @@ class OutcomeKind(enum.StrEnum):
     PERMANENT = "permanent"  # the request failed for good
 
 
+@fast_init
 @dataclass(frozen=True, kw_only=True)
 class Outcome:
     """The adapter's answer: its kind and what came with it (result, token, failure...)."""
@@ -85,6 +87,7 @@ class Outcome:
     input_prompt: str | None = None
 
 
+@fast_init
 @dataclass(frozen=True, kw_only=True)
 class DispatchRequest:
     """One attempt to start (or poll) an operation at its agent."""
@@ -170,6 +173,7 @@ class AgentAdapter(Protocol):
         ...
 
 
+@fast_init
 @dataclass(frozen=True, kw_only=True)
 class HttpResponse:
     """A response as the transport read it."""

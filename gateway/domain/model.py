@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from gateway.domain.frozen import fast_init
+
 # The events a caller may ask to be called back for besides the completion (issue 15 item 4),
 # with ``Swarmgate-Callback-Events`` on the start. Kept in ``Operation.callback_headers`` under
 # a key no HTTP header can have (``@`` is not a token character), so it is never sent.
@@ -47,6 +49,7 @@ class DeliveryState(enum.StrEnum):
     DISABLED = "disabled"
 
 
+@fast_init
 @dataclass(frozen=True, kw_only=True)
 class Operation:
     """One durable operation: its request, where it is in its life, and its outcome."""
@@ -102,6 +105,7 @@ class Operation:
         return {k: v for k, v in self.callback_headers.items() if k != CALLBACK_EVENTS_KEY}
 
 
+@fast_init
 @dataclass(frozen=True, kw_only=True)
 class Event:
     """One entry of an operation's history, written with the change it records."""
@@ -113,6 +117,7 @@ class Event:
     id: int | None = None
 
 
+@fast_init
 @dataclass(frozen=True, kw_only=True)
 class RunningUpdate:
     """One non-terminal change of a running operation, as ``Store.update_running`` takes it.
@@ -163,6 +168,7 @@ class StepRecord:
     attempt: int = 0
 
 
+@fast_init
 @dataclass(frozen=True, kw_only=True)
 class CallbackDelivery:
     """One signed callback to deliver at least once (an outbox row)."""
@@ -184,6 +190,7 @@ class CallbackDelivery:
     lease_until: datetime | None = None
 
 
+@fast_init
 @dataclass(frozen=True, kw_only=True)
 class IdempotencyRecord:
     """A caller's request id or idempotency key, bound to the operation it started."""
@@ -218,6 +225,7 @@ class CallerSecrets:
         return keys
 
 
+@fast_init
 @dataclass(frozen=True, kw_only=True)
 class Completion:
     """A terminal transition, applied in one transaction with its event and callback."""

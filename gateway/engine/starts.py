@@ -11,12 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 
 from gateway.domain.errors import HandlerError, HandlerErrorType
+from gateway.domain.frozen import fast_init
+from gateway.domain.ids import uuid4_text
 from gateway.domain.model import IdempotencyRecord, Operation, OperationState, Work
 from gateway.domain.ports import Created, NewOperation
 from gateway.domain.specs import AgentSpec, OperationSpec
@@ -27,6 +28,7 @@ from gateway.engine.dispatch import Dispatcher
 from registry.service import check_payload_off_loop
 
 
+@fast_init
 @dataclass(frozen=True, kw_only=True)
 class StartRequest:
     service: str
@@ -44,6 +46,7 @@ class StartRequest:
     traceparent: str | None = None
 
 
+@fast_init
 @dataclass(frozen=True, kw_only=True)
 class StartResult:
     operation: Operation
@@ -132,7 +135,7 @@ class Starts:
                 "input does not match the operation's schema",
                 details=errors,
             )
-        op_id = str(uuid.uuid4())
+        op_id = uuid4_text()
         with core.tracer.span(
             "start",
             req.traceparent,
