@@ -23,6 +23,26 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def listening_sockets(port: int) -> int:
+    """How many TCP sockets listen on ``port`` (any address), from /proc/net (Linux; 0
+    elsewhere): one per gateway worker."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if (
+                len(fields) > 3
+                and fields[3] == "0A"
+                and int(fields[1].rsplit(":", 1)[1], 16) == port
+            ):
+                count += 1
+    return count
+
+
 class Child:
     """A child process whose standard input is a lifeline: closing it makes the child stop."""
 
@@ -55,19 +75,29 @@ class Child:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    async def wait_ready(self, url: str, timeout_s: float) -> None:
+    async def wait_ready(
+        self, url: str, timeout_s: float, *, port: int | None = None, listeners: int = 1
+    ) -> None:
+        """Until ``url`` answers 200 and, with ``port``, ``listeners`` sockets listen on it.
+
+        Several gateway workers each listen on the port (SO_REUSEPORT) and the first one
+        ready answers the probe: a load that opened its keep-alive connections then would
+        put every one of them on that worker, and "two workers" would measure one."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
+        ready = False
         async with aiohttp.ClientSession() as http:
             while loop.time() < deadline:
                 if not self.alive():
                     raise RuntimeError(f"{self.name} exited: {self.tail()}")
-                try:
-                    async with http.get(url, timeout=aiohttp.ClientTimeout(total=2)) as r:
-                        if r.status == 200:
-                            return
-                except (aiohttp.ClientError, TimeoutError):
-                    pass
+                if not ready:
+                    try:
+                        async with http.get(url, timeout=aiohttp.ClientTimeout(total=2)) as r:
+                            ready = r.status == 200
+                    except (aiohttp.ClientError, TimeoutError):
+                        pass
+                if ready and (port is None or listening_sockets(port) >= listeners):
+                    return
                 await asyncio.sleep(0.05)
         raise TimeoutError(f"{self.name} did not become ready: {self.tail()}")
 

@@ -141,6 +141,7 @@ def render(result: dict[str, Any], top: int = 12) -> str:
             f"store ops {store.get('operations')} callbacks {store.get('callbacks')}"
         )
         lines += rss_lines(target)
+        lines += worker_lines(target)
         prof = target.get("profile")
         if isinstance(prof, dict) and "samples" in prof:
             lines.append(
@@ -167,3 +168,17 @@ def render(result: dict[str, Any], top: int = 12) -> str:
             lines.append(f"  profile: {prof.get('error')}")
         lines.append("")
     return "\n".join(lines)
+
+
+def worker_lines(target: dict[str, Any]) -> list[str]:
+    """With several gateway processes: how they shared each run (percent of one core each)."""
+    listeners = target.get("gateway_listeners")
+    if not isinstance(listeners, int) or listeners < 2:
+        return []
+    lines = [f"  gateway workers listening: {listeners}; CPU % of a core per gateway process:"]
+    for scenario, modes in target.get("scenarios", {}).items():
+        for mode, run in modes.items():
+            shares = run.get("gateway_cpu_pct_by_process") or []
+            text = " | ".join(" / ".join(f"{x:g}" for x in one) for one in shares)
+            lines.append(f"    {scenario} {mode}: {text}")
+    return lines

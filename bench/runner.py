@@ -27,7 +27,15 @@ from aiohttp import web
 from adapters.transport import HttpTransport
 from bench import db as dbmod
 from bench.load import OpFn, RunResult, closed_loop, open_loop
-from bench.procs import ROOT, Child, agent_process, free_port, gateway_process, write_agents_file
+from bench.procs import (
+    ROOT,
+    Child,
+    agent_process,
+    free_port,
+    gateway_process,
+    listening_sockets,
+    write_agents_file,
+)
 from bench.profile import PySpy
 from bench.scenarios import Receiver, baseline_op, lifecycle_op, start_op
 from bench.sideload import Callers, SideLoad
@@ -238,6 +246,8 @@ async def run_scenario(
     summary["cpu_us_per_op"] = cpu_us_per_op(cpu_pct, float(summary["throughput_per_s"]))
     # processes that ended while measured (a gateway worker that crashed and was started again)
     summary["processes_lost"] = {name: len(pids) for name, pids in cpu.lost.items()}
+    # the gateway's CPU per process, busiest first (with workers: how they shared the load)
+    summary["gateway_cpu_pct_by_process"] = cpu.by_process.get("gateway", [])
     summary["gateway_rss_kb"] = {"start": rss_start, "end": rss_end}
     if rss is not None:
         summary["gateway_rss"] = rss.summary(o.warmup_s)
@@ -286,8 +296,10 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "drain_s",
             "waited_for_slot",
             "processes_lost",
+            "gateway_cpu_pct_by_process",
         )
     }
+    out["gateway_cpu_pct_by_process"] = [r.get("gateway_cpu_pct_by_process", []) for r in runs]
     out["repeats"] = len(runs)
     out["processes_lost"] = _summed_counts(runs, "processes_lost")
     out["throughput_per_s"] = round(median_of([r["throughput_per_s"] for r in runs]), 1)
@@ -431,8 +443,10 @@ async def run_target(env: Env, target: dbmod.Target) -> dict[str, Any]:
         out["git_commit_at_spawn"] = _git_commit(o.gateway_root or ROOT)
         gw.spawn()
         try:
-            await gw.wait_ready(gw_url + "/readyz", 60.0)
+            workers = o.workers if target.db == "postgresql" else 1
+            await gw.wait_ready(gw_url + "/readyz", 60.0, port=port, listeners=workers)
             out["gateway_pid"] = gw.pid
+            out["gateway_listeners"] = listening_sockets(port)
             out["gateway_rss_kb_ready"] = tree_rss_kb(gw.pid)
             runs: dict[str, dict[str, list[dict[str, Any]]]] = {
                 s: {m: [] for m in o.modes} for s in o.scenarios

@@ -227,6 +227,8 @@ class CpuMeter:
         self.postgres = postgres
         self.pg_database = pg_database
         self.lost: dict[str, list[int]] = {}
+        # per process of a tree, busiest first (percent of one core): how the workers shared it
+        self.by_process: dict[str, list[float]] = {}
         self._start: dict[str, dict[int, float]] = {}
         self._pg_start: dict[int, float] = {}
         self._sys: tuple[float, float] | None = None
@@ -258,6 +260,12 @@ class CpuMeter:
                 self.lost[name] = gone
             if after:
                 out[name] = round(100.0 * cpu_delta(before, after) / wall, 1)
+            if isinstance(self.roots[name], ProcessTree):
+                shares = [
+                    100.0 * (seconds - before.get(pid, 0.0)) / wall
+                    for pid, seconds in after.items()
+                ]
+                self.by_process[name] = sorted((round(x, 1) for x in shares), reverse=True)
         sys_now = system_busy()
         if self._sys is not None and sys_now is not None and sys_now[1] > self._sys[1]:
             busy = (sys_now[0] - self._sys[0]) / (sys_now[1] - self._sys[1])
