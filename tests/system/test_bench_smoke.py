@@ -119,6 +119,10 @@ def test_bench_runs_several_workers_with_jwt_checks_on_postgresql(
     assert run["cpu_pct"]["gateway"] > 10, run["cpu_pct"]
     # the supervisor's and both workers' memory (one gateway process alone is ~90 MB)
     assert target["gateway_rss_kb_ready"] > 150_000
+    # the load began once both workers listened (before, its connections could all reach one)
+    assert target["gateway_listeners"] == 2
+    (shares,) = run["gateway_cpu_pct_by_process"]  # one repeat: the supervisor and two workers
+    assert len(shares) == 3, shares
 
 
 def test_bench_samples_rss_under_a_side_load_of_many_callers_on_a_preloaded_store(

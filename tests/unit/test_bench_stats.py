@@ -1,12 +1,15 @@
-"""The RSS slope of ``bench --rss-interval``: least squares over the measured second half."""
+"""The bench's measuring parts: the RSS slope, CPU per process (and per process of a tree), and
+the sockets listening on a port."""
 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
 
+from bench.procs import free_port, listening_sockets
 from bench.stats import CpuMeter, ProcessTree, RssSampler, slope_per_min
 
 
@@ -58,6 +61,27 @@ def test_a_process_that_starts_while_measured_counts_whole() -> None:
         assert out["tree"] >= 30.0
         assert out["self"] < 30.0  # one process is that process alone, without its children
         assert meter.lost == {}
+        assert meter.by_process["tree"][0] >= 30.0  # the child's share, busiest first
+        assert len(meter.by_process["tree"]) >= 2 and "self" not in meter.by_process
     finally:
         child.kill()
         child.wait()
+
+
+def test_listening_sockets_counts_each_socket_sharing_a_port() -> None:
+    port = free_port()
+    socks: list[socket.socket] = []
+    try:
+        assert listening_sockets(port) == 0
+        for expected in (1, 2):
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            s.bind(("127.0.0.1", port))
+            assert listening_sockets(port) == expected - 1  # bound, not yet listening
+            s.listen()
+            socks.append(s)
+            assert listening_sockets(port) == expected
+    finally:
+        for s in socks:
+            s.close()
+    assert listening_sockets(port) == 0
