@@ -264,6 +264,7 @@ async def listen(
         hot_routes(gw.app, HOT_HANDLERS),
         max_body=s.max_body_bytes,
         body_timeout_s=s.body_timeout_s,
+        keepalive_requests=s.keepalive_requests,
         access_log=access_log,
         metrics=gw.engine.metrics,
     )

@@ -105,6 +105,9 @@ class Settings:
     mcp_wait_s: float = 60.0  # /mcp: tools/call without a task, and tasks/result, wait this long
     startup_db_wait_s: float = 60.0  # how long a starting replica retries an unreachable DB
     body_timeout_s: float = 10.0  # a start's body must arrive within this (before admission)
+    # the hot path closes a keep-alive connection after this many answers (Connection: close;
+    # 0: never), so clients spread over the workers again after one started later or anew
+    keepalive_requests: int = 1000
     otel_endpoint: str | None = None  # OTLP/HTTP base URL; None: no tracing
     otel_service_name: str = "swarmgate"
 
@@ -170,6 +173,7 @@ class Settings:
             "mcp_wait_s": _f(e, p + "MCP_WAIT_S", cls.mcp_wait_s),
             "startup_db_wait_s": _f(e, p + "STARTUP_DB_WAIT_S", cls.startup_db_wait_s),
             "body_timeout_s": _f(e, p + "BODY_TIMEOUT_S", cls.body_timeout_s),
+            "keepalive_requests": int(_f(e, p + "KEEPALIVE_REQUESTS", cls.keepalive_requests)),
             "otel_endpoint": (
                 e.get(p + "OTEL_EXPORTER_OTLP_ENDPOINT")
                 or e.get("OTEL_EXPORTER_OTLP_ENDPOINT")

@@ -334,6 +334,27 @@ async def test_connection_close_and_http_1_0_are_honoured(db_url: str) -> None:
         assert counts(gw)["handed_over"] == 0
 
 
+async def test_a_connection_is_closed_after_its_keepalive_requests_and_a_new_one_goes_on(
+    db_url: str,
+) -> None:
+    agent = make_test_agent()
+    settings = make_settings(db_url, keepalive_requests=3)
+    async with serving_agent(agent) as agent_url, running_gateway(settings) as gw:
+        await gw.gw.registry.register(agent.spec(agent_url))
+        conn = await Conn.open(gw)
+        answers = [await conn.ask(start_request(70 + i)) for i in range(3)]
+        assert [a.status for a in answers] == [200, 200, 200]
+        assert [a.headers.get("connection") for a in answers] == [None, None, "close"]
+        assert await conn.closed_by_server()  # after the third answer, written whole
+        # pipelined past the limit: the answers it may carry, then closed (the rest unread)
+        conn = await Conn.open(gw)
+        conn.writer.write(b"".join(start_request(80 + i) for i in range(5)))
+        got = [await conn.read() for _ in range(3)]
+        assert [a.headers.get("connection") for a in got] == [None, None, "close"]
+        assert await conn.closed_by_server()
+        assert counts(gw) == {"accepted": 2, "handed_over": 0, "refused": 0}
+
+
 async def test_a_start_whose_body_does_not_arrive_is_answered_408_as_a_nexus_failure(
     db_url: str,
 ) -> None:

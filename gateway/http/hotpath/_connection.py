@@ -75,6 +75,7 @@ class Connection(asyncio.Protocol):
         self._handover = False  # hand the connection over once the queue is answered
         self._closing = False  # close once the queue is answered
         self._gone = False
+        self._answers_left = server.keepalive_requests or -1  # -1: no limit
         self.last_active = server.loop.time()
         self.body_deadline: float | None = None
         self.peer = "-"
@@ -255,7 +256,9 @@ class Connection(asyncio.Protocol):
                 t0 = time.perf_counter()
                 try:
                     resp = await self._server.wrap(handler)(request)
-                    keep_alive = keep_alive and not self._closing  # stopping: say so
+                    self._answers_left -= 1
+                    # stopping, or the last answer this connection may carry: say so
+                    keep_alive = keep_alive and not self._closing and self._answers_left != 0
                     data = self._server.encode(resp, keep_alive)
                 except Exception:
                     log.exception("hot path: %s %s failed", request.method, request.path)

@@ -34,6 +34,7 @@ class HotServer:
         max_body: int,
         body_timeout_s: float,
         keepalive_s: float = KEEPALIVE_S,
+        keepalive_requests: int = 0,
         sweep_s: float = 0.5,
         access_log: logging.Logger | None = None,
         metrics: Metrics | None = None,
@@ -43,6 +44,11 @@ class HotServer:
         self.max_body = max_body
         self.body_timeout_s = body_timeout_s
         self.keepalive_s = keepalive_s
+        # Answers per connection before it is closed (0: no limit). With SO_REUSEPORT workers the
+        # kernel picks a worker per connection; a client that keeps its connections would stay
+        # on the workers that listened when it connected (the first one up, or the survivors of
+        # a restart) without this.
+        self.keepalive_requests = keepalive_requests
         self.sweep_s = sweep_s
         self.access_log = access_log
         self.connections: set[Connection] = set()
