@@ -1,8 +1,8 @@
 """Group commit: concurrent writers share one transaction (natural batching).
 
 While one batch commits, the next one fills; nobody waits for a timer (unless ``linger_s``
-says so), so a lone writer pays nothing and a busy gateway pays one BEGIN/COMMIT per batch
-instead of per write. A caller's
+says so, and with ``linger_from`` only when that many writes wait), so a lone writer pays
+nothing and a busy gateway pays one BEGIN/COMMIT per batch instead of per write. A caller's
 future resolves only after its batch committed (or failed), so acknowledging before commit is
 impossible. If a batch fails on a constraint or loses a deadlock, its items are retried one by
 one, so one bad item cannot fail the others; a lone item that loses a deadlock is retried.
@@ -29,6 +29,7 @@ class GroupCommit(Generic[T, R]):
         max_batch: int = 128,
         concurrency: int = 1,
         linger_s: float = 0.0,
+        linger_from: int = 1,
     ) -> None:
         self._run_batch = run_batch
         self._run_one = run_one
@@ -38,6 +39,10 @@ class GroupCommit(Generic[T, R]):
         # writes nobody waits on to answer a request, where a bigger batch saves more than
         # the wait costs (0: commit at once).
         self._linger = linger_s
+        # ... and only under load: when at least this many writes wait, or the batch before
+        # held that many. With 2, a lone writer (a lightly loaded gateway) commits at once.
+        self._linger_from = max(1, linger_from)
+        self._last_batch = 0
         self._queue: list[tuple[T, asyncio.Future[R]]] = []
         self._flushers: set[asyncio.Task[None]] = set()  # running; also keeps them referenced
 
@@ -63,9 +68,15 @@ class GroupCommit(Generic[T, R]):
 
     async def _drain(self) -> None:
         while self._queue:
-            if self._linger and len(self._queue) < self._max:
+            waiting = len(self._queue)
+            if (
+                self._linger
+                and waiting < self._max
+                and max(waiting, self._last_batch) >= self._linger_from
+            ):
                 await asyncio.sleep(self._linger)
             batch, self._queue = self._queue[: self._max], self._queue[self._max :]
+            self._last_batch = len(batch)
             if len(batch) == 1:
                 await self._one(*batch[0])
                 continue

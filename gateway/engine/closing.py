@@ -65,6 +65,8 @@ class Closer:
         self._completions: GroupCommit[Completion, bool] = GroupCommit(
             lambda batch: core.store.complete_many(batch),
             lambda one: core.store.complete(one),
+            linger_s=core.config.write_linger_s,
+            linger_from=2,
         )
 
     async def finish(

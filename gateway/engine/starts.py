@@ -92,6 +92,8 @@ class Starts:
         self._starts: GroupCommit[NewOperation, Created] = GroupCommit(
             lambda batch: core.store.create_operations(batch),
             lambda one: core.store.create_operation(*one),
+            linger_s=core.config.write_linger_s,
+            linger_from=2,  # under load only: a lone start commits at once
         )
 
     @contextlib.contextmanager

@@ -1,4 +1,5 @@
-"""``SWARMGATE_CALLBACK_ACK_COMMIT``: async by default, durable on request, nothing else."""
+"""Delivery acks (`SWARMGATE_CALLBACK_ACK_COMMIT`, `_LINGER_S`), the write linger and the keep-alive
+limit: their defaults and the values refused."""
 
 from __future__ import annotations
 
@@ -28,3 +29,24 @@ def test_delivery_acks_linger_five_milliseconds_unless_set() -> None:
 def test_an_ack_linger_outside_zero_to_one_second_is_refused(value: str) -> None:
     with pytest.raises(ConfigError, match="SWARMGATE_CALLBACK_ACK_LINGER_S"):
         Settings.from_env({"SWARMGATE_CALLBACK_ACK_LINGER_S": value})
+
+
+def test_starts_and_completions_linger_three_milliseconds_on_postgresql_only_unless_set() -> None:
+    pg = {"SWARMGATE_DATABASE_URL": "postgresql://db/sg"}
+    assert Settings.from_env(pg).write_linger == 0.003
+    assert Settings.from_env({"SWARMGATE_DATABASE_URL": "sqlite:///sg.db"}).write_linger == 0.0
+    assert Settings.from_env({**pg, "SWARMGATE_WRITE_LINGER_S": "0"}).write_linger == 0.0
+    sqlite_set = {"SWARMGATE_DATABASE_URL": "sqlite:///sg.db", "SWARMGATE_WRITE_LINGER_S": "0.002"}
+    assert Settings.from_env(sqlite_set).write_linger == 0.002
+
+
+@pytest.mark.parametrize("value", ["-0.001", "0.5", "soon"])
+def test_a_write_linger_outside_zero_to_a_tenth_of_a_second_is_refused(value: str) -> None:
+    with pytest.raises(ConfigError, match="SWARMGATE_WRITE_LINGER_S"):
+        Settings.from_env({"SWARMGATE_WRITE_LINGER_S": value})
+
+
+@pytest.mark.parametrize("value", ["-1", "many"])
+def test_a_negative_or_unreadable_keepalive_requests_is_refused(value: str) -> None:
+    with pytest.raises(ConfigError, match="SWARMGATE_KEEPALIVE_REQUESTS"):
+        Settings.from_env({"SWARMGATE_KEEPALIVE_REQUESTS": value})
