@@ -77,9 +77,7 @@ async def test_with_linger_from_two_a_lone_write_commits_at_once() -> None:
     assert sizes == [1, 1, 1]
 
 
-async def test_with_linger_from_two_writes_that_wait_together_linger_and_so_does_the_next_batch() -> (
-    None
-):
+async def test_writes_that_wait_together_linger_and_so_does_the_batch_after_them() -> None:
     sizes, group = under_load()
     first = [asyncio.create_task(group.submit(n)) for n in (1, 2)]  # two waiting: under load
     await asyncio.sleep(0.01)  # lingering: this one joins them
