@@ -152,7 +152,7 @@ async def build(
         pull_recheck_s=settings.pull_recheck_s,
         worker_live_s=settings.worker_live_s,
         callback_ack_linger_s=settings.callback_ack_linger_s,
-        write_linger_s=settings.write_linger,
+        write_linger_s=settings.write_linger_s,
     )
 
     a2a = A2AAgentAdapter(transport)

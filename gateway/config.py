@@ -10,11 +10,6 @@ from dataclasses import dataclass, field
 
 from gateway.domain.errors import ConfigError
 
-# The write linger on PostgreSQL: at 64 callers, 4 + 4 runs in ABBA order against none, with 1
-# and with 2 workers: ~8% more operations/s at ~9% less box CPU each (figures: README, "Issue
-# 17: a slower box").
-WRITE_LINGER_PG_S = 0.003
-
 
 def _f(env: Mapping[str, str], name: str, default: float) -> float:
     raw = env.get(name)
@@ -96,9 +91,10 @@ class Settings:
     # README, "How an operation flows", step 4); "durable": flushed like every other commit
     callback_ack_commit: str = "async"
     callback_ack_linger_s: float = 0.005  # a batch of acks fills this long before it commits
-    # under load, a batch of starts or completions fills this long (None: 3 ms on PostgreSQL,
-    # 0 on SQLite, whose write rounds already merge concurrent writes); see write_linger
-    write_linger_s: float | None = None
+    # under load, a batch of starts or completions fills this long before it commits (0: off):
+    # less CPU per operation at saturation, later answers in between (README, "Issue 17: a
+    # slower box")
+    write_linger_s: float = 0.0
     db_pool_size: int = 20
     workers: int = 1
     reuse_port: bool = False
@@ -118,13 +114,6 @@ class Settings:
     keepalive_requests: int = 1000
     otel_endpoint: str | None = None  # OTLP/HTTP base URL; None: no tracing
     otel_service_name: str = "swarmgate"
-
-    @property
-    def write_linger(self) -> float:
-        """How long a batch of starts or completions fills under load (seconds)."""
-        if self.write_linger_s is not None:
-            return self.write_linger_s
-        return WRITE_LINGER_PG_S if self.database_url.startswith("postgres") else 0.0
 
     @property
     def base_url(self) -> str:
@@ -178,9 +167,7 @@ class Settings:
                 e.get(p + "CALLBACK_ACK_COMMIT") or cls.callback_ack_commit
             ).lower(),
             "callback_ack_linger_s": _f(e, p + "CALLBACK_ACK_LINGER_S", cls.callback_ack_linger_s),
-            "write_linger_s": (
-                _f(e, p + "WRITE_LINGER_S", 0.0) if e.get(p + "WRITE_LINGER_S") else None
-            ),
+            "write_linger_s": _f(e, p + "WRITE_LINGER_S", cls.write_linger_s),
             "db_pool_size": int(_f(e, p + "DB_POOL_SIZE", cls.db_pool_size)),
             "workers": int(_f(e, p + "WORKERS", cls.workers)),
             "reuse_port": _flag(e, p + "REUSE_PORT", False),
@@ -212,7 +199,7 @@ class Settings:
                 "SWARMGATE_CALLBACK_ACK_LINGER_S must be 0 to 1 (seconds), "
                 f"got {kw['callback_ack_linger_s']}"
             )
-        if kw["write_linger_s"] is not None and not 0 <= float(str(kw["write_linger_s"])) <= 0.1:
+        if not 0 <= float(str(kw["write_linger_s"])) <= 0.1:
             raise ConfigError(
                 f"SWARMGATE_WRITE_LINGER_S must be 0 to 0.1 (seconds), got {kw['write_linger_s']}"
             )

@@ -16,6 +16,10 @@ from typing import Generic, TypeVar
 
 from gateway.domain.errors import DataRejected, UniqueViolation, WriteConflict
 
+# Starts and completions linger (EngineConfig.write_linger_s, off by default) only when this
+# many writes wait, or the batch before held this many: under load, never for a lone write.
+LINGER_FROM = 2
+
 T = TypeVar("T")
 R = TypeVar("R")
 

@@ -23,7 +23,7 @@ from gateway.domain.model import (
     failure,
     operation_error,
 )
-from gateway.engine.batching import GroupCommit
+from gateway.engine.batching import LINGER_FROM, GroupCommit
 from gateway.engine.core import EngineCore
 from gateway.engine.outbox import Outbox
 from gateway.engine.waiters import Waiters
@@ -66,7 +66,7 @@ class Closer:
             lambda batch: core.store.complete_many(batch),
             lambda one: core.store.complete(one),
             linger_s=core.config.write_linger_s,
-            linger_from=2,
+            linger_from=LINGER_FROM,
         )
 
     async def finish(

@@ -41,10 +41,10 @@ class EngineConfig:
     # A batch of callback delivery acks waits this long to fill before it commits (nobody
     # waits on an ack to answer a request; bigger batches cost the database less per ack).
     callback_ack_linger_s: float = 0.005
-    # A batch of starts or of completions waits this long to fill, but only when two or more
-    # wait already (under load): fewer, larger commits per operation (figures: README, "Issue
-    # 17: a slower box"). A lone start still commits at once.
-    write_linger_s: float = 0.003
+    # A batch of starts or of completions waits this long to fill, but only under load
+    # (batching.LINGER_FROM): fewer, larger commits per operation at saturation, later answers
+    # at moderate load (figures: README, "Issue 17: a slower box"). 0: off, the default.
+    write_linger_s: float = 0.0
     cancel_after_close_s: float = 3600.0  # keep telling an agent to stop for this long
     cancel_grace_s: float = 300.0  # after an agent took a cancel (202): close it as canceled
     endpoint_down_s: float = 30.0  # a pool endpoint with a connection error is skipped so long

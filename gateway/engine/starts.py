@@ -22,7 +22,7 @@ from gateway.domain.model import IdempotencyRecord, Operation, OperationState, W
 from gateway.domain.ports import Created, NewOperation
 from gateway.domain.specs import AgentSpec, OperationSpec
 from gateway.engine import faults
-from gateway.engine.batching import GroupCommit
+from gateway.engine.batching import LINGER_FROM, GroupCommit
 from gateway.engine.core import EngineCore
 from gateway.engine.dispatch import Dispatcher
 from registry.service import check_payload_off_loop
@@ -93,7 +93,7 @@ class Starts:
             lambda batch: core.store.create_operations(batch),
             lambda one: core.store.create_operation(*one),
             linger_s=core.config.write_linger_s,
-            linger_from=2,  # under load only: a lone start commits at once
+            linger_from=LINGER_FROM,  # under load only: a lone start commits at once
         )
 
     @contextlib.contextmanager

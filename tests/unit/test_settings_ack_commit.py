@@ -31,13 +31,9 @@ def test_an_ack_linger_outside_zero_to_one_second_is_refused(value: str) -> None
         Settings.from_env({"SWARMGATE_CALLBACK_ACK_LINGER_S": value})
 
 
-def test_starts_and_completions_linger_three_milliseconds_on_postgresql_only_unless_set() -> None:
-    pg = {"SWARMGATE_DATABASE_URL": "postgresql://db/sg"}
-    assert Settings.from_env(pg).write_linger == 0.003
-    assert Settings.from_env({"SWARMGATE_DATABASE_URL": "sqlite:///sg.db"}).write_linger == 0.0
-    assert Settings.from_env({**pg, "SWARMGATE_WRITE_LINGER_S": "0"}).write_linger == 0.0
-    sqlite_set = {"SWARMGATE_DATABASE_URL": "sqlite:///sg.db", "SWARMGATE_WRITE_LINGER_S": "0.002"}
-    assert Settings.from_env(sqlite_set).write_linger == 0.002
+def test_starts_and_completions_do_not_linger_unless_set() -> None:
+    assert Settings.from_env({}).write_linger_s == 0.0
+    assert Settings.from_env({"SWARMGATE_WRITE_LINGER_S": "0.003"}).write_linger_s == 0.003
 
 
 @pytest.mark.parametrize("value", ["-0.001", "0.5", "soon"])
