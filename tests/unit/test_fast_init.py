@@ -137,8 +137,8 @@ def test_classes_it_cannot_serve_are_refused_when_defined() -> None:
 @pytest.mark.parametrize("cls", FAST, ids=lambda c: c.__name__)
 def test_the_hot_records_use_it_and_keep_every_fields_default(cls: type[Any]) -> None:
     assert cls.__init__.__qualname__ == f"{cls.__qualname__}.__init__"
-    assert "_set(self, '__dict__'" not in repr(cls.__init__)  # a function, not its source
-    assert cls.__init__.__code__.co_filename == "<string>"
+    # fast_init's own __init__ (the dataclass's sets each field through object.__setattr__)
+    assert "_set" in cls.__init__.__code__.co_names
     required = {
         f.name: None
         for f in dataclasses.fields(cls)
