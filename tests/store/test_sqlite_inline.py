@@ -15,6 +15,7 @@ from gateway.domain.errors import UniqueViolation
 from gateway.store import SqlStore
 from gateway.store.sqlite import _driver_connection
 from gateway.store.sqlite_inline import InlineConnection, raw_connection
+from tests.store.conftest import SQLITE_FILE
 from tests.store.test_conformance import new_op
 
 
@@ -32,11 +33,10 @@ async def test_the_aiosqlite_connection_still_holds_its_sqlite3_connection(
 
 
 async def test_a_round_waits_for_another_processs_write_lock_without_stopping_the_loop(
-    tmp_path: Path,
+    tmp_path: Path, sqlite_store: SqlStore
 ) -> None:
-    store = SqlStore(f"sqlite:///{tmp_path}/g.db")
-    await store.migrate()
-    other = sqlite3.connect(tmp_path / "g.db", isolation_level=None, check_same_thread=False)
+    store = sqlite_store
+    other = sqlite3.connect(tmp_path / SQLITE_FILE, isolation_level=None, check_same_thread=False)
     try:
         other.execute("BEGIN IMMEDIATE")  # another writer holds the lock
         op = new_op(id="op-locked")
@@ -51,7 +51,6 @@ async def test_a_round_waits_for_another_processs_write_lock_without_stopping_th
         assert (await store.get_operation("op-locked")) is not None
     finally:
         other.close()
-        await store.close()
 
 
 async def test_a_call_on_the_thread_ends_before_its_cancelled_caller_hears_of_it(
@@ -78,37 +77,31 @@ async def test_a_call_on_the_thread_ends_before_its_cancelled_caller_hears_of_it
         await aio.close()
 
 
-async def test_a_failed_write_in_a_round_leaves_the_connection_usable(tmp_path: Path) -> None:
-    store = SqlStore(f"sqlite:///{tmp_path}/g.db")
-    await store.migrate()
-    try:
+async def test_a_failed_write_in_a_round_leaves_the_connection_usable(
+    sqlite_store: SqlStore,
+) -> None:
+    store = sqlite_store
+    await store.create_operations([(new_op(id="op-1"), [], [])])
+    with pytest.raises(UniqueViolation):
         await store.create_operations([(new_op(id="op-1"), [], [])])
-        with pytest.raises(UniqueViolation):
-            await store.create_operations([(new_op(id="op-1"), [], [])])
-        await store.create_operations([(new_op(id="op-2"), [], [])])
-        assert (await store.get_operation("op-2")) is not None
-        assert len(await store.list_operations()) == 2
-    finally:
-        await store.close()
+    await store.create_operations([(new_op(id="op-2"), [], [])])
+    assert (await store.get_operation("op-2")) is not None
+    assert len(await store.list_operations()) == 2
 
 
 async def test_the_driver_connection_is_read_directly_and_again_after_an_invalidation(
-    tmp_path: Path,
+    sqlite_store: SqlStore,
 ) -> None:
-    store = SqlStore(f"sqlite:///{tmp_path}/d.db")
-    await store.migrate()
-    try:
-        async with store.engine.connect() as conn:
-            direct = await _driver_connection(conn)
-            assert direct is (await conn.get_raw_connection()).driver_connection
-            assert isinstance(direct, aiosqlite.Connection)
-        async with store.engine.connect() as conn:
-            await conn.invalidate()  # SQLAlchemy must connect again: the awaited path
-            fresh = await _driver_connection(conn)
-            assert isinstance(fresh, aiosqlite.Connection) and fresh is not direct
-            assert await (await fresh.execute("SELECT 1")).fetchone() == (1,)
-        # and the store goes on with the fresh connection
-        await store.create_operations([(new_op(id="op-after-invalidate"), [], [])])
-        assert (await store.get_operation("op-after-invalidate")) is not None
-    finally:
-        await store.close()
+    store = sqlite_store
+    async with store.engine.connect() as conn:
+        direct = await _driver_connection(conn)
+        assert direct is (await conn.get_raw_connection()).driver_connection
+        assert isinstance(direct, aiosqlite.Connection)
+    async with store.engine.connect() as conn:
+        await conn.invalidate()  # SQLAlchemy must connect again: the awaited path
+        fresh = await _driver_connection(conn)
+        assert isinstance(fresh, aiosqlite.Connection) and fresh is not direct
+        assert await (await fresh.execute("SELECT 1")).fetchone() == (1,)
+    # and the store goes on with the fresh connection
+    await store.create_operations([(new_op(id="op-after-invalidate"), [], [])])
+    assert (await store.get_operation("op-after-invalidate")) is not None

@@ -169,22 +169,18 @@ async def test_a_caller_cancelled_while_waiting_does_not_hold_up_the_round(db: D
 
 
 async def test_the_sqlite_store_merges_concurrent_starts_and_keeps_each_ones_outcome(
-    tmp_path: Path,
+    sqlite_store: SqlStore,
 ) -> None:
-    store = SqlStore(f"sqlite:///{tmp_path}/g.db")
-    await store.migrate()
-    try:
-        ops = [new_op(id=f"op-{i}") for i in range(8)]
-        dup = new_op(id="op-0")  # the same id again: refused alone
-        results = await asyncio.gather(
-            *(store.create_operations([(op, [], [])]) for op in ops),
-            store.create_operations([(dup, [], [])]),
-            return_exceptions=True,
-        )
-        assert all(not isinstance(r, BaseException) for r in results[:8]), results
-        assert isinstance(results[8], UniqueViolation)
-        assert store._rounds.rounds < 9  # merged, not one commit each
-        for op in ops:
-            assert (await store.get_operation(op.id)) is not None
-    finally:
-        await store.close()
+    store = sqlite_store
+    ops = [new_op(id=f"op-{i}") for i in range(8)]
+    dup = new_op(id="op-0")  # the same id again: refused alone
+    results = await asyncio.gather(
+        *(store.create_operations([(op, [], [])]) for op in ops),
+        store.create_operations([(dup, [], [])]),
+        return_exceptions=True,
+    )
+    assert all(not isinstance(r, BaseException) for r in results[:8]), results
+    assert isinstance(results[8], UniqueViolation)
+    assert store._rounds.rounds < 9  # merged, not one commit each
+    for op in ops:
+        assert (await store.get_operation(op.id)) is not None
