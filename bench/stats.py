@@ -258,13 +258,11 @@ class CpuMeter:
             gone = sorted(set(before) - set(after))
             if gone:
                 self.lost[name] = gone
+            # per process, as cpu_delta counts them: one that started in between counts whole
+            shares = [100.0 * (secs - before.get(pid, 0.0)) / wall for pid, secs in after.items()]
             if after:
-                out[name] = round(100.0 * cpu_delta(before, after) / wall, 1)
+                out[name] = round(sum(shares), 1)
             if isinstance(self.roots[name], ProcessTree):
-                shares = [
-                    100.0 * (seconds - before.get(pid, 0.0)) / wall
-                    for pid, seconds in after.items()
-                ]
                 self.by_process[name] = sorted((round(x, 1) for x in shares), reverse=True)
         sys_now = system_busy()
         if self._sys is not None and sys_now is not None and sys_now[1] > self._sys[1]:
