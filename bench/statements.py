@@ -5,7 +5,9 @@
 Straight against the store (no HTTP, no engine): on a throw-away PostgreSQL database, rounds of
 ``create_operations`` (a batch of starts, each with its events and a request-id key), then
 ``complete_many`` (their terminal transitions, each with a callback delivery row leased to
-the bench), then ``callbacks_delivered`` (the acks of those deliveries), at a fixed batch size.
+the bench), then ``callbacks_delivered`` (the acks of those deliveries), at a fixed batch size;
+then the same three kinds as write cycles (``sql_postgres.compose``: one statement per round
+holding one round's starts, the round before's completions and the acks of the one before).
 Reports, per operation and per batch size, the client's CPU (this process: building the
 parameters, asyncpg encoding them) and the CPU of the database's backends (planning,
 executing, committing), medians of ``--repeat`` runs. Group commit makes the batch size follow
@@ -22,6 +24,7 @@ import os
 import sys
 import time
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -37,7 +40,9 @@ from gateway.domain.model import (
     OperationState,
     Work,
 )
-from gateway.store import PostgresStore
+from gateway.domain.ports import NewOperation
+from gateway.store import PostgresStore, sql_postgres
+from gateway.store import postgres as pg
 
 PG_ADMIN = os.environ.get(
     "SWARMGATE_BENCH_PG",
@@ -118,6 +123,26 @@ def _delivered(op: Operation, now: datetime) -> Event:
     )
 
 
+async def _write_cycle(
+    store: PostgresStore,
+    starts: Sequence[NewOperation],
+    completions: Sequence[Completion],
+    acks: Sequence[Event],
+) -> None:
+    """One statement and one commit for all three kinds (the store's own parts, composed)."""
+    kinds = (bool(starts), bool(completions), bool(acks))
+    args: list[Any] = []
+    if starts:
+        args += pg.start_args(starts)
+    if completions:
+        args += pg.complete_args(completions)
+    if acks:
+        args += pg.ack_args("bench", acks)
+    if args:
+        async with store._driver() as conn:  # the store's own lane connection
+            await conn.fetchrow(sql_postgres.compose(kinds), *args)
+
+
 async def _one_run(store: PostgresStore, db_name: str, batch: int, ops: int) -> dict[str, float]:
     run = uuid.uuid4().hex[:8]
     rounds = max(1, ops // batch)
@@ -149,6 +174,26 @@ async def _one_run(store: PostgresStore, db_name: str, batch: int, ops: int) -> 
     c1 = time.process_time()
     pg1 = postgres_cpu_seconds(db_name) or 0.0
     cpu["ack"] = [c1 - c0, pg1 - pg0]
+    # The same writes as write cycles (PostgresStore.write_cycle): each statement holds the
+    # starts of one round, the completions of the round before and the acks of the one before
+    # that, as a busy gateway's cycle does (two extra cycles drain the pipeline).
+    run_c = run + "c"
+    rows = [[_start(now, run_c, r * batch + i) for i in range(batch)] for r in range(rounds)]
+    none: list[Any] = []
+    pg0, c0 = postgres_cpu_seconds(db_name) or 0.0, time.process_time()
+    for r in range(rounds + 2):
+        starts = rows[r] if r < rounds else none
+        done = rows[r - 1] if 0 < r <= rounds else none
+        acked = rows[r - 2] if 1 < r else none
+        await _write_cycle(
+            store,
+            starts,
+            [_complete(op, now) for op, _, _ in done],
+            [_delivered(op, now) for op, _, _ in acked],
+        )
+    c1 = time.process_time()
+    pg1 = postgres_cpu_seconds(db_name) or 0.0
+    cpu["cycle"] = [c1 - c0, pg1 - pg0]
     n = rounds * batch
     return {
         f"{name}_{side}_us": round(1e6 * cpu[name][k] / n, 1)
@@ -176,6 +221,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 f"{med['complete_client_us']:>7} us, postgres {med['complete_postgres_us']:>7} us"
                 f" | ack client {med['ack_client_us']:>7} us, "
                 f"postgres {med['ack_postgres_us']:>7} us"
+                f" | all three in cycles client {med['cycle_client_us']:>7} us, "
+                f"postgres {med['cycle_postgres_us']:>7} us"
                 " (per operation; CPU, medians)",
                 file=sys.stderr,
             )

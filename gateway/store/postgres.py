@@ -189,21 +189,9 @@ class PostgresStore(SqlStore):
     async def _start_batch(self, items: Sequence[NewOperation]) -> set[str]:
         if not items:
             return set()
-        ops: list[dict[str, Any]] = []
-        keys: list[dict[str, Any]] = []
-        events: list[dict[str, Any]] = []
-        for op, evs, idem in items:
-            ops.append(rows.OPERATION.values(op))
-            if idem:
-                keys.append(rows.IDEMPOTENCY.values(idem[0]))
-            events.extend(
-                {"operation_id": op.id, "at": e.at, "kind": e.kind, "data": e.data} for e in evs
-            )
         async with self._driver() as conn:
-            found = await conn.fetch(
-                sql.PG_START_MANY, sql.json_rows(ops), sql.json_rows(keys), sql.json_rows(events)
-            )
-        return {r[0] for r in found}
+            found = await conn.fetchval(sql.PG_START_MANY, *start_args(items))
+        return set(found or ())
 
     @translate
     async def complete(self, completion: Completion) -> bool:
@@ -216,14 +204,8 @@ class PostgresStore(SqlStore):
         return bool(applied)
 
     async def _complete_batch(self, batch: Sequence[Completion]) -> set[str]:
-        callbacks = [rows.CALLBACK.values(c.callback) for c in batch if c.callback is not None]
         async with self._driver() as conn:
-            closed = await conn.fetchval(
-                sql.PG_COMPLETE_MANY,
-                [c.operation_id for c in batch],
-                sql.json_rows([sql.completion_json(c) for c in batch]),
-                sql.json_rows(callbacks),
-            )
+            closed = await conn.fetchval(sql.PG_COMPLETE_MANY, *complete_args(batch))
         return set(closed or ())
 
     @translate
@@ -276,18 +258,8 @@ class PostgresStore(SqlStore):
     async def callbacks_delivered(self, owner: str, events: Sequence[Event]) -> int:
         if not events:
             return 0
-        acks = list({str(e.data["delivery_id"]): e for e in events}.items())
-        at = max(e.at for e in events)
         async with self._driver() as pg:
-            marked = await pg.fetchval(
-                self._ack_sql,
-                [i for i, _ in acks],
-                sql.json_rows(
-                    [{"id": i, "at": e.at, "kind": e.kind, "data": e.data} for i, e in acks]
-                ),
-                at,
-                owner,
-            )
+            marked = await pg.fetchval(self._ack_sql, *ack_args(owner, events))
         return int(marked)
 
     @translate
@@ -354,3 +326,39 @@ class PostgresStore(SqlStore):
     @translate
     async def record_step(self, step: StepRecord, event: Event) -> tuple[StepRecord, bool] | None:
         return (await self.record_steps([(step, event)]))[0]
+
+
+# -- the batch statements' parameters (sql_postgres: the starts', completions' and acks' parts)
+
+
+def start_args(items: Sequence[NewOperation]) -> list[Any]:
+    ops: list[dict[str, Any]] = []
+    keys: list[dict[str, Any]] = []
+    events: list[dict[str, Any]] = []
+    for op, evs, idem in items:
+        ops.append(rows.OPERATION.values(op))
+        if idem:
+            keys.append(rows.IDEMPOTENCY.values(idem[0]))
+        events.extend(
+            {"operation_id": op.id, "at": e.at, "kind": e.kind, "data": e.data} for e in evs
+        )
+    return [sql.json_rows(ops), sql.json_rows(keys), sql.json_rows(events)]
+
+
+def complete_args(batch: Sequence[Completion]) -> list[Any]:
+    callbacks = [rows.CALLBACK.values(c.callback) for c in batch if c.callback is not None]
+    return [
+        [c.operation_id for c in batch],
+        sql.json_rows([sql.completion_json(c) for c in batch]),
+        sql.json_rows(callbacks),
+    ]
+
+
+def ack_args(owner: str, events: Sequence[Event]) -> list[Any]:
+    acks = list({str(e.data["delivery_id"]): e for e in events}.items())
+    return [
+        [i for i, _ in acks],
+        sql.json_rows([{"id": i, "at": e.at, "kind": e.kind, "data": e.data} for i, e in acks]),
+        max(e.at for e in events),
+        owner,
+    ]

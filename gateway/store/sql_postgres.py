@@ -153,28 +153,7 @@ def _pg_complete_sql(with_callback: bool) -> str:
 PG_COMPLETE = {False: _pg_complete_sql(False), True: _pg_complete_sql(True)}
 
 
-# Batches (group commit): the same writes for many operations in one statement, the values
-# passed as one array per column and zipped back into rows by unnest().
-
-
-def _array_types(row: PgRow) -> list[str]:
-    return ["text[]" if js else f"{typ}[]" for typ, js in zip(row.types, row.json, strict=True)]
-
-
-def _select_list(row: PgRow, alias: str) -> str:
-    return ", ".join(
-        f"{alias}.{n}::jsonb" if js else f"{alias}.{n}"
-        for n, js in zip(row.names, row.json, strict=True)
-    )
-
-
-def _unnest(row: PgRow, first: int, alias: str, extra: Sequence[tuple[str, str]] = ()) -> str:
-    types = _array_types(row) + [typ for _, typ in extra]
-    names = list(row.names) + [n for n, _ in extra]
-    params = ", ".join(f"${first + i}::{typ}" for i, typ in enumerate(types))
-    return f"unnest({params}) AS {alias}({', '.join(names)})"
-
-
+# Batches (group commit): the same writes for many operations in one statement.
 # A batch's rows go as ONE JSON parameter per table, expanded by json_populate_recordset into
 # rows of the table's own type. The earlier form, one array per column (27 for a start), cost
 # the gateway more CPU than the statement: the driver checks and encodes every element of every
@@ -188,126 +167,154 @@ def _cols(names: Sequence[str], alias: str) -> str:
     return ", ".join(f"{alias}.{n}" for n in names)
 
 
-def _pg_start_many_sql() -> str:
-    # $1 the operations (JSON array of rows), $2 their keys (at most one per operation), $3 the
-    # events (operation_id, at, kind, data) in order. An operation with a key is inserted only
-    # if its key was free; the caller sends the others down the one-by-one path.
-    return f"""
-    WITH v AS (
-        SELECT * FROM json_populate_recordset(NULL::{_o.name}, $1::json)
-    ), k AS (
-        SELECT * FROM json_populate_recordset(NULL::{_i.name}, $2::json)
-    ), idem AS (
+class _Part:
+    """One kind of batch write as data-modifying CTEs, its parameters numbered from ``first``
+    and its CTE names prefixed, so that one kind makes a statement alone and several kinds
+    make one statement together (``compose``; ``python -m bench.statements`` prices such a
+    "write cycle"). ``result`` is its answer (SQL values)."""
+
+    def __init__(self, ctes: str, params: int, result: str) -> None:
+        self.ctes, self.params, self.result = ctes, params, result
+
+
+def _start_part(first: int, p: str) -> _Part:
+    # the operations (JSON array of rows), their keys (at most one per operation), the events
+    # (operation_id, at, kind, data) in order. An operation with a key is inserted only if its
+    # key was free; the caller sends the others down the one-by-one path.
+    a, b, c = (f"${first + i}::json" for i in range(3))
+    ctes = f"""{p}v AS (
+        SELECT * FROM json_populate_recordset(NULL::{_o.name}, {a})
+    ), {p}k AS (
+        SELECT * FROM json_populate_recordset(NULL::{_i.name}, {b})
+    ), {p}idem AS (
         INSERT INTO {_i.name} ({", ".join(PG_IDEM.names)})
-        SELECT {_cols(PG_IDEM.names, "k")} FROM k
+        SELECT {_cols(PG_IDEM.names, f"{p}k")} FROM {p}k
         ON CONFLICT (scope, key) DO NOTHING
         RETURNING operation_id
-    ), op AS (
+    ), {p}op AS (
         INSERT INTO {_o.name} ({", ".join(PG_OP.names)})
-        SELECT {_cols(PG_OP.names, "v")} FROM v
-        WHERE v.id NOT IN (SELECT operation_id FROM k)
-           OR v.id IN (SELECT operation_id FROM idem)
+        SELECT {_cols(PG_OP.names, f"{p}v")} FROM {p}v
+        WHERE {p}v.id NOT IN (SELECT operation_id FROM {p}k)
+           OR {p}v.id IN (SELECT operation_id FROM {p}idem)
         RETURNING id
-    ), ev AS (
+    ), {p}ev AS (
         INSERT INTO {_e.name} (operation_id, at, kind, data)
         SELECT u.operation_id, u.at, u.kind, u.data
-        FROM ROWS FROM (json_to_recordset($3::json)
+        FROM ROWS FROM (json_to_recordset({c})
                         AS (operation_id varchar, at timestamptz, kind varchar, data jsonb))
              WITH ORDINALITY AS u(operation_id, at, kind, data, n)
-        WHERE u.operation_id IN (SELECT id FROM op)
+        WHERE u.operation_id IN (SELECT id FROM {p}op)
         ORDER BY u.n
-    )
-    SELECT id FROM op"""
+    )"""
+    return _Part(ctes, 3, f"(SELECT array_agg(id) FROM {p}op)")
 
 
-PG_START_MANY = _pg_start_many_sql()
-
-
-def _pg_complete_many_sql() -> str:
+def _complete_part(first: int, p: str) -> _Part:
     # One completion per operation (the caller keeps later ones of the same operation for
-    # afterwards). $1 their ids (varchar[]), $2 the completions (JSON rows: id, state, work,
-    # next_at, result, ctype, failure, closed_at, owner, ev_at, ev_kind, ev_data), $3 the
-    # callback deliveries (JSON rows of the callbacks table). Rows are locked in id order
-    # first, like every multi-row writer, so two replicas' batches cannot deadlock; the update
-    # only touches rows that CTE locked, and the events and callbacks come FROM the update
-    # (written after the row lock).
-    return f"""
-    WITH v AS (
-        SELECT * FROM json_to_recordset($2::json)
+    # afterwards): their ids (varchar[]), the completions (JSON rows: id, state, work, next_at,
+    # result, ctype, failure, closed_at, owner, ev_at, ev_kind, ev_data), the callback
+    # deliveries (JSON rows of the callbacks table). Rows are locked in id order first, like
+    # every multi-row writer, so two replicas' batches cannot deadlock; the update only touches
+    # rows that CTE locked, and the events and callbacks come FROM the update (written after
+    # the row lock). The answer: the closed ids, NOTIFY'd.
+    ids, rows_, cbs = f"${first}::varchar[]", f"${first + 1}::json", f"${first + 2}::json"
+    ctes = f"""{p}v AS (
+        SELECT * FROM json_to_recordset({rows_})
             AS v(id varchar, state varchar, work varchar, next_at timestamptz, result bytea,
                  ctype varchar, failure jsonb, closed_at timestamptz, owner varchar,
                  ev_at timestamptz, ev_kind varchar, ev_data jsonb)
-    ), locked AS (
+    ), {p}locked AS (
         -- by primary key only: a condition on state would let a generic plan pick the partial
         -- index of running operations and walk all of them for every batch
         SELECT o.id, o.state, o.lease_owner FROM {_o.name} o
-        WHERE o.id = ANY($1::varchar[]) ORDER BY o.id FOR UPDATE
-    ), upd AS (
+        WHERE o.id = ANY({ids}) ORDER BY o.id FOR UPDATE
+    ), {p}upd AS (
         UPDATE {_o.name} o
         SET state = v.state, work = v.work, next_attempt_at = v.next_at, lease_owner = NULL,
             lease_until = NULL, result = v.result, result_content_type = v.ctype,
             failure = v.failure, closed_at = v.closed_at
-        FROM v JOIN locked l ON l.id = v.id
-        WHERE o.id = ANY($1::varchar[]) AND o.id = l.id
+        FROM {p}v v JOIN {p}locked l ON l.id = v.id
+        WHERE o.id = ANY({ids}) AND o.id = l.id
           AND l.state = '{OperationState.RUNNING.value}'
           AND (v.owner IS NULL OR l.lease_owner = v.owner)
         RETURNING o.id
-    ), ev AS (
+    ), {p}ev AS (
         INSERT INTO {_e.name} (operation_id, at, kind, data)
-        SELECT v.id, v.ev_at, v.ev_kind, v.ev_data FROM v JOIN upd ON upd.id = v.id
-    ), cb AS (
+        SELECT v.id, v.ev_at, v.ev_kind, v.ev_data FROM {p}v v JOIN {p}upd u ON u.id = v.id
+    ), {p}cb AS (
         INSERT INTO {_cb_t.name} ({", ".join(PG_CB.names)})
         SELECT {_cols(PG_CB.names, "c")}
-        FROM json_populate_recordset(NULL::{_cb_t.name}, $3::json) c
-        JOIN upd ON upd.id = c.operation_id
-    )
-    SELECT array_agg(id), {_NOTIFY_CLOSED} FROM upd"""
-
-
-PG_COMPLETE_MANY = _pg_complete_many_sql()
+        FROM json_populate_recordset(NULL::{_cb_t.name}, {cbs}) c
+        JOIN {p}upd u ON u.id = c.operation_id
+    )"""
+    # two values: the closed ids, then the NOTIFY's (NULL)
+    closed = f"(SELECT array_agg(id) FROM {p}upd), (SELECT {_NOTIFY_CLOSED} FROM {p}upd)"
+    return _Part(ctes, 3, closed)
 
 
 # Delivered callbacks (a batch of acks): mark them delivered, then lock their operations in
-# id order and write one event each, the events coming FROM the locked rows. $1 the delivery
-# ids (varchar[]), $2 their events (JSON rows: id, at, kind, data), $3 the time, $4 the owner:
-# one JSON parameter, not an array per column (the arrays' encoding made the ack the
-# costliest statement per row in the gateway's profile).
-def _pg_callbacks_delivered(flush: bool) -> str:
-    # Without the flush: set_config(..., true) lasts for this statement's own transaction, and
-    # PostgreSQL reads synchronous_commit at its commit, so the commit does not wait for the
-    # WAL flush (the WAL writer flushes it within 3 x wal_writer_delay; any later durable
-    # commit flushes it too). Lost only if the database server or the OS crashes first.
-    unflushed = "" if flush else ", set_config('synchronous_commit', 'off', true)"
-    return f"""
-    WITH d AS (
-        SELECT * FROM json_to_recordset($2::json) AS d(id varchar, at timestamptz,
+# id order and write one event each, the events coming FROM the locked rows. The delivery ids
+# (varchar[]), their events (JSON rows: id, at, kind, data), the time, the owner: one JSON
+# parameter, not an array per column (the arrays' encoding made the ack the costliest
+# statement per row in the gateway's profile). The answer: how many were marked.
+def _ack_part(first: int, p: str) -> _Part:
+    ids, evs = f"${first}::varchar[]", f"${first + 1}::json"
+    at, owner = f"${first + 2}::timestamptz", f"${first + 3}::varchar"
+    ctes = f"""{p}d AS (
+        SELECT * FROM json_to_recordset({evs}) AS d(id varchar, at timestamptz,
             kind varchar, data jsonb)
-    ), mine AS (
-        -- by primary key only (see PG_COMPLETE_MANY), then checked on the locked rows
+    ), {p}mine AS (
+        -- by primary key only (see the completions), then checked on the locked rows
         SELECT c.id, c.state, c.lease_owner FROM {_cb_t.name} c
-        WHERE c.id = ANY($1::varchar[]) ORDER BY c.id FOR UPDATE
-    ), done AS (
+        WHERE c.id = ANY({ids}) ORDER BY c.id FOR UPDATE
+    ), {p}done AS (
         UPDATE {_cb_t.name} c
-        SET state = '{DeliveryState.DELIVERED.value}', delivered_at = $3::timestamptz,
-            next_attempt_at = $3::timestamptz, last_error = NULL, lease_owner = NULL,
+        SET state = '{DeliveryState.DELIVERED.value}', delivered_at = {at},
+            next_attempt_at = {at}, last_error = NULL, lease_owner = NULL,
             lease_until = NULL
-        FROM mine m
-        WHERE c.id = ANY($1::varchar[]) AND c.id = m.id AND m.lease_owner = $4::varchar
+        FROM {p}mine m
+        WHERE c.id = ANY({ids}) AND c.id = m.id AND m.lease_owner = {owner}
           AND m.state = '{DeliveryState.PENDING.value}'
         RETURNING c.id, c.operation_id
-    ), locked AS (
-        SELECT o.id FROM {_o.name} o WHERE o.id IN (SELECT operation_id FROM done)
+    ), {p}locked AS (
+        SELECT o.id FROM {_o.name} o WHERE o.id IN (SELECT operation_id FROM {p}done)
         ORDER BY o.id FOR UPDATE
-    ), ev AS (
+    ), {p}ev AS (
         INSERT INTO {_e.name} (operation_id, at, kind, data)
-        SELECT done.operation_id, d.at, d.kind, d.data
-        FROM d JOIN done ON done.id = d.id JOIN locked ON locked.id = done.operation_id
-    )
-    SELECT count(*){unflushed} FROM done"""
+        SELECT dn.operation_id, d.at, d.kind, d.data
+        FROM {p}d d JOIN {p}done dn ON dn.id = d.id JOIN {p}locked l ON l.id = dn.operation_id
+    )"""
+    return _Part(ctes, 4, f"(SELECT count(*) FROM {p}done)")
 
 
+_PARTS = ((_start_part, "s_"), (_complete_part, "c_"), (_ack_part, "a_"))
+
+
+def compose(kinds: Sequence[bool], extra: str = "") -> str:
+    """One statement of the kinds marked in ``kinds`` (starts, completions, acks), their
+    parameters in that order; it answers one row: the started ids, the closed ids and the
+    NOTIFY's NULL, the count of acks marked (of the kinds present, in that order)."""
+    parts, first = [], 1
+    for (build, prefix), present in zip(_PARTS, kinds, strict=True):
+        if present:
+            part = build(first, prefix)
+            parts.append(part)
+            first += part.params
+    ctes = ", ".join(part.ctes for part in parts)
+    return f"WITH {ctes}\n    SELECT {', '.join(part.result for part in parts)}{extra}"
+
+
+PG_START_MANY = compose((True, False, False))
+PG_COMPLETE_MANY = compose((False, True, False))
+# Without the flush: set_config(..., true) lasts for this statement's own transaction, and
+# PostgreSQL reads synchronous_commit at its commit, so the commit does not wait for the WAL
+# flush (the WAL writer flushes it within 3 x wal_writer_delay; any later durable commit
+# flushes it too). Lost only if the database server or the OS crashes first.
 # [flushed, not flushed]: indexed by "the ack commit is async"
-PG_CALLBACKS_DELIVERED = (_pg_callbacks_delivered(True), _pg_callbacks_delivered(False))
+PG_CALLBACKS_DELIVERED = (
+    compose((False, False, True)),
+    compose((False, False, True), ", set_config('synchronous_commit', 'off', true)"),
+)
 
 
 def completion_json(c: Completion) -> dict[str, Any]:
