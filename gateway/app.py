@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from adapters.a2a import A2AAgentAdapter
 from adapters.credentials import EnvCredentials
@@ -40,6 +41,7 @@ from gateway.http import pull as pull_routes
 from gateway.http.context import SERVICES, Services
 from gateway.http.errors import error_middleware
 from gateway.http.hotpath import HotServer, hot_routes
+from gateway.http.keepalive import keepalive_limit
 from gateway.security.netguard import BlockedDestination, OutboundPolicy, screen_url
 from gateway.startup import migrate_when_reachable
 from gateway.store.sqlstore import SqlStore
@@ -176,7 +178,10 @@ async def build(
         credentials=EnvCredentials(transport, os.environ),
     )
     verifier = Verifier(await auth_config(settings, store))
-    app = web.Application(middlewares=[error_middleware], client_max_size=settings.max_body_bytes)
+    middlewares: list[Middleware] = [error_middleware]
+    if settings.keepalive_requests:  # outermost: it sees the answers the error mapping makes
+        middlewares.insert(0, keepalive_limit(settings.keepalive_requests))
+    app = web.Application(middlewares=middlewares, client_max_size=settings.max_body_bytes)
     app[SERVICES] = Services(
         engine=engine,
         registry=registry,

@@ -109,8 +109,8 @@ class Settings:
     mcp_wait_s: float = 60.0  # /mcp: tools/call without a task, and tasks/result, wait this long
     startup_db_wait_s: float = 60.0  # how long a starting replica retries an unreachable DB
     body_timeout_s: float = 10.0  # a start's body must arrive within this (before admission)
-    # the hot path closes a keep-alive connection after this many answers (Connection: close;
-    # 0: never), so clients spread over the workers again after one started later or anew
+    # a keep-alive connection is closed after this many answers (Connection: close; 0: never),
+    # so clients spread over the workers again after one started later or anew
     keepalive_requests: int = 1000
     otel_endpoint: str | None = None  # OTLP/HTTP base URL; None: no tracing
     otel_service_name: str = "swarmgate"

@@ -355,6 +355,33 @@ async def test_a_connection_is_closed_after_its_keepalive_requests_and_a_new_one
         assert counts(gw) == {"accepted": 2, "handed_over": 0, "refused": 0}
 
 
+@pytest.mark.parametrize("hot_path", [True, False])
+async def test_a_connection_aiohttp_serves_is_closed_after_its_keepalive_requests_too(
+    db_url: str, hot_path: bool
+) -> None:
+    # handed over from the hot path by its first request, or served by aiohttp from the start
+    settings = make_settings(db_url, keepalive_requests=3, hot_path=hot_path)
+    async with running_gateway(settings) as gw:
+        conn = await Conn.open(gw)
+        answers = [await conn.ask(HANDED) for _ in range(3)]
+        assert [a.status for a in answers] == [200, 200, 200]
+        assert [a.headers.get("connection") for a in answers] == [None, None, "close"]
+        assert await conn.closed_by_server()
+        conn = await Conn.open(gw)  # the next connection starts its own count
+        assert (await conn.ask(HANDED)).headers.get("connection") is None
+        conn.close()
+        if hot_path:
+            assert counts(gw) == {"accepted": 2, "handed_over": 2, "refused": 0}
+
+
+async def test_without_a_keepalive_limit_an_aiohttp_connection_stays_open(db_url: str) -> None:
+    async with running_gateway(make_settings(db_url, keepalive_requests=0)) as gw:
+        conn = await Conn.open(gw)
+        answers = [await conn.ask(HANDED) for _ in range(5)]
+        assert [a.headers.get("connection") for a in answers] == [None] * 5
+        conn.close()
+
+
 async def test_a_start_whose_body_does_not_arrive_is_answered_408_as_a_nexus_failure(
     db_url: str,
 ) -> None:
