@@ -10,7 +10,7 @@ those round trips were the largest share of the gateway's CPU. Built from the ta
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import JSON, Table
 from sqlalchemy.dialects import postgresql as pg_dialect
@@ -167,14 +167,15 @@ def _cols(names: Sequence[str], alias: str) -> str:
     return ", ".join(f"{alias}.{n}" for n in names)
 
 
-class _Part:
+class _Part(NamedTuple):
     """One kind of batch write as data-modifying CTEs, its parameters numbered from ``first``
     and its CTE names prefixed, so that one kind makes a statement alone and several kinds
     make one statement together (``compose``; ``python -m bench.statements`` prices such a
     "write cycle"). ``result`` is its answer (SQL values)."""
 
-    def __init__(self, ctes: str, params: int, result: str) -> None:
-        self.ctes, self.params, self.result = ctes, params, result
+    ctes: str
+    params: int
+    result: str
 
 
 def _start_part(first: int, p: str) -> _Part:
