@@ -115,6 +115,7 @@ async def build(
         pool_size=settings.db_pool_size,
         sqlite_synchronous=settings.sqlite_synchronous,
         ack_commit=settings.callback_ack_commit,
+        write_cycles=settings.write_cycles_in_flight,
     )
     await migrate_when_reachable(store, settings.startup_db_wait_s)
     for warning in await store.maintenance_warnings():

@@ -32,6 +32,18 @@ def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
     raise ConfigError(f"{name} must be true or false, got {raw!r}")
 
 
+def _cycles(env: Mapping[str, str], name: str) -> int | None:
+    """``auto`` (or unset): None; ``off``/``false``/``0``: 0; a whole number >= 1: that many."""
+    raw = (env.get(name) or "").strip().lower()
+    if raw in ("", "auto"):
+        return None
+    if raw in ("off", "false", "no"):
+        return 0
+    if raw.isdigit() and int(raw) <= 64:
+        return int(raw)
+    raise ConfigError(f"{name} must be auto, off or a whole number of statements 0-64, got {raw!r}")
+
+
 def _one_of(name: str, value: str, allowed: tuple[str, ...]) -> None:
     if value.lower() not in allowed:
         raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
@@ -95,6 +107,11 @@ class Settings:
     # less CPU per operation at saturation, later answers in between (README, "Issue 17: a
     # slower box")
     write_linger_s: float = 0.0
+    # PostgreSQL: starts, completions and callback acks waiting at once share one statement and
+    # one commit per cycle (gateway.store.pg_cycles). None ("auto"): at most 2 such statements in
+    # flight with one worker, 1 with several (measured: README, "Issue 17: the ninth pass");
+    # N: at most N; 0 ("off"): one statement per kind, as before cycles (a baseline)
+    write_cycles: int | None = None
     db_pool_size: int = 20
     workers: int = 1
     reuse_port: bool = False
@@ -118,6 +135,14 @@ class Settings:
     @property
     def base_url(self) -> str:
         return self.public_url or f"http://{self.host}:{self.port}"
+
+    @property
+    def write_cycles_in_flight(self) -> int:
+        """``write_cycles`` resolved: "auto" is 2 statements with one worker, 1 with several
+        (each worker's cycles then carry bigger batches; PostgreSQL does fewer commits)."""
+        if self.write_cycles is not None:
+            return self.write_cycles
+        return 2 if self.workers <= 1 else 1
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -168,6 +193,7 @@ class Settings:
             ).lower(),
             "callback_ack_linger_s": _f(e, p + "CALLBACK_ACK_LINGER_S", cls.callback_ack_linger_s),
             "write_linger_s": _f(e, p + "WRITE_LINGER_S", cls.write_linger_s),
+            "write_cycles": _cycles(e, p + "WRITE_CYCLES"),
             "db_pool_size": int(_f(e, p + "DB_POOL_SIZE", cls.db_pool_size)),
             "workers": int(_f(e, p + "WORKERS", cls.workers)),
             "reuse_port": _flag(e, p + "REUSE_PORT", False),

@@ -52,6 +52,7 @@ async def stored_jwt_secret(settings: Settings) -> str:
         pool_size=settings.db_pool_size,
         sqlite_synchronous=settings.sqlite_synchronous,
         ack_commit=settings.callback_ack_commit,
+        write_cycles=settings.write_cycles_in_flight,
     )
     try:
         if not await store.migrations_current():

@@ -89,6 +89,7 @@ class SqlStore(PullTables, JournalTables, RunningTables):
         pool_size: int = 20,
         sqlite_synchronous: str = "FULL",
         ack_commit: str = "async",
+        write_cycles: int = 1,
     ) -> None:
         self.url = normalize_url(url)
         self.full_state = FullState()  # disk full seen lately (see /readyz)

@@ -32,6 +32,7 @@ from gateway.store import sql_postgres as sql
 from gateway.store import statements as s
 from gateway.store.base import SqlStore
 from gateway.store.errors import pg_unavailable, translate
+from gateway.store.pg_cycles import ACK, COMPLETE, START, CycleWrite, WriteCycles
 
 
 class PgLanes:
@@ -112,6 +113,7 @@ class PostgresStore(SqlStore):
         pool_size: int = 20,
         sqlite_synchronous: str = "FULL",
         ack_commit: str = "async",
+        write_cycles: int = 1,
     ) -> None:
         super().__init__(url)
         # see Settings.callback_ack_commit: acks without waiting for the WAL flush
@@ -133,6 +135,11 @@ class PostgresStore(SqlStore):
             connect_args={"server_settings": dict(sql.PLAN_SETTINGS)},
         )
         self._lanes = PgLanes(self.engine, lanes)
+        # starts, completions and acks waiting at once share one statement (pg_cycles), at
+        # most ``write_cycles`` such statements in flight (0: off, one statement per kind)
+        self._cycles = WriteCycles(
+            self._lanes.connection, enabled=write_cycles > 0, in_flight=write_cycles
+        )
         # an operation read on a lane, decoded as this engine's dialect decodes it
         self._operation_row = rows.driver_decoder(sql._o, self.engine.dialect)
 
@@ -164,6 +171,7 @@ class PostgresStore(SqlStore):
         return []
 
     async def close(self) -> None:
+        await self._cycles.close()
         await self._lanes.close()
         await self.engine.dispose()
 
@@ -176,37 +184,66 @@ class PostgresStore(SqlStore):
     async def _start_one(
         self, op: Operation, events: Sequence[Event], idempotency: Sequence[IdempotencyRecord]
     ) -> bool:
-        args = sql.PG_OP.args(rows.OPERATION.values(op))
-        args.append([e.at for e in events])
-        args.append([e.kind for e in events])
-        args.append([jsontext.dumps(e.data) for e in events])
-        if idempotency:
-            args.extend(sql.PG_IDEM.args(rows.IDEMPOTENCY.values(idempotency[0])))
-        async with self._driver() as conn:
-            inserted = await conn.fetchval(sql.PG_START[bool(idempotency)], *args)
-        return bool(inserted)
+        statement = sql.PG_START[bool(idempotency)]
+
+        async def alone(conn: asyncpg.Connection) -> set[str]:
+            args = sql.PG_OP.args(rows.OPERATION.values(op))
+            args.append([e.at for e in events])
+            args.append([e.kind for e in events])
+            args.append([jsontext.dumps(e.data) for e in events])
+            if idempotency:
+                args.extend(sql.PG_IDEM.args(rows.IDEMPOTENCY.values(idempotency[0])))
+            return {op.id} if await conn.fetchval(statement, *args) else set()
+
+        items = [(op, events, idempotency)]
+        started = await self._cycles.write(
+            CycleWrite(START, alone, lambda: start_args(items), lambda: {op.id})
+        )
+        return op.id in started
 
     async def _start_batch(self, items: Sequence[NewOperation]) -> set[str]:
         if not items:
             return set()
-        async with self._driver() as conn:
-            found = await conn.fetchval(sql.PG_START_MANY, *start_args(items))
-        return set(found or ())
+
+        async def alone(conn: asyncpg.Connection) -> set[str]:
+            return set(await conn.fetchval(sql.PG_START_MANY, *start_args(items)) or ())
+
+        return set(
+            await self._cycles.write(
+                CycleWrite(START, alone, lambda: start_args(items), lambda: _op_ids(items))
+            )
+        )
 
     @translate
     async def complete(self, completion: Completion) -> bool:
         c = completion
-        args = sql.completion_row(c)
-        if c.callback is not None:
-            args.extend(sql.PG_CB.args(rows.CALLBACK.values(c.callback)))
-        async with self._driver() as conn:
-            applied = await conn.fetchval(sql.PG_COMPLETE[c.callback is not None], *args)
-        return bool(applied)
+        statement = sql.PG_COMPLETE[c.callback is not None]
+
+        async def alone(conn: asyncpg.Connection) -> set[str]:
+            args = sql.completion_row(c)
+            if c.callback is not None:
+                args.extend(sql.PG_CB.args(rows.CALLBACK.values(c.callback)))
+            return {c.operation_id} if await conn.fetchval(statement, *args) else set()
+
+        closed = await self._cycles.write(
+            CycleWrite(COMPLETE, alone, lambda: complete_args([c]), lambda: {c.operation_id})
+        )
+        return c.operation_id in closed
 
     async def _complete_batch(self, batch: Sequence[Completion]) -> set[str]:
-        async with self._driver() as conn:
-            closed = await conn.fetchval(sql.PG_COMPLETE_MANY, *complete_args(batch))
-        return set(closed or ())
+        async def alone(conn: asyncpg.Connection) -> set[str]:
+            return set(await conn.fetchval(sql.PG_COMPLETE_MANY, *complete_args(batch)) or ())
+
+        return set(
+            await self._cycles.write(
+                CycleWrite(
+                    COMPLETE,
+                    alone,
+                    lambda: complete_args(batch),
+                    lambda: {c.operation_id for c in batch},
+                )
+            )
+        )
 
     @translate
     async def get_operation(self, op_id: str) -> Operation | None:
@@ -258,9 +295,21 @@ class PostgresStore(SqlStore):
     async def callbacks_delivered(self, owner: str, events: Sequence[Event]) -> int:
         if not events:
             return 0
-        async with self._driver() as pg:
-            marked = await pg.fetchval(self._ack_sql, *ack_args(owner, events))
-        return int(marked)
+        statement = self._ack_sql
+
+        async def alone(conn: asyncpg.Connection) -> int:
+            return int(await conn.fetchval(statement, *ack_args(owner, events)))
+
+        return int(
+            await self._cycles.write(
+                CycleWrite(
+                    ACK,
+                    alone,
+                    lambda: ack_args(owner, events),
+                    lambda: {e.operation_id for e in events},
+                )
+            )
+        )
 
     @translate
     async def record_steps(
@@ -329,6 +378,10 @@ class PostgresStore(SqlStore):
 
 
 # -- the batch statements' parameters (sql_postgres: the starts', completions' and acks' parts)
+
+
+def _op_ids(items: Sequence[NewOperation]) -> set[str]:
+    return {op.id for op, _, _ in items}
 
 
 def start_args(items: Sequence[NewOperation]) -> list[Any]:

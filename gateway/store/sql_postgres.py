@@ -306,6 +306,11 @@ def compose(kinds: Sequence[bool], extra: str = "") -> str:
 
 
 PG_START_MANY = compose((True, False, False))
+# The write cycles' statements (pg_cycles), by the kinds present: two or three of them.
+PG_CYCLES = {
+    kinds: compose(kinds)
+    for kinds in ((True, True, False), (True, False, True), (False, True, True), (True, True, True))
+}
 PG_COMPLETE_MANY = compose((False, True, False))
 # Without the flush: set_config(..., true) lasts for this statement's own transaction, and
 # PostgreSQL reads synchronous_commit at its commit, so the commit does not wait for the WAL
@@ -447,4 +452,8 @@ LANE_STATEMENTS: dict[str, str] = {
     "record_steps": PG_RECORD_STEPS,
     "select_steps": PG_SELECT_STEPS,
     "get_operation": PG_GET_OPERATION,
+    **{
+        "cycle_" + "".join(k for k, on in zip("sca", kinds, strict=True) if on): statement
+        for kinds, statement in PG_CYCLES.items()
+    },
 }

@@ -50,6 +50,7 @@ class SqliteStore(SqlStore):
         pool_size: int = 20,
         sqlite_synchronous: str = "FULL",
         ack_commit: str = "async",
+        write_cycles: int = 1,
     ) -> None:
         super().__init__(url)
         self._synchronous = sqlite_synchronous.upper()
