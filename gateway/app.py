@@ -178,6 +178,13 @@ async def build(
         tracer=tracing.tracer,
         credentials=EnvCredentials(transport, os.environ),
     )
+    engine.metrics.add_read_counters(
+        "swarmgate_write_cycles",
+        "PostgreSQL write cycles: statements that merged two or more kinds of writes "
+        "(starts, completions, acks), the writes they carried, and the writes that ran alone",
+        "counted",
+        store.write_cycle_counts,
+    )
     verifier = Verifier(await auth_config(settings, store))
     middlewares: list[Middleware] = [error_middleware]
     if settings.keepalive_requests:  # outermost: it sees the answers the error mapping makes

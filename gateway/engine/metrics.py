@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -127,5 +130,30 @@ class Metrics:
             found = self._children[key] = metric.labels(*values)
         return found
 
+    def add_read_counters(
+        self, name: str, documentation: str, label: str, read: Callable[[], dict[str, int]]
+    ) -> None:
+        """A counter family ``{name}_total`` whose values another part keeps (read at each
+        scrape, one sample per key of ``read()`` as the value of ``label``)."""
+        self.registry.register(_ReadCounters(name, documentation, label, read))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _ReadCounters(Collector):
+    def __init__(
+        self, name: str, documentation: str, label: str, read: Callable[[], dict[str, int]]
+    ) -> None:
+        self._name, self._doc, self._label, self._read = name, documentation, label, read
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(self._name, self._doc, labels=[self._label])
+        for key, value in self._read().items():
+            family.add_metric([key], value)
+        yield family
+
+    def describe(self) -> Iterator[CounterMetricFamily]:
+        # without reading: registering must not call ``read`` (prometheus_client calls
+        # describe(), else collect(), once at registration to check for duplicate names)
+        yield CounterMetricFamily(self._name, self._doc, labels=[self._label])

@@ -157,6 +157,10 @@ class SqlStore(PullTables, JournalTables, RunningTables):
         """What in the database's own settings will hurt a long-running gateway."""
         return []
 
+    def write_cycle_counts(self) -> dict[str, int]:
+        """Counters of merged writes since start (PostgreSQL's write cycles; none here)."""
+        return {}
+
     async def close(self) -> None:
         await self.engine.dispose()
 

@@ -84,6 +84,7 @@ class WriteCycles:
         self._tasks: set[asyncio.Task[None]] = set()  # running; also keeps them referenced
         self.cycles = 0  # statements run by cycles of two or more writes (tests, metrics)
         self.merged = 0  # writes those carried
+        self.alone = 0  # writes run on their own kind's statement (cycles on)
 
     async def write(self, w: CycleWrite) -> Any:
         if not self.enabled:
@@ -91,6 +92,7 @@ class WriteCycles:
                 return await w.alone(conn)
         if self._running < self._limit and not self._pending:
             self._running += 1
+            self.alone += 1
             try:
                 async with self._connect() as conn:
                     return await w.alone(conn)
@@ -197,6 +199,7 @@ class WriteCycles:
     async def _alone(self, w: CycleWrite) -> None:
         try:
             async with self._connect() as conn:
+                self.alone += 1
                 value = await w.alone(conn)
         except asyncio.CancelledError as exc:
             _fail(w, exc)

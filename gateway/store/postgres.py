@@ -170,6 +170,13 @@ class PostgresStore(SqlStore):
             ]
         return []
 
+    def write_cycle_counts(self) -> dict[str, int]:
+        """``statements``: cycles that merged two or more kinds' writes into one statement;
+        ``writes``: the writes (batches) those carried; ``alone``: writes that ran on their
+        own kind's statement."""
+        c = self._cycles
+        return {"statements": c.cycles, "writes": c.merged, "alone": c.alone}
+
     async def close(self) -> None:
         await self._cycles.close()
         await self._lanes.close()
