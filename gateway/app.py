@@ -110,13 +110,7 @@ async def build(
     """``tracing``: spans to export (default: OTLP when ``settings.otel_endpoint`` is set)."""
     clock = clock or SystemClock()
     tracing = tracing or otel.from_settings(settings.otel_endpoint, settings.otel_service_name)
-    store = SqlStore(
-        settings.database_url,
-        pool_size=settings.db_pool_size,
-        sqlite_synchronous=settings.sqlite_synchronous,
-        ack_commit=settings.callback_ack_commit,
-        write_cycles=settings.write_cycles_in_flight,
-    )
+    store = SqlStore(settings.database_url, **settings.store_options())
     await migrate_when_reachable(store, settings.startup_db_wait_s)
     for warning in await store.maintenance_warnings():
         log.warning(warning)

@@ -7,6 +7,7 @@ import os
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from gateway.domain.errors import ConfigError
 
@@ -135,6 +136,15 @@ class Settings:
     @property
     def base_url(self) -> str:
         return self.public_url or f"http://{self.host}:{self.port}"
+
+    def store_options(self) -> dict[str, Any]:
+        """The keyword arguments of the gateway's ``SqlStore`` (besides its URL)."""
+        return {
+            "pool_size": self.db_pool_size,
+            "sqlite_synchronous": self.sqlite_synchronous,
+            "ack_commit": self.callback_ack_commit,
+            "write_cycles": self.write_cycles_in_flight,
+        }
 
     @property
     def write_cycles_in_flight(self) -> int:

@@ -47,13 +47,7 @@ async def stored_jwt_secret(settings: Settings) -> str:
             "(it stores its JWT secret there), or set SWARMGATE_JWT_SECRET"
         )
 
-    store = SqlStore(
-        settings.database_url,
-        pool_size=settings.db_pool_size,
-        sqlite_synchronous=settings.sqlite_synchronous,
-        ack_commit=settings.callback_ack_commit,
-        write_cycles=settings.write_cycles_in_flight,
-    )
+    store = SqlStore(settings.database_url, **settings.store_options())
     try:
         if not await store.migrations_current():
             raise CommandError(
