@@ -46,14 +46,17 @@ async def test_metrics_show_the_stores_write_cycle_counters(db_url: str) -> None
         # writes waiting behind it share cycles
         await asyncio.gather(*(caller() for _ in range(30)))
         await eventually(lambda: len(receiver.requests) >= 300)
+        # the last callbacks' acks may still be landing: the scrape falls between two reads
         counts: dict[str, Any] = gw.gw.store.write_cycle_counts()
         async with gw.http.get(f"{gw.url}/metrics") as r:
             text = await r.text()
+        after: dict[str, Any] = gw.gw.store.write_cycle_counts()
         assert "# TYPE swarmgate_write_cycles_total counter" in text
         if db_url.startswith("sqlite"):
             assert counts == {} and samples(text) == {}  # SQLite has no write cycles
             return
         scraped = samples(text)
-        assert scraped == {key: float(value) for key, value in counts.items()}
+        assert scraped.keys() == counts.keys() == after.keys()
+        assert all(counts[key] <= scraped[key] <= after[key] for key in scraped)
         assert scraped["writes"] >= 2 * scraped["statements"]  # a cycle merges two or more
         assert scraped["alone"] > 0  # the first write, at least, found nothing in flight
