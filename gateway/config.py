@@ -103,7 +103,7 @@ class Settings:
     # "async": a callback's delivery ack commits without waiting for the disk flush (see the
     # README, "How an operation flows", step 4); "durable": flushed like every other commit
     callback_ack_commit: str = "async"
-    callback_ack_linger_s: float = 0.005  # a batch of acks fills this long before it commits
+    callback_ack_linger_s: float = 0.05  # a batch of acks fills this long before it commits
     # under load, a batch of starts or completions fills this long before it commits (0: off):
     # less CPU per operation at saturation, later answers in between (README, "Issue 17: a
     # slower box")

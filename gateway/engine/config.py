@@ -40,7 +40,7 @@ class EngineConfig:
     group_commit: bool = True
     # A batch of callback delivery acks waits this long to fill before it commits (nobody
     # waits on an ack to answer a request; bigger batches cost the database less per ack).
-    callback_ack_linger_s: float = 0.005
+    callback_ack_linger_s: float = 0.05
     # A batch of starts or of completions waits this long to fill, but only under load
     # (batching.LINGER_FROM): fewer, larger commits per operation at saturation, later answers
     # at moderate load (figures: README, "Issue 17: a slower box"). 0: off, the default.

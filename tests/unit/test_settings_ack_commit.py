@@ -19,8 +19,8 @@ def test_another_ack_commit_value_is_refused_naming_the_setting() -> None:
         Settings.from_env({"SWARMGATE_CALLBACK_ACK_COMMIT": "sometimes"})
 
 
-def test_delivery_acks_linger_five_milliseconds_unless_set() -> None:
-    assert Settings.from_env({}).callback_ack_linger_s == 0.005
+def test_delivery_acks_linger_fifty_milliseconds_unless_set() -> None:
+    assert Settings.from_env({}).callback_ack_linger_s == 0.05
     none = {"SWARMGATE_CALLBACK_ACK_LINGER_S": "0"}
     assert Settings.from_env(none).callback_ack_linger_s == 0.0
 
