@@ -104,27 +104,9 @@ class Gateway:
         self.tracing.shutdown()
 
 
-async def build(
-    settings: Settings, *, clock: Clock | None = None, tracing: otel.Tracing | None = None
-) -> Gateway:
-    """``tracing``: spans to export (default: OTLP when ``settings.otel_endpoint`` is set)."""
-    clock = clock or SystemClock()
-    tracing = tracing or otel.from_settings(settings.otel_endpoint, settings.otel_service_name)
-    store = SqlStore(settings.database_url, **settings.store_options())
-    await migrate_when_reachable(store, settings.startup_db_wait_s)
-    for warning in await store.maintenance_warnings():
-        log.warning(warning)
-    secret = settings.secret or await store.get_or_create_setting(
-        "completion_secret", secrets.token_urlsafe(32)
-    )
-    outbound = OutboundPolicy.from_strings(list(settings.allow_cidrs))
-    transport = HttpTransport(outbound, max_response_bytes=settings.max_response_bytes)
-    registry = Registry(store, clock)
-    if settings.agents_file:
-        for spec in agents_from_file(settings.agents_file):
-            await screen_agent(spec, outbound, settings.agents_file)
-            await registry.register(replace(spec, owner=SYSTEM_OWNER))
-    config = EngineConfig(
+def engine_config(settings: Settings) -> EngineConfig:
+    """The engine's settings, resolved from the gateway's (the "auto" ones included)."""
+    return EngineConfig(
         owner=settings.replica_id,
         public_url=settings.base_url,
         lease_s=settings.lease_s,
@@ -149,8 +131,31 @@ async def build(
         pull_recheck_s=settings.pull_recheck_s,
         worker_live_s=settings.worker_live_s,
         callback_ack_linger_s=settings.callback_ack_linger_s,
-        write_linger_s=settings.write_linger_s,
+        write_linger_s=settings.write_linger_in_effect_s,
     )
+
+
+async def build(
+    settings: Settings, *, clock: Clock | None = None, tracing: otel.Tracing | None = None
+) -> Gateway:
+    """``tracing``: spans to export (default: OTLP when ``settings.otel_endpoint`` is set)."""
+    clock = clock or SystemClock()
+    tracing = tracing or otel.from_settings(settings.otel_endpoint, settings.otel_service_name)
+    store = SqlStore(settings.database_url, **settings.store_options())
+    await migrate_when_reachable(store, settings.startup_db_wait_s)
+    for warning in await store.maintenance_warnings():
+        log.warning(warning)
+    secret = settings.secret or await store.get_or_create_setting(
+        "completion_secret", secrets.token_urlsafe(32)
+    )
+    outbound = OutboundPolicy.from_strings(list(settings.allow_cidrs))
+    transport = HttpTransport(outbound, max_response_bytes=settings.max_response_bytes)
+    registry = Registry(store, clock)
+    if settings.agents_file:
+        for spec in agents_from_file(settings.agents_file):
+            await screen_agent(spec, outbound, settings.agents_file)
+            await registry.register(replace(spec, owner=SYSTEM_OWNER))
+    config = engine_config(settings)
 
     a2a = A2AAgentAdapter(transport)
     mcp = McpAgentAdapter(transport)

@@ -11,6 +11,9 @@ from typing import Any
 
 from gateway.domain.errors import ConfigError
 
+# SWARMGATE_WRITE_LINGER_S=auto with several workers (README, "Issue 17: the tenth pass")
+AUTO_WRITE_LINGER_S = 0.002
+
 
 def _f(env: Mapping[str, str], name: str, default: float) -> float:
     raw = env.get(name)
@@ -43,6 +46,17 @@ def _cycles(env: Mapping[str, str], name: str) -> int | None:
     if raw.isdigit() and int(raw) <= 64:
         return int(raw)
     raise ConfigError(f"{name} must be auto, off or a whole number of statements 0-64, got {raw!r}")
+
+
+def _linger(env: Mapping[str, str], name: str) -> float | None:
+    """``auto`` (or unset): None; otherwise seconds, 0 to 0.1."""
+    raw = (env.get(name) or "").strip().lower()
+    if raw in ("", "auto"):
+        return None
+    value = _f({name: raw}, name, 0.0)
+    if not 0 <= value <= 0.1:
+        raise ConfigError(f"{name} must be auto or 0 to 0.1 (seconds), got {raw!r}")
+    return value
 
 
 def _one_of(name: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -106,12 +120,12 @@ class Settings:
     callback_ack_linger_s: float = 0.05  # a batch of acks fills this long before it commits
     # under load, a batch of starts or completions fills this long before it commits (0: off):
     # less CPU per operation at saturation, later answers in between (README, "Issue 17: a
-    # slower box")
-    write_linger_s: float = 0.0
+    # slower box" and "the tenth pass"). None ("auto"): off with one worker, 2 ms with several
+    write_linger_s: float | None = None
     # PostgreSQL: starts, completions and callback acks waiting at once share one statement and
     # one commit per cycle (gateway.store.pg_cycles). None ("auto"): at most 2 such statements in
-    # flight with one worker, 1 with several (measured: README, "Issue 17: the ninth pass");
-    # N: at most N; 0 ("off"): one statement per kind, as before cycles (a baseline)
+    # flight, in each process (measured: README, "Issue 17: the ninth pass" and "the tenth
+    # pass"); N: at most N; 0 ("off"): one statement per kind, as before cycles (a baseline)
     write_cycles: int | None = None
     db_pool_size: int = 20
     workers: int = 1
@@ -147,12 +161,17 @@ class Settings:
         }
 
     @property
+    def write_linger_in_effect_s(self) -> float:
+        """``write_linger_s`` resolved: "auto" is off with one worker and 2 ms with several
+        (each worker sees 1/N of the writes, so its batches shrink; the linger fills them)."""
+        if self.write_linger_s is not None:
+            return self.write_linger_s
+        return 0.0 if self.workers <= 1 else AUTO_WRITE_LINGER_S
+
+    @property
     def write_cycles_in_flight(self) -> int:
-        """``write_cycles`` resolved: "auto" is 2 statements with one worker, 1 with several
-        (each worker's cycles then carry bigger batches; PostgreSQL does fewer commits)."""
-        if self.write_cycles is not None:
-            return self.write_cycles
-        return 2 if self.workers <= 1 else 1
+        """``write_cycles`` resolved: "auto" is 2 statements in flight."""
+        return 2 if self.write_cycles is None else self.write_cycles
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -202,7 +221,7 @@ class Settings:
                 e.get(p + "CALLBACK_ACK_COMMIT") or cls.callback_ack_commit
             ).lower(),
             "callback_ack_linger_s": _f(e, p + "CALLBACK_ACK_LINGER_S", cls.callback_ack_linger_s),
-            "write_linger_s": _f(e, p + "WRITE_LINGER_S", cls.write_linger_s),
+            "write_linger_s": _linger(e, p + "WRITE_LINGER_S"),
             "write_cycles": _cycles(e, p + "WRITE_CYCLES"),
             "db_pool_size": int(_f(e, p + "DB_POOL_SIZE", cls.db_pool_size)),
             "workers": int(_f(e, p + "WORKERS", cls.workers)),
@@ -234,10 +253,6 @@ class Settings:
             raise ConfigError(
                 "SWARMGATE_CALLBACK_ACK_LINGER_S must be 0 to 1 (seconds), "
                 f"got {kw['callback_ack_linger_s']}"
-            )
-        if not 0 <= float(str(kw["write_linger_s"])) <= 0.1:
-            raise ConfigError(
-                f"SWARMGATE_WRITE_LINGER_S must be 0 to 0.1 (seconds), got {kw['write_linger_s']}"
             )
         if int(str(kw["keepalive_requests"])) < 0:
             raise ConfigError(

@@ -46,6 +46,8 @@ def check(settings: Settings) -> None:
 
 
 def child_env(settings: Settings, index: int) -> dict[str, str]:
+    """A worker's environment: one process of the N, with the settings whose "auto" depends
+    on N resolved here (a worker sees ``SWARMGATE_WORKERS=1``)."""
     env = dict(os.environ)
     env.update(
         SWARMGATE_WORKERS="1",
@@ -53,6 +55,8 @@ def child_env(settings: Settings, index: int) -> dict[str, str]:
         SWARMGATE_HOST=settings.host,
         SWARMGATE_PORT=str(settings.port),
         SWARMGATE_REPLICA_ID=f"{settings.replica_id}-w{index}",
+        SWARMGATE_WRITE_CYCLES=str(settings.write_cycles_in_flight),
+        SWARMGATE_WRITE_LINGER_S=repr(settings.write_linger_in_effect_s),
     )
     if settings.public_url:
         env["SWARMGATE_PUBLIC_URL"] = settings.public_url

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.config import ConfigError, Settings
+from gateway.config import AUTO_WRITE_LINGER_S, ConfigError, Settings
 
 
 def test_delivery_acks_are_async_unless_set_durable() -> None:
@@ -31,12 +31,22 @@ def test_an_ack_linger_outside_zero_to_one_second_is_refused(value: str) -> None
         Settings.from_env({"SWARMGATE_CALLBACK_ACK_LINGER_S": value})
 
 
-def test_starts_and_completions_do_not_linger_unless_set() -> None:
-    assert Settings.from_env({}).write_linger_s == 0.0
-    assert Settings.from_env({"SWARMGATE_WRITE_LINGER_S": "0.003"}).write_linger_s == 0.003
+def test_starts_and_completions_linger_by_default_only_with_several_workers() -> None:
+    assert Settings.from_env({}).write_linger_s is None
+    assert Settings.from_env({}).write_linger_in_effect_s == 0.0
+    several = Settings.from_env({"SWARMGATE_WORKERS": "3"})
+    assert several.write_linger_in_effect_s == AUTO_WRITE_LINGER_S == 0.002
+    auto = Settings.from_env({"SWARMGATE_WORKERS": "2", "SWARMGATE_WRITE_LINGER_S": "auto"})
+    assert auto.write_linger_in_effect_s == 0.002
 
 
-@pytest.mark.parametrize("value", ["-0.001", "0.5", "soon"])
+@pytest.mark.parametrize(("value", "workers"), [("0.003", "1"), ("0.003", "4"), ("0", "4")])
+def test_a_write_linger_that_is_set_holds_whatever_the_workers(value: str, workers: str) -> None:
+    env = {"SWARMGATE_WRITE_LINGER_S": value, "SWARMGATE_WORKERS": workers}
+    assert Settings.from_env(env).write_linger_in_effect_s == float(value)
+
+
+@pytest.mark.parametrize("value", ["-0.001", "0.5", "soon", "nan"])
 def test_a_write_linger_outside_zero_to_a_tenth_of_a_second_is_refused(value: str) -> None:
     with pytest.raises(ConfigError, match="SWARMGATE_WRITE_LINGER_S"):
         Settings.from_env({"SWARMGATE_WRITE_LINGER_S": value})
