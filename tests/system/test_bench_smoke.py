@@ -177,3 +177,36 @@ def test_bench_samples_rss_under_a_side_load_of_many_callers_on_a_preloaded_stor
     assert counts["info"].get("200", 0) > 0 and counts["show"].get("200", 0) > 0
     assert counts["longpoll"].get("408", 0) > 0  # the held operation outlives the poll
     assert counts["sse"].get("read one frame, disconnected", 0) > 0
+
+
+def test_abba_runs_two_variants_interleaved_and_summarizes_both(tmp_path: Path) -> None:
+    out = tmp_path / "abba.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.abba",
+            "--rounds",
+            "1",
+            "--a",
+            "--gateway-env SWARMGATE_CALLBACK_ACK_LINGER_S=0.005",
+            "--b",
+            "--gateway-env SWARMGATE_CALLBACK_ACK_LINGER_S=0.05",
+            "--json",
+            str(out),
+            "--",
+            *("--db", "sqlite", "--sqlite-sync", "NORMAL", "--scenarios", "lifecycle"),
+            *("--modes", "closed", "--concurrency", "4", "--duration", "0.3", "--warmup", "0.1"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    assert [r["variant"] for r in doc["runs"]] == ["A", "B", "B", "A"]
+    box = {s["figure"]: s for s in doc["summary"]}["box us/op"]
+    assert len(box["a"]) == len(box["b"]) == 2 and all(v > 0 for v in box["a"] + box["b"])
+    assert "sqlite-normal/lifecycle/closed" in proc.stdout and "B/A" in proc.stdout
