@@ -60,6 +60,9 @@ class EngineCore:
     wake_callbacks: asyncio.Event = field(default_factory=asyncio.Event)
     inflight: Tasks = field(default_factory=dict)  # operation id -> its task
     cb_inflight: Tasks = field(default_factory=dict)  # delivery id (or recheck-<op>) -> task
+    # ... of which delivered and only waiting for their ack to commit (it lingers to fill its
+    # batch): they keep their lease and their task, not their place among max_inflight
+    cb_acking: int = 0
     # Starts waiting inline for their first attempt (they answer 200/424 if it closes), and
     # the closes that first attempt claimed for such an answer, with the agent's links: a
     # start answered synchronously gets no completion callback.
@@ -102,10 +105,12 @@ async def claim_round(
     lease_s: float,
     claim: Callable[[str, datetime, datetime, int], Awaitable[Sequence[T]]],
     start: Callable[[T], None],
+    idle: int = 0,
 ) -> int:
     """Lease as much due work as there is room for and start it; a full batch means more
-    may be due, so the loop goes round again at once."""
-    limit = min(core.config.max_inflight - len(inflight), core.config.claim_batch)
+    may be due, so the loop goes round again at once. ``idle``: tasks of ``inflight`` that
+    take no room (deliveries waiting only for their ack)."""
+    limit = min(core.config.max_inflight - len(inflight) + idle, core.config.claim_batch)
     if limit <= 0:
         return 0
     now = core.now()

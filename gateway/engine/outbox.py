@@ -80,7 +80,8 @@ class Outbox:
         return self._core.config.lease_s
 
     def has_room(self) -> bool:
-        return len(self._core.cb_inflight) < self._core.config.max_inflight
+        core = self._core
+        return len(core.cb_inflight) - core.cb_acking < core.config.max_inflight
 
     def row_for(
         self,
@@ -134,6 +135,7 @@ class Outbox:
             self.lease_s(),
             core.store.claim_callbacks,
             self.start_delivery,
+            idle=core.cb_acking,
         )
 
     async def redrive(self, delivery_id: str, op_id: str, by: str) -> bool:
@@ -247,14 +249,18 @@ class Outbox:
         metrics.callback_seconds.observe(max(0.0, (now - sent_at).total_seconds()))
         if error is None:
             metrics.child(metrics.callbacks, "delivered").inc()
-            await self._acks.submit(
-                Event(
-                    operation_id=d.operation_id,
-                    kind="callback.delivered",
-                    at=now,
-                    data={"delivery_id": d.id, "attempt": d.attempts, "status": status},
+            core.cb_acking += 1  # its place among max_inflight is free for the next delivery
+            try:
+                await self._acks.submit(
+                    Event(
+                        operation_id=d.operation_id,
+                        kind="callback.delivered",
+                        at=now,
+                        data={"delivery_id": d.id, "attempt": d.attempts, "status": status},
+                    )
                 )
-            )
+            finally:
+                core.cb_acking -= 1
             return
         metrics.child(metrics.callbacks, "failed").inc()
         nxt = backoff.next_attempt_at(config.callback_retry, d.attempts, now, retry_after)
