@@ -13,11 +13,13 @@ from bench.scenarios import SCENARIOS
 from gateway.testing import ROOT
 
 
-def run_bench(tmp_path: Path, *args: str, timeout_s: float) -> tuple[str, dict[str, Any]]:
-    """``python -m bench ARGS --quiet --json F``; its table (stdout) and its JSON."""
-    out = tmp_path / "bench.json"
+def run_module(
+    module: str, tmp_path: Path, *args: str, timeout_s: float
+) -> tuple[str, dict[str, Any]]:
+    """``python -m MODULE --json F ARGS``; its stdout and its JSON."""
+    out = tmp_path / f"{module}.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "bench", *args, "--quiet", "--json", str(out)],
+        [sys.executable, "-m", module, "--json", str(out), *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -26,6 +28,11 @@ def run_bench(tmp_path: Path, *args: str, timeout_s: float) -> tuple[str, dict[s
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout, json.loads(out.read_text())
+
+
+def run_bench(tmp_path: Path, *args: str, timeout_s: float) -> tuple[str, dict[str, Any]]:
+    """``python -m bench ARGS --quiet --json F``; its table (stdout) and its JSON."""
+    return run_module("bench", tmp_path, *args, "--quiet", timeout_s=timeout_s)
 
 
 def test_bench_smoke(tmp_path: Path) -> None:
@@ -180,33 +187,18 @@ def test_bench_samples_rss_under_a_side_load_of_many_callers_on_a_preloaded_stor
 
 
 def test_abba_runs_two_variants_interleaved_and_summarizes_both(tmp_path: Path) -> None:
-    out = tmp_path / "abba.json"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench.abba",
-            "--rounds",
-            "1",
-            "--a",
-            "--gateway-env SWARMGATE_CALLBACK_ACK_LINGER_S=0.005",
-            "--b",
-            "--gateway-env SWARMGATE_CALLBACK_ACK_LINGER_S=0.05",
-            "--json",
-            str(out),
-            "--",
-            *("--db", "sqlite", "--sqlite-sync", "NORMAL", "--scenarios", "lifecycle"),
-            *("--modes", "closed", "--concurrency", "4", "--duration", "0.3", "--warmup", "0.1"),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    stdout, doc = run_module(
+        "bench.abba",
+        tmp_path,
+        *("--rounds", "1"),
+        *("--a", "--gateway-env SWARMGATE_CALLBACK_ACK_LINGER_S=0.005"),
+        *("--b", "--gateway-env SWARMGATE_CALLBACK_ACK_LINGER_S=0.05"),
+        "--",
+        *("--db", "sqlite", "--sqlite-sync", "NORMAL", "--scenarios", "lifecycle"),
+        *("--modes", "closed", "--concurrency", "4", "--duration", "0.3", "--warmup", "0.1"),
+        timeout_s=120,
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    doc = json.loads(out.read_text())
     assert [r["variant"] for r in doc["runs"]] == ["A", "B", "B", "A"]
     box = {s["figure"]: s for s in doc["summary"]}["box us/op"]
     assert len(box["a"]) == len(box["b"]) == 2 and all(v > 0 for v in box["a"] + box["b"])
-    assert "sqlite-normal/lifecycle/closed" in proc.stdout and "B/A" in proc.stdout
+    assert "sqlite-normal/lifecycle/closed" in stdout and "B/A" in stdout
