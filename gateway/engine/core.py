@@ -100,17 +100,16 @@ def spawn(tasks: Tasks, key: str, coro: Coroutine[Any, Any, None], name: str) ->
 
 async def claim_round(
     core: EngineCore,
-    inflight: Tasks,
+    busy: int,
     wake: asyncio.Event,
     lease_s: float,
     claim: Callable[[str, datetime, datetime, int], Awaitable[Sequence[T]]],
     start: Callable[[T], None],
-    idle: int = 0,
 ) -> int:
-    """Lease as much due work as there is room for and start it; a full batch means more
-    may be due, so the loop goes round again at once. ``idle``: tasks of ``inflight`` that
-    take no room (deliveries waiting only for their ack)."""
-    limit = min(core.config.max_inflight - len(inflight) + idle, core.config.claim_batch)
+    """Lease as much due work as there is room for beside the ``busy`` places of
+    ``max_inflight`` taken, and start it; a full batch means more may be due, so the loop
+    goes round again at once."""
+    limit = min(core.config.max_inflight - busy, core.config.claim_batch)
     if limit <= 0:
         return 0
     now = core.now()

@@ -115,7 +115,7 @@ class Dispatcher:
         core = self._core
         return await claim_round(
             core,
-            core.inflight,
+            len(core.inflight),
             core.wake_work,
             core.config.lease_s,
             core.store.claim_work,

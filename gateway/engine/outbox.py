@@ -79,9 +79,13 @@ class Outbox:
         # callback_timeout_s + lease_s: 20 s with the defaults, the 22 s p99 of issue 13).
         return self._core.config.lease_s
 
+    def busy(self) -> int:
+        """Places of ``max_inflight`` the deliveries take: not those only waiting for their
+        ack (they keep their task and their lease)."""
+        return len(self._core.cb_inflight) - self._core.cb_acking
+
     def has_room(self) -> bool:
-        core = self._core
-        return len(core.cb_inflight) - core.cb_acking < core.config.max_inflight
+        return self.busy() < self._core.config.max_inflight
 
     def row_for(
         self,
@@ -130,12 +134,11 @@ class Outbox:
         core = self._core
         return await claim_round(
             core,
-            core.cb_inflight,
+            self.busy(),
             core.wake_callbacks,
             self.lease_s(),
             core.store.claim_callbacks,
             self.start_delivery,
-            idle=core.cb_acking,
         )
 
     async def redrive(self, delivery_id: str, op_id: str, by: str) -> bool:
