@@ -235,7 +235,9 @@ def _complete_part(first: int, p: str) -> _Part:
             lease_until = NULL, result = v.result, result_content_type = v.ctype,
             failure = v.failure, closed_at = v.closed_at
         FROM {p}v v JOIN {p}locked l ON l.id = v.id
-        WHERE o.id = ANY({ids}) AND o.id = l.id
+        -- by the locked ids only: the table's scan is rescanned once per row, and an array
+        -- key beside it would be sorted at every rescan (13% of PostgreSQL's CPU under load)
+        WHERE o.id = l.id
           AND l.state = '{OperationState.RUNNING.value}'
           AND (v.owner IS NULL OR l.lease_owner = v.owner)
         RETURNING o.id
@@ -273,8 +275,8 @@ def _ack_part(first: int, p: str) -> _Part:
         SET state = '{DeliveryState.DELIVERED.value}', delivered_at = {at},
             next_attempt_at = {at}, last_error = NULL, lease_owner = NULL,
             lease_until = NULL
-        FROM {p}mine m
-        WHERE c.id = ANY({ids}) AND c.id = m.id AND m.lease_owner = {owner}
+        FROM {p}mine m  -- by the locked ids only (see the completions)
+        WHERE c.id = m.id AND m.lease_owner = {owner}
           AND m.state = '{DeliveryState.PENDING.value}'
         RETURNING c.id, c.operation_id
     ), {p}locked AS (
