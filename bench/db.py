@@ -51,7 +51,10 @@ class Database:
 
 
 def pg_url(admin: str, name: str) -> str:
-    return admin.rsplit("/", 1)[0] + "/" + name
+    """``admin`` with its database replaced by ``name``; a query (``?host=/var/run/postgresql``
+    for the server's Unix socket) is kept."""
+    base, sep, query = admin.partition("?")
+    return base.rsplit("/", 1)[0] + "/" + name + sep + query
 
 
 async def create_database(target: Target, workdir: Path, pg_admin: str) -> Database:
