@@ -176,10 +176,12 @@ async def test_a_missed_heartbeat_dispatches_again_with_the_journal_and_last_det
 
 
 async def test_heartbeats_keep_an_attempt_alive_past_its_timeout(db_url: str) -> None:
-    async with raw_swarm(db_url, hb_s=0.6) as (gw, agent):
+    # A timeout 8x the pacing and a run of 2.5 timeouts: with 0.6 s against 0.15 s, one stall
+    # of the loaded CI box (two test processes and the database on two cores) timed it out.
+    async with raw_swarm(db_url, hb_s=1.2) as (gw, agent):
         op_id, d = await start(gw, agent)
         clock = gw.gw.engine.clock
-        end = clock.now().timestamp() + 2.0
+        end = clock.now().timestamp() + 3.0
         while clock.now().timestamp() < end:
             async with gw.http.post(d[HEADER_HEARTBEAT_URL], headers=bearer(d)) as r:
                 assert r.status == 200
