@@ -23,6 +23,7 @@ from pathlib import Path
 import asyncpg
 
 from gateway.store.sqlstore import SqlStore
+from gateway.testing import pg_database_url
 
 
 @dataclass(frozen=True)
@@ -50,13 +51,6 @@ class Database:
                 await conn.close()
 
 
-def pg_url(admin: str, name: str) -> str:
-    """``admin`` with its database replaced by ``name``; a query (``?host=/var/run/postgresql``
-    for the server's Unix socket) is kept."""
-    base, sep, query = admin.partition("?")
-    return base.rsplit("/", 1)[0] + "/" + name + sep + query
-
-
 async def create_database(target: Target, workdir: Path, pg_admin: str) -> Database:
     if target.db == "sqlite":
         path = workdir / f"{target.name}.db"
@@ -68,7 +62,9 @@ async def create_database(target: Target, workdir: Path, pg_admin: str) -> Datab
             await conn.execute(f'CREATE DATABASE "{name}"')
         finally:
             await conn.close()
-        db = Database(target=target, url=pg_url(pg_admin, name), pg_admin=pg_admin, pg_name=name)
+        db = Database(
+            target=target, url=pg_database_url(pg_admin, name), pg_admin=pg_admin, pg_name=name
+        )
     store = SqlStore(db.url, sqlite_synchronous=target.sqlite_synchronous or "FULL")
     try:
         await store.migrate()

@@ -75,6 +75,7 @@ from gateway.domain.dispatch import (
     TransportError,
 )
 from gateway.security.netguard import OutboundPolicy
+from gateway.testing import pg_database_url
 
 SCENARIOS = ("heartbeat", "heartbeat+details", "step")
 PG_ADMIN = os.environ.get(
@@ -359,7 +360,7 @@ async def _create_database(
             await conn.execute(f'CREATE DATABASE "{name}"')
         finally:
             await conn.close()
-        url = dbmod.pg_url(args.pg_admin, name)
+        url = pg_database_url(args.pg_admin, name)
         db = dbmod.Database(target=target, url=url, pg_admin=args.pg_admin, pg_name=name)
     root = Path(args.gateway_root).resolve()
     proc = await asyncio.create_subprocess_exec(

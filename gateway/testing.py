@@ -10,6 +10,7 @@
 - :func:`eventually` (and :func:`eventually_sync` for code without an event loop) waits for a
   state by polling, instead of sleeping for a guessed time; when time runs out it raises with
   the last value seen or the last exception raised.
+- :func:`pg_database_url` names a throw-away PostgreSQL database on the server of an admin URL.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ __all__ = [
     "eventually",
     "eventually_sync",
     "free_port",
+    "pg_database_url",
 ]
 
 T = TypeVar("T")
@@ -236,3 +238,10 @@ class GatewayProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+
+
+def pg_database_url(admin: str, name: str) -> str:
+    """``admin`` with its database replaced by ``name``; a query (``?host=/var/run/postgresql``
+    for the server's Unix socket) is kept."""
+    base, sep, query = admin.partition("?")
+    return base.rsplit("/", 1)[0] + "/" + name + sep + query

@@ -28,7 +28,7 @@ from gateway.domain.clock import Clock
 from gateway.http.hotpath import HotServer
 from gateway.sdk.agent import AgentApp
 from gateway.store.sqlstore import SqlStore
-from gateway.testing import free_port
+from gateway.testing import free_port, pg_database_url
 
 PG_ADMIN = os.environ.get("SWARMGATE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -76,7 +76,7 @@ async def _pg_exec(*sql: str) -> None:
 
 
 def pg_url(name: str) -> str:
-    return PG_ADMIN.rsplit("/", 1)[0] + "/" + name
+    return pg_database_url(PG_ADMIN, name)
 
 
 def pg_admin(*sql: str) -> None:

@@ -9,7 +9,6 @@ import subprocess
 import sys
 import time
 
-from bench.db import pg_url
 from bench.procs import free_port, listening_sockets
 from bench.stats import CpuMeter, ProcessTree, RssSampler, slope_per_min
 
@@ -86,12 +85,3 @@ def test_listening_sockets_counts_each_socket_sharing_a_port() -> None:
         for s in socks:
             s.close()
     assert listening_sockets(port) == 0
-
-
-def test_a_bench_database_url_keeps_the_admin_urls_query_such_as_a_unix_socket_host() -> None:
-    assert pg_url("postgresql://postgres@127.0.0.1:5432/postgres", "b1") == (
-        "postgresql://postgres@127.0.0.1:5432/b1"
-    )
-    assert pg_url("postgresql://postgres@/postgres?host=/var/run/postgresql", "b1") == (
-        "postgresql://postgres@/b1?host=/var/run/postgresql"
-    )

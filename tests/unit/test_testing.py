@@ -6,7 +6,13 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from gateway.testing import EventuallyTimeout, ManualClock, eventually, eventually_sync
+from gateway.testing import (
+    EventuallyTimeout,
+    ManualClock,
+    eventually,
+    eventually_sync,
+    pg_database_url,
+)
 
 
 async def test_eventually_returns_the_first_value_that_passes() -> None:
@@ -73,3 +79,12 @@ def test_the_manual_clock_moves_only_when_advanced() -> None:
     assert clock.now() == clock.now() == start
     clock.advance(1.5)
     assert clock.now() == start + timedelta(seconds=1.5)
+
+
+def test_a_throw_away_database_url_keeps_the_admin_urls_server_and_query() -> None:
+    assert pg_database_url("postgresql://postgres@127.0.0.1:5432/postgres", "b1") == (
+        "postgresql://postgres@127.0.0.1:5432/b1"
+    )
+    assert pg_database_url("postgresql://postgres@/postgres?host=/var/run/postgresql", "b1") == (
+        "postgresql://postgres@/b1?host=/var/run/postgresql"
+    )
