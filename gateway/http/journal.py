@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 from gateway.domain.dispatch import (
@@ -107,7 +108,24 @@ async def put_step(request: InboundRequest) -> web.Response:
     step, created = await services(request).engine.record_step(
         request.match_info["op_id"], _token(request), name, data["result"], attempt=attempt
     )
-    return web.json_response(step_json(step), status=201 if created else 200)
+    return web.Response(
+        body=_step_body(step),
+        status=201 if created else 200,
+        content_type="application/json",
+        charset="utf-8",
+    )
+
+
+def _step_body(step: StepRecord) -> bytes:
+    """The step as JSON, by orjson (``web.json_response``'s encoder was ~4% of a step record's
+    CPU); a result orjson cannot write (an integer beyond 64 bits) by the standard library.
+    The result was parsed from JSON, so it holds no non-finite float (which orjson would write
+    as ``null``)."""
+    value = step_json(step)
+    try:
+        return orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        return json.dumps(value).encode()
 
 
 def add_routes(app: web.Application) -> None:

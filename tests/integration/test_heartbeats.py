@@ -144,6 +144,21 @@ async def test_steps_are_recorded_once_and_every_answer_carries_the_first_result
         assert len(steps) == 1 and steps[0]["data"]["name"] == "fetch"
 
 
+async def test_a_step_result_comes_back_exactly_with_long_integers_and_any_text(
+    db_url: str,
+) -> None:
+    result = {"big": 2**70, "neg": -(2**63) - 1, "f": 0.1, "text": "\u00e9\U0001f600\u2028"}
+    raw = json.dumps({"result": result}, ensure_ascii=False).encode()
+    async with raw_swarm(db_url) as (gw, agent):
+        _, d = await start(gw, agent)
+        headers = {**bearer(d), "Content-Type": "application/json"}
+        for status in (201, 200):  # recorded, then the first result again
+            async with gw.http.put(d[HEADER_STEPS_URL] + "/s", headers=headers, data=raw) as r:
+                assert r.status == status
+                assert r.headers["Content-Type"] == "application/json; charset=utf-8"
+                assert json.loads(await r.read())["result"] == result
+
+
 async def test_a_missed_heartbeat_dispatches_again_with_the_journal_and_last_details(
     db_url: str,
 ) -> None:
