@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import secrets
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 from adapters.http import nexus_refusal, parse_retry_after
 from gateway.domain.dispatch import TransportError
 from gateway.domain.errors import StoreError
+from gateway.domain.ids import message_id
 from gateway.domain.model import CallbackDelivery, DeliveryState, Event, Operation, OperationState
 from gateway.domain.tracing import Span
 from gateway.engine import backoff
@@ -43,7 +43,7 @@ def new_delivery(
     the callback TTL runs out (completions and input requests alike). With ``lease_s`` it is
     leased to this replica for its first attempt (delivered from memory right after commit)."""
     return CallbackDelivery(
-        id=f"msg_{secrets.token_hex(16)}",  # no UUID object: ~2.8 -> ~0.8 us
+        id=message_id(),  # time-ordered (gateway/domain/ids.py)
         operation_id=op.id,
         caller=op.caller,
         url=url,

@@ -17,7 +17,7 @@ from datetime import timedelta
 
 from gateway.domain.errors import HandlerError, HandlerErrorType
 from gateway.domain.frozen import fast_init
-from gateway.domain.ids import uuid4_text
+from gateway.domain.ids import uuid7_text
 from gateway.domain.model import IdempotencyRecord, Operation, OperationState, Work
 from gateway.domain.ports import Created, NewOperation
 from gateway.domain.specs import AgentSpec, OperationSpec
@@ -137,7 +137,7 @@ class Starts:
                 "input does not match the operation's schema",
                 details=errors,
             )
-        op_id = uuid4_text()
+        op_id = uuid7_text()
         with core.tracer.span(
             "start",
             req.traceparent,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import pickle
+import re
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -14,7 +16,7 @@ import pytest
 
 from gateway.domain.dispatch import DispatchRequest, HttpResponse, Outcome
 from gateway.domain.frozen import fast_init
-from gateway.domain.ids import uuid4_text
+from gateway.domain.ids import message_id, uuid7_text
 from gateway.domain.model import (
     CallbackDelivery,
     Completion,
@@ -165,14 +167,29 @@ def test_an_operation_built_fast_compares_and_replaces_as_before() -> None:
     assert done.state is OperationState.SUCCEEDED and done.id == "o" and op.result is None
 
 
-def test_uuid4_text_is_a_canonical_random_version_4_uuid() -> None:
+def test_an_operation_id_is_a_canonical_version_7_uuid_with_random_bits() -> None:
     seen = set()
     for _ in range(2000):
-        text = uuid4_text()
+        text = uuid7_text()
         parsed = uuid.UUID(text)
         assert str(parsed) == text
-        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122
+        assert parsed.version == 7 and parsed.variant == uuid.RFC_4122
         seen.add(text)
     assert len(seen) == 2000
-    variants = {uuid4_text()[19] for _ in range(400)}
+    variants = {uuid7_text()[19] for _ in range(400)}
     assert variants == set("89ab")  # all four variant digits occur: the bits are random
+
+
+def test_ids_lead_with_the_millisecond_they_were_made_in_so_later_ones_sort_later() -> None:
+    before = time.time_ns() // 1_000_000
+    first, first_msg = uuid7_text(), message_id()
+    after = time.time_ns() // 1_000_000
+    assert before <= uuid.UUID(first).int >> 80 <= after
+    assert before <= int(first_msg[4:16], 16) <= after
+    assert re.fullmatch(r"msg_[0-9a-f]{32}", first_msg)
+    while time.time_ns() // 1_000_000 <= after:  # the next millisecond (at most ~1 ms)
+        pass
+    later = [uuid7_text() for _ in range(50)]
+    later_msgs = [message_id() for _ in range(50)]
+    assert all(first < u for u in later) and all(first_msg < m for m in later_msgs)
+    assert len(set(later_msgs)) == 50
