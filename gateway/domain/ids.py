@@ -8,8 +8,9 @@ The ids key the operations and deliveries and lead the events' index, so with ra
 a WAL frame per page it dirtied, ~4.5 per operation, and on PostgreSQL each insert walked to a
 random leaf. With the time first, the inserts of a moment share the indexes' rightmost pages:
 on SQLite FULL at 64 callers, +27-36% operations/s and 18-23% less gateway CPU per
-operation, on PostgreSQL 6% less database CPU (figures: bench/README.md). 74 (80) random bits
-still make an id nobody guesses; the creation time it shows is in the operation anyway.
+operation, on PostgreSQL 6% less database CPU on a fresh database and 15-20% less with
+300,000 operations stored (figures: bench/README.md). 74 (80) random bits still make an id
+nobody guesses; the creation time it shows is in the operation anyway.
 
 Neither is built by ``uuid.UUID`` (its ``__init__`` checks and converts in Python, ~3.6 us per
 ``str(uuid.uuid4())``): the bytes are written in the text form directly (~1.5 us).

@@ -8,11 +8,11 @@ parser, the schema validator or the serializer hits the recursion limit. :func:`
 all of those with :class:`JsonRejected` (a ``ValueError``), before parsing in the depth case.
 
 orjson parses first (7x faster than the standard library's decoder on a small body: ~0.45
-against ~3.2 us, bench/README.md); it is strict RFC 8259 (no ``NaN``, no infinite number) but
-reads an integer beyond 64 bits as a float, so a document with a run of 19 or more digits goes
-to the standard library's decoder instead, as does everything orjson refuses (which then
-answers as before: UTF-16 and UTF-32 bodies, a byte order mark, lone surrogates accepted; the
-rest refused with the standard library's error).
+against ~3.2 us; ~1.4 us with the checks below, bench/README.md); it is strict RFC 8259 (no
+``NaN``, no infinite number) but reads an integer beyond 64 bits as a float, so a document
+with a run of 19 or more digits goes to the standard library's decoder instead, as does
+everything orjson refuses (which then answers as before: UTF-16 and UTF-32 bodies, a byte
+order mark, lone surrogates accepted; the rest refused with the standard library's error).
 """
 
 from __future__ import annotations
