@@ -254,10 +254,14 @@ class Heartbeats:
             attempt = (await self._running(op_id, token)).attempts
         elif not self._token_ok(op_id, token):
             raise HandlerError(HandlerErrorType.UNAUTHENTICATED, "invalid operation token")
-        step = StepRecord(
-            operation_id=op_id, name=name, result=result, at=core.now(), attempt=attempt
+        at = core.now()  # the record and its event share the instant (one timestamp text)
+        step = StepRecord(operation_id=op_id, name=name, result=result, at=at, attempt=attempt)
+        event = Event(
+            operation_id=op_id,
+            kind="step.completed",
+            at=at,
+            data={"name": name, "attempt": attempt},
         )
-        event = core.event(op_id, "step.completed", name=name, attempt=step.attempt)
         names = await self._names_of(op_id)
         with core.tracer.span(
             "step",

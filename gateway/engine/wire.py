@@ -9,6 +9,8 @@ import functools
 from datetime import UTC, datetime
 from email.utils import format_datetime
 
+from gateway.domain.timetext import rfc3339_ms
+
 
 def http_date(dt: datetime) -> str:
     """IMF-fixdate (whole seconds) of an aware datetime."""
@@ -20,6 +22,4 @@ def _http_date(seconds: int) -> str:
     return format_datetime(datetime.fromtimestamp(seconds, UTC), usegmt=True)
 
 
-def rfc3339_ms(dt: datetime) -> str:
-    """UTC with milliseconds and ``Z`` (isoformat: strftime was a visible share per close)."""
-    return dt.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
+__all__ = ["http_date", "rfc3339_ms"]
