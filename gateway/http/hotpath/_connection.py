@@ -28,7 +28,9 @@ log = logging.getLogger("swarmgate.http")
 MAX_LINE = 8190
 MAX_HEADERS = 128
 MAX_QUEUED = 32  # pipelined requests of one connection waiting for their turn; then it waits
-_SEGMENT = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@]+")  # a path segment aiohttp matches as-is
+# a path of segments aiohttp matches as-is (one match for the whole path: a match per segment
+# was ~2% of a step record's CPU); dot segments are refused apart
+_PATH = re.compile(r"(?:/[A-Za-z0-9\-._~!$&'()*+,;=:@]+)+")
 _FALLBACK_HEADERS = frozenset({b"transfer-encoding", b"expect", b"upgrade"})
 
 
@@ -168,10 +170,11 @@ class Connection(asyncio.Protocol):
         if url.schema is not None or b"%" in raw_path or not raw_path.isascii():
             raise _Switch  # absolute-form, escapes or non-ASCII: aiohttp's decoding
         path = raw_path.decode("ascii")
+        if not _PATH.fullmatch(path):
+            raise _Switch
         segments = path.split("/")[1:]
-        for seg in segments:
-            if seg in (".", "..") or not _SEGMENT.fullmatch(seg):
-                raise _Switch
+        if "/." in path and ("." in segments or ".." in segments):
+            raise _Switch
         found = self._server.match(method, segments)
         if found is None:
             raise _Switch
