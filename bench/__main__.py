@@ -115,6 +115,12 @@ def parser() -> argparse.ArgumentParser:
         "--hold-s", type=float, default=2.0, help="run time of the side load's held operations"
     )
     p.add_argument(
+        "--receiver",
+        choices=("raw", "aiohttp"),
+        default="raw",
+        help="the callback receiver's server in this process: raw (httptools, lean) or aiohttp",
+    )
+    p.add_argument(
         "--gateway-root",
         type=Path,
         help="run the gateway of this checkout (its .venv), e.g. the base of a before/after",
@@ -175,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         side_rate=max(0.0, args.side_rate),
         callers=max(1, args.callers),
         hold_s=max(0.0, args.hold_s),
+        receiver=args.receiver,
         gateway_root=args.gateway_root.resolve() if args.gateway_root else None,
         gateway_env=_gateway_env(p, args.gateway_env),
     )

@@ -37,6 +37,8 @@ FIGURES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("gateway us/op", ("cpu_us_per_op", "gateway")),
     ("postgres us/op", ("cpu_us_per_op", "postgres")),
     ("box us/op", ("cpu_us_per_op", "box")),
+    ("agent us/op", ("cpu_us_per_op", "agent")),
+    ("harness us/op", ("cpu_us_per_op", "harness")),
 )
 
 

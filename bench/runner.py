@@ -26,6 +26,7 @@ from aiohttp import web
 
 from adapters.transport import HttpTransport
 from bench import db as dbmod
+from bench import receiver as receiver_server
 from bench.load import OpFn, RunResult, closed_loop, open_loop
 from bench.procs import (
     ROOT,
@@ -86,6 +87,7 @@ class Options:
     hold_s: float = 2.0  # how long the echo agent's ``hold`` operation runs
     gateway_root: Path | None = None  # run another checkout's gateway (its .venv): a base
     gateway_env: dict[str, str] = field(default_factory=dict)  # more SWARMGATE_* settings
+    receiver: str = "raw"  # the callback receiver's server: "raw" (bench.receiver) or "aiohttp"
 
 
 def targets_for(db: str, sqlite_sync: tuple[str, ...]) -> tuple[dbmod.Target, ...]:
@@ -585,11 +587,13 @@ def _meta(opts: Options) -> dict[str, Any]:
             "hold_s": opts.hold_s,
             "gateway_root": str(opts.gateway_root or ROOT),
             "gateway_env": dict(opts.gateway_env),
+            "receiver": opts.receiver,
         },
         "layout": {
             "gateway": "subprocess: python -m bench.gwproc (gateway.cli serve + stdin watchdog)",
             "agent": "subprocess: python -m bench.agent (bare aiohttp echo, answers 200)",
-            "harness": "this process: load generator + callback receiver",
+            "harness": "this process: load generator + callback receiver "
+            + ("(bench.receiver on httptools)" if opts.receiver == "raw" else "(aiohttp)"),
             "gateway_env": f"AUTH_MODE={opts.auth} ALLOW_CIDRS=127.0.0.0/8 SYNC_WAIT_S=0, "
             "else defaults",
         },
@@ -611,14 +615,18 @@ async def run(opts: Options) -> dict[str, Any]:
     agent = agent_process(agent_port, workdir / "agent.log", max_child_s, opts.hold_s)
     receiver = Receiver()
     recv_runner = web.AppRunner(receiver.app(), access_log=None)
+    recv_server: asyncio.Server | None = None
     result: dict[str, Any] = {"meta": _meta(opts), "targets": []}
     try:
         agent.spawn()
         agent_url = f"http://127.0.0.1:{agent_port}"
         await agent.wait_ready(agent_url + "/healthz", 30.0)
-        await recv_runner.setup()
         recv_port = free_port()
-        await web.TCPSite(recv_runner, "127.0.0.1", recv_port, backlog=1024).start()
+        if opts.receiver == "raw":
+            recv_server = await receiver_server.serve(receiver, "127.0.0.1", recv_port)
+        else:
+            await recv_runner.setup()
+            await web.TCPSite(recv_runner, "127.0.0.1", recv_port, backlog=1024).start()
         env = Env(
             opts=opts,
             workdir=workdir,
@@ -637,6 +645,9 @@ async def run(opts: Options) -> dict[str, Any]:
                 if isinstance(prof, dict):
                     prof.pop("raw_file", None)  # the temporary directory goes away
     finally:
+        if recv_server is not None:
+            recv_server.close()
+            await recv_server.wait_closed()
         await recv_runner.cleanup()
         agent.stop()
         if tmp is not None:

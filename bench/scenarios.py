@@ -48,13 +48,19 @@ class Receiver:
     async def handle(self, request: web.Request) -> web.Response:
         now = time.perf_counter()
         await request.read()
+        self.arrived(
+            request.match_info["rid"], now, request.headers.get("Nexus-Operation-State", "")
+        )
+        return web.Response(status=200)
+
+    def arrived(self, rid: str, at: float, state: str) -> None:
+        """A callback for unit ``rid`` arrived at ``at`` (``perf_counter``) saying ``state``."""
         self.received += 1
-        fut = self.pending.pop(request.match_info["rid"], None)
+        fut = self.pending.pop(rid, None)
         if fut is None or fut.done():
             self.unexpected += 1
         else:
-            fut.set_result((now, request.headers.get("Nexus-Operation-State", "")))
-        return web.Response(status=200)
+            fut.set_result((at, state))
 
     def expect(self, rid: str) -> asyncio.Future[tuple[float, str]]:
         fut: asyncio.Future[tuple[float, str]] = asyncio.get_running_loop().create_future()
