@@ -27,17 +27,9 @@ def sqlite_text(value: datetime) -> str:
 
     A naive value is taken as UTC (as ``schema.UTCDateTime`` takes it).
     """
-    if value.tzinfo is not UTC:
-        if value.tzinfo is not None:
-            value = value.astimezone(UTC)
-    key = (value.year, value.month, value.day, value.hour, value.minute, value.second)
-    head = _SPACE.get(key)
-    if head is None:
-        if len(_SPACE) >= _KEPT:
-            _SPACE.clear()
-        y, mo, d, h, mi, sec = key
-        head = _SPACE[key] = f"{y:04d}-{mo:02d}-{d:02d} {h:02d}:{mi:02d}:{sec:02d}"
-    return f"{head}.{value.microsecond:06d}"
+    if value.tzinfo is not UTC and value.tzinfo is not None:
+        value = value.astimezone(UTC)
+    return f"{_second(value, _SPACE, ' ')}.{value.microsecond:06d}"
 
 
 def rfc3339_ms(value: datetime) -> str:
@@ -48,14 +40,19 @@ def rfc3339_ms(value: datetime) -> str:
     """
     if value.tzinfo is not UTC:
         value = value.astimezone(UTC)
+    return f"{_second(value, _T, 'T')}.{value.microsecond // 1000:03d}Z"
+
+
+def _second(value: datetime, kept: dict[_Second, str], sep: str) -> str:
+    """The text of ``value`` up to the second, remembered in ``kept``."""
     key = (value.year, value.month, value.day, value.hour, value.minute, value.second)
-    head = _T.get(key)
+    head = kept.get(key)
     if head is None:
-        if len(_T) >= _KEPT:
-            _T.clear()
+        if len(kept) >= _KEPT:
+            kept.clear()
         y, mo, d, h, mi, sec = key
-        head = _T[key] = f"{y:04d}-{mo:02d}-{d:02d}T{h:02d}:{mi:02d}:{sec:02d}"
-    return f"{head}.{value.microsecond // 1000:03d}Z"
+        head = kept[key] = f"{y:04d}-{mo:02d}-{d:02d}{sep}{h:02d}:{mi:02d}:{sec:02d}"
+    return head
 
 
 __all__ = ["rfc3339_ms", "sqlite_text"]

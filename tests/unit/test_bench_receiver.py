@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -17,6 +19,17 @@ async def _ask(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, raw: 
     return await reader.readuntil(b"\r\n\r\n")
 
 
+@contextlib.asynccontextmanager
+async def _serving(receiver: Receiver) -> AsyncIterator[int]:
+    port = free_port()
+    server = await receiver_server.serve(receiver, "127.0.0.1", port)
+    try:
+        yield port
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
 def _callback(rid: str, state: str, *, close: bool = False) -> bytes:
     body = b'{"result": 1}'
     head = f"POST /cb/{rid} HTTP/1.1\r\nHost: r\r\nNexus-Operation-State: {state}\r\n"
@@ -27,9 +40,7 @@ def _callback(rid: str, state: str, *, close: bool = False) -> bytes:
 @pytest.mark.asyncio
 async def test_callbacks_on_one_kept_connection_resolve_their_units_with_the_state() -> None:
     receiver = Receiver()
-    port = free_port()
-    server = await receiver_server.serve(receiver, "127.0.0.1", port)
-    try:
+    async with _serving(receiver) as port:
         first, second = receiver.expect("run-1"), receiver.expect("run-2")  # sent escaped
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         # two requests in one write (pipelined), then one the unit no longer waits for
@@ -50,22 +61,14 @@ async def test_callbacks_on_one_kept_connection_resolve_their_units_with_the_sta
         assert b"Connection: close" in answer and await reader.read() == b""
         writer.close()
         assert receiver.received == 4
-    finally:
-        server.close()
-        await server.wait_closed()
 
 
 @pytest.mark.asyncio
 async def test_a_request_it_cannot_parse_is_answered_400_and_its_connection_closed() -> None:
     receiver = Receiver()
-    port = free_port()
-    server = await receiver_server.serve(receiver, "127.0.0.1", port)
-    try:
+    async with _serving(receiver) as port:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         answer = await _ask(reader, writer, b"NOT HTTP AT ALL\r\n\r\n")
         assert answer.startswith(b"HTTP/1.1 400 ") and await reader.read() == b""
         writer.close()
         assert receiver.received == 0
-    finally:
-        server.close()
-        await server.wait_closed()
