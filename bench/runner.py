@@ -614,8 +614,8 @@ async def run(opts: Options) -> dict[str, Any]:
     agent_port = free_port()
     agent = agent_process(agent_port, workdir / "agent.log", max_child_s, opts.hold_s)
     receiver = Receiver()
-    recv_runner = web.AppRunner(receiver.app(), access_log=None)
-    recv_server: asyncio.Server | None = None
+    recv_server: asyncio.Server | None = None  # --receiver raw
+    recv_runner: web.AppRunner | None = None  # --receiver aiohttp
     result: dict[str, Any] = {"meta": _meta(opts), "targets": []}
     try:
         agent.spawn()
@@ -625,6 +625,7 @@ async def run(opts: Options) -> dict[str, Any]:
         if opts.receiver == "raw":
             recv_server = await receiver_server.serve(receiver, "127.0.0.1", recv_port)
         else:
+            recv_runner = web.AppRunner(receiver.app(), access_log=None)
             await recv_runner.setup()
             await web.TCPSite(recv_runner, "127.0.0.1", recv_port, backlog=1024).start()
         env = Env(
@@ -648,7 +649,8 @@ async def run(opts: Options) -> dict[str, Any]:
         if recv_server is not None:
             recv_server.close()
             await recv_server.wait_closed()
-        await recv_runner.cleanup()
+        if recv_runner is not None:
+            await recv_runner.cleanup()
         agent.stop()
         if tmp is not None:
             tmp.cleanup()
